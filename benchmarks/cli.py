@@ -1,0 +1,76 @@
+"""The `cebench` command: one entry point, one subcommand per job.
+
+    cebench --help
+    cebench data synth --out data/builtin
+    cebench pretrain --data data/builtin/unlabelled --mask random-region --out runs/ce
+    cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --out runs/cls
+    cebench bench --suite default
+
+Each subcommand lives in its own module with `get_args_parser()` and `main(args)` (the
+torchvision references' shape); the module is imported only when its subcommand runs, so
+`cebench --help` is fast. Errors caused by input (`CebenchError`) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("pretrain.data.cli", "generate the built-in dataset (synth) or validate a dataset (check)"),
+    "pretrain": ("pretrain.train", "pretrain an encoder: context encoder, autoencoder or supervised"),
+    "inpaint": ("pretrain.inpaint", "inpaint images with a trained context encoder or a baseline; L1/L2/PSNR"),
+    "transfer": ("transfer.cli", "transfer an encoder: classify | detect | segment"),
+    "bench": ("benchmarks.runner", "run a benchmark suite (pretraining x transfer x seeds) and tabulate it"),
+    "table": ("benchmarks.tables", "re-render tables and figures from results CSVs (Markdown, LaTeX)"),
+    "speed": ("benchmarks.speed", "measure pretraining, data-loading and transfer throughput"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cebench",
+        description="Context Encoders (Pathak et al., CVPR 2016) feature-learning benchmark suite.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="subcommands:\n"
+        + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+        + "\n\nRun `cebench SUBCOMMAND --help` for its options and examples.",
+    )
+    p.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="SUBCOMMAND")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pretrain.errors import CebenchError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        args = _top_parser().parse_args(argv)
+        if args.version:
+            from pretrain import __version__
+
+            print(f"cebench {__version__}")
+            return 0
+        _top_parser().print_help()
+        return 0 if not argv else 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = module.get_args_parser()
+    parser.prog = f"cebench {name}"
+    args = parser.parse_args(rest)
+    try:
+        rc = module.main(args)
+    except CebenchError as e:
+        print(f"cebench {name}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cebench {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

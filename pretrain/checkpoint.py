@@ -1,0 +1,99 @@
+"""Atomic file writes and the encoder checkpoint format shared with the transfer harnesses.
+
+An `encoder.pt` holds only tensors and plain data, so it loads with `torch.load(weights_only=True)`:
+
+    {"format": "cebench-encoder/1", "name": <registry name>, "kwargs": {...build kwargs...},
+     "state_dict": {...}, "meta": {"method": ..., "mask": ..., "run_dir": ..., ...}}
+
+`load_encoder(path)` rebuilds the encoder through the registry and loads its weights.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pretrain.errors import CheckpointError
+
+ENCODER_FORMAT = "cebench-encoder/1"
+
+
+def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text so that readers see either the old file or the whole new one."""
+    _atomic_write_bytes(path, text.encode())
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` through a temporary file and `os.replace`: a crash never leaves half a file.
+
+    Raises CheckpointError (naming the path) when the write fails, for example a full disk or a
+    read-only directory; the previous file at `path` is then left as it was.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    try:
+        _atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise CheckpointError(f"could not write checkpoint {path}: {e.strerror or e}") from e
+
+
+def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load(weights_only=True)` with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, pickle of a forbidden type, ...
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only file: {e}") from None
+
+
+def save_encoder(
+    path: str | Path, encoder: torch.nn.Module, name: str, kwargs: dict[str, Any], meta: dict[str, Any]
+) -> None:
+    """Write `encoder.pt`: the registry name and kwargs rebuild the module, then its weights load."""
+    state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
+    atomic_save(
+        {"format": ENCODER_FORMAT, "name": name, "kwargs": dict(kwargs), "state_dict": state, "meta": dict(meta)},
+        path,
+    )
+
+
+def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild an encoder from `encoder.pt`; returns (encoder, info) with info = name, kwargs, meta."""
+    from pretrain.models import build_encoder
+
+    ckpt = safe_load(path, map_location)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_FORMAT:
+        raise CheckpointError(f"{path} is not a cebench encoder checkpoint (expected format {ENCODER_FORMAT})")
+    encoder = build_encoder(ckpt["name"], **ckpt["kwargs"])
+    try:
+        encoder.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"{path}: weights do not fit encoder '{ckpt['name']}' with {ckpt['kwargs']}: {e}"
+        ) from None
+    return encoder, {"name": ckpt["name"], "kwargs": ckpt["kwargs"], "meta": ckpt.get("meta", {})}

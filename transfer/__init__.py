@@ -1,0 +1,2 @@
+"""cebench transfer harnesses: classification, detection and segmentation on a (frozen or fine-tuned)
+encoder from `pretrain`."""
