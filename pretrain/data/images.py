@@ -1,0 +1,130 @@
+"""Image files: finding them, loading any of them as RGB, and an unlabelled-image dataset.
+
+    from pretrain.data import list_images, load_rgb, ImageFiles
+    paths = list_images("data/builtin/unlabelled")      # recursive, sorted
+    img = load_rgb(paths[0])                             # PIL RGB, whatever the file's mode
+    ds = ImageFiles("data/builtin/unlabelled", transform=my_transform)
+
+`load_rgb` is the single place where pixel formats are normalised: grayscale, palette, RGBA/LA
+(composited over white, because the colour under a transparent pixel is arbitrary), CMYK,
+YCbCr, and 16/32-bit integer or float images (scaled to 0..255, never clipped). Any failure to
+read raises `DatasetError` naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pretrain.errors import DatasetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+# Errors PIL and its decoders raise for broken files; anything else is a real bug and propagates.
+_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError)
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """All image files under `root` (recursive, sorted, hidden files skipped).
+
+    Raises DatasetError if `root` does not exist or holds no image with an IMAGE_EXTENSIONS suffix.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such file or directory")
+    if root.is_file():
+        if is_image_file(root):
+            return [root]
+        raise DatasetError(f"{root}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+    found: list[Path] = []
+    # os.walk with followlinks=False: a symlink loop cannot hang the scan
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
+    if not found:
+        raise DatasetError(f"{root}: no images found (searched recursively for {', '.join(IMAGE_EXTENSIONS)})")
+    return sorted(found)
+
+
+def _scale_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Map a wide-range single-channel array to 0..255 by its nominal range (not its min/max)."""
+    arr = arr.astype(np.float64)
+    if mode.startswith("I;16"):
+        top = 65535.0
+    elif mode == "F":
+        # float images are either 0..1 or 0..255 by convention; larger values are treated as 16-bit
+        peak = float(np.nanmax(arr)) if arr.size else 0.0
+        top = 1.0 if peak <= 1.0 else 255.0 if peak <= 255.0 else 65535.0
+    else:  # "I": 32-bit container, in practice holding 8- or 16-bit data (e.g. 16-bit PNG)
+        peak = float(arr.max()) if arr.size else 0.0
+        top = 255.0 if peak <= 255 else 65535.0 if peak <= 65535 else peak
+    out = np.clip(np.nan_to_num(arr) * (255.0 / top), 0, 255)
+    return np.round(out).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert an already-opened PIL image of any mode to 8-bit RGB (see module docstring)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        gray = _scale_to_uint8(np.asarray(img), mode)
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if mode == "P":
+        # palette images may carry transparency; expand it so it can be composited
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Load an image file as an 8-bit RGB PIL image (EXIF orientation applied).
+
+    Raises DatasetError naming the file if it is missing, truncated, or not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: image file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now, so truncated files fail here and not later in a worker
+            im = ImageOps.exif_transpose(im)
+            return to_rgb(im)
+    except _READ_ERRORS as e:
+        raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+
+
+class ImageFiles:
+    """Unlabelled images: `ds[i]` is `transform(load_rgb(path_i))`, or the PIL image without one."""
+
+    def __init__(self, root_or_paths: str | Path | Sequence[str | Path], transform: Callable | None = None):
+        if isinstance(root_or_paths, (str, Path)):
+            self.paths = list_images(root_or_paths)
+        else:
+            self.paths = [Path(p) for p in root_or_paths]
+            if not self.paths:
+                raise DatasetError("ImageFiles: the list of image paths is empty")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Any:
+        img = load_rgb(self.paths[index])
+        return self.transform(img) if self.transform is not None else img
+
+    def __repr__(self) -> str:
+        return f"ImageFiles({len(self)} images)"
