@@ -26,7 +26,11 @@ from pretrain.errors import DatasetError
 
 
 def _check_number_list(value: Any, n: int) -> bool:
-    return isinstance(value, list) and len(value) == n and all(isinstance(v, (int, float)) for v in value)
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(v, (int, float)) for v in value)
+    )
 
 
 def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
@@ -71,14 +75,18 @@ def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
         x, y, w, h = ann["bbox"]
         im = images[ann["image_id"]]
         if w <= 0 or h <= 0:
-            raise DatasetError(f"{path}: {where} bbox {ann['bbox']} has non-positive width or height")
+            raise DatasetError(
+                f"{path}: {where} bbox {ann['bbox']} has non-positive width or height"
+            )
         if x < 0 or y < 0 or x + w > im["width"] + 1e-3 or y + h > im["height"] + 1e-3:
             raise DatasetError(
                 f"{path}: {where} bbox {ann['bbox']} lies outside the {im['width']}x{im['height']} image"
             )
         seg = ann.get("segmentation")
         if seg is not None and not isinstance(seg, (list, dict)):
-            raise DatasetError(f"{path}: {where} segmentation must be polygons (list) or RLE (dict)")
+            raise DatasetError(
+                f"{path}: {where} segmentation must be polygons (list) or RLE (dict)"
+            )
     return data
 
 
@@ -100,7 +108,9 @@ class CocoDetection:
     `image_id` is the COCO image id. Images without annotations are kept (empty targets).
     """
 
-    def __init__(self, image_root: str | Path, ann_file: str | Path, transforms: Callable | None = None):
+    def __init__(
+        self, image_root: str | Path, ann_file: str | Path, transforms: Callable | None = None
+    ):
         self.image_root = Path(image_root)
         if not self.image_root.is_dir():
             raise DatasetError(f"{self.image_root}: COCO image root not found")
@@ -142,7 +152,9 @@ class CocoDetection:
                     ) from None
         target = {
             "boxes": torch.from_numpy(boxes),
-            "labels": torch.tensor([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64),
+            "labels": torch.tensor(
+                [self.cat_id_to_label[a["category_id"]] for a in anns], dtype=torch.int64
+            ),
             "difficult": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
             "image_id": image_id,
             "masks": torch.from_numpy(masks),

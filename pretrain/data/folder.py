@@ -25,7 +25,9 @@ def find_classes(root: str | Path) -> list[str]:
         raise DatasetError(f"{root}: no such directory")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise DatasetError(f"{root}: no class sub-folders (ImageFolder expects ROOT/<class>/<image>)")
+        raise DatasetError(
+            f"{root}: no class sub-folders (ImageFolder expects ROOT/<class>/<image>)"
+        )
     return classes
 
 

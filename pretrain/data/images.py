@@ -44,14 +44,20 @@ def list_images(root: str | Path) -> list[Path]:
     if root.is_file():
         if is_image_file(root):
             return [root]
-        raise DatasetError(f"{root}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})")
+        raise DatasetError(
+            f"{root}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
+        )
     found: list[Path] = []
     # os.walk with followlinks=False: a symlink loop cannot hang the scan
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f))
+        found.extend(
+            Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f)
+        )
     if not found:
-        raise DatasetError(f"{root}: no images found (searched recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        raise DatasetError(
+            f"{root}: no images found (searched recursively for {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return sorted(found)
 
 
@@ -110,7 +116,9 @@ def load_rgb(path: str | Path) -> Image.Image:
 class ImageFiles:
     """Unlabelled images: `ds[i]` is `transform(load_rgb(path_i))`, or the PIL image without one."""
 
-    def __init__(self, root_or_paths: str | Path | Sequence[str | Path], transform: Callable | None = None):
+    def __init__(
+        self, root_or_paths: str | Path | Sequence[str | Path], transform: Callable | None = None
+    ):
         if isinstance(root_or_paths, (str, Path)):
             self.paths = list_images(root_or_paths)
         else:

@@ -56,7 +56,9 @@ def _inside_polygon(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarra
     return inside
 
 
-def shape_coverage(cls: str, size: int, cx: float, cy: float, radius: float, aspect: float, angle: float) -> np.ndarray:
+def shape_coverage(
+    cls: str, size: int, cx: float, cy: float, radius: float, aspect: float, angle: float
+) -> np.ndarray:
     """Fraction (0..1) of each pixel of a size x size image covered by the shape."""
     out = np.zeros((size, size))
     # only sample the window the shape can reach (outlines have extent <= 1.1 in the object frame)
@@ -65,7 +67,9 @@ def shape_coverage(cls: str, size: int, cx: float, cy: float, radius: float, asp
     y0, y1 = max(int(cy - reach), 0), min(int(np.ceil(cy + reach)) + 1, size)
     if x1 <= x0 or y1 <= y0:
         return out
-    tx = (np.arange(x0 * _SUPERSAMPLE, x1 * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE  # sample positions, pixels
+    tx = (
+        np.arange(x0 * _SUPERSAMPLE, x1 * _SUPERSAMPLE) + 0.5
+    ) / _SUPERSAMPLE  # sample positions, pixels
     ty = (np.arange(y0 * _SUPERSAMPLE, y1 * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE
     x, y = np.meshgrid(tx - cx, ty - cy)
     c, s = np.cos(angle), np.sin(angle)
@@ -95,7 +99,9 @@ def pink_noise(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
     f = np.fft.fftfreq(size)
     radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
     radius[0, 0] = 1.0
-    spectrum = (rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))) / radius ** (beta / 2)
+    spectrum = (
+        rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))
+    ) / radius ** (beta / 2)
     spectrum[0, 0] = 0
     field = np.fft.ifft2(spectrum).real
     # +-2.5 std covers ~99% of this Gaussian field; cheaper than percentiles
@@ -106,7 +112,9 @@ def _grating(rng: np.random.Generator, size: int, cycles: tuple[float, float]) -
     y, x = np.mgrid[0:size, 0:size] / size
     a = rng.uniform(0, np.pi)
     freq = rng.uniform(*cycles)
-    return 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(a) * x + np.sin(a) * y) + rng.uniform(0, 2 * np.pi))
+    return 0.5 + 0.5 * np.sin(
+        2 * np.pi * freq * (np.cos(a) * x + np.sin(a) * y) + rng.uniform(0, 2 * np.pi)
+    )
 
 
 def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -212,7 +220,9 @@ def render_scene(
         r = size * (rng.uniform(0.28, 0.40) if big else rng.uniform(*radius))
         lo, hi = (0.38, 0.62) if big else (0.08, 0.92)
         cx, cy = size * rng.uniform(lo, hi), size * rng.uniform(lo, hi)
-        cover = shape_coverage(CLASSES[label - 1], size, cx, cy, r, rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi))
+        cover = shape_coverage(
+            CLASSES[label - 1], size, cx, cy, r, rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi)
+        )
         alpha = cover[..., None]
         img = img * (1 - alpha) + object_appearance(rng, size) * alpha
         solid = cover >= 0.5
@@ -232,7 +242,9 @@ def render_scene(
         ys, xs = np.nonzero(visible)
         box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         occluded = area < 0.4 * full_areas[k]
-        truncated = bool(visible[0].any() or visible[-1].any() or visible[:, 0].any() or visible[:, -1].any())
+        truncated = bool(
+            visible[0].any() or visible[-1].any() or visible[:, 0].any() or visible[:, -1].any()
+        )
         remap[k + 1] = len(objects)
         objects.append(SceneObject(label, box, area, bool(occluded or area < tiny), truncated))
     return Scene(image=image, instances=remap[instances + 1], objects=objects)

@@ -96,7 +96,9 @@ def folder_scene(seed: int, index: int, size: int) -> Scene:
     label = index % len(CLASSES) + 1
     others = [c for c in range(1, len(CLASSES) + 1) if c != label]
     distract = [int(c) for c in rng.choice(others, size=int(rng.integers(0, 3)), replace=False)]
-    return render_scene(rng, size, len(distract) + 1, labels=distract + [label], radius=(0.08, 0.16), dominant=True)
+    return render_scene(
+        rng, size, len(distract) + 1, labels=distract + [label], radius=(0.08, 0.16), dominant=True
+    )
 
 
 def _rle(mask: np.ndarray) -> dict[str, Any]:
@@ -142,7 +144,9 @@ def _coco_json(records: list[dict[str, Any]], size: int) -> dict[str, Any]:
     images, anns = [], []
     for rec in records:
         image_id = int(rec["id"])
-        images.append({"id": image_id, "file_name": f"{rec['id']}.jpg", "width": size, "height": size})
+        images.append(
+            {"id": image_id, "file_name": f"{rec['id']}.jpg", "width": size, "height": size}
+        )
         for o in rec["objects"]:
             x1, y1, x2, y2 = o["box"]
             anns.append({"id": len(anns) + 1, "image_id": image_id, "category_id": o["label"],
@@ -165,7 +169,9 @@ def _write_image_sets(voc: Path, splits: dict[str, list[dict[str, Any]]]) -> Non
             lines = []
             for r in recs:
                 diff = [o["difficult"] for o in r["objects"] if o["label"] == c]
-                flag = -1 if not diff else (0 if all(diff) else 1)  # VOC: 0 = only difficult objects
+                flag = (
+                    -1 if not diff else (0 if all(diff) else 1)
+                )  # VOC: 0 = only difficult objects
                 lines.append(f"{r['id']} {flag:2d}\n")
             (voc / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text("".join(lines))
 
@@ -219,9 +225,13 @@ def generate(
         )
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise DatasetError(f"{out}: output folder exists and is not empty (use --force to replace it)")
+            raise DatasetError(
+                f"{out}: output folder exists and is not empty (use --force to replace it)"
+            )
         if not (out / "synth.json").is_file():
-            raise DatasetError(f"{out}: not a folder written by `cebench data synth`; refusing to replace it")
+            raise DatasetError(
+                f"{out}: not a folder written by `cebench data synth`; refusing to replace it"
+            )
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -232,15 +242,25 @@ def generate(
             (voc / sub).mkdir(parents=True)
         (tmp / "unlabelled").mkdir()
         n_folder_val = max(len(CLASSES), round(folder_images * 0.2))
-        folder_split = ["train" if i < folder_images - n_folder_val else "val" for i in range(folder_images)]
+        folder_split = [
+            "train" if i < folder_images - n_folder_val else "val" for i in range(folder_images)
+        ]
         for split in ("train", "val"):
             for name in CLASSES:
                 (tmp / "imagefolder" / split / name).mkdir(parents=True)
         (voc / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
 
         records = _run(_write_voc, [(voc, seed, i, size) for i in range(images)], workers)
-        n_unl = _run(_write_unlabelled, [(tmp / "unlabelled", seed, i, size) for i in range(unlabelled)], workers)
-        _run(_write_folder, [(tmp / "imagefolder", seed, i, size, folder_split[i]) for i in range(folder_images)], workers)
+        n_unl = _run(
+            _write_unlabelled,
+            [(tmp / "unlabelled", seed, i, size) for i in range(unlabelled)],
+            workers,
+        )
+        _run(
+            _write_folder,
+            [(tmp / "imagefolder", seed, i, size, folder_split[i]) for i in range(folder_images)],
+            workers,
+        )
 
         n_train = (images + 1) // 2
         splits = {"train": records[:n_train], "val": records[n_train:]}
@@ -257,7 +277,10 @@ def generate(
             "counts": {
                 "unlabelled": unlabelled,
                 "VOC": {"train": n_train, "val": images - n_train},
-                "imagefolder": {"train": folder_split.count("train"), "val": folder_split.count("val")},
+                "imagefolder": {
+                    "train": folder_split.count("train"),
+                    "val": folder_split.count("val"),
+                },
             },
             "statistics": {
                 "VOC": _statistics(records, size),

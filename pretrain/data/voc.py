@@ -49,7 +49,9 @@ def read_classes(voc_root: str | Path) -> list[str]:
     if dup:
         raise DatasetError(f"{path}: duplicate class name(s) {dup}")
     if len(names) >= IGNORE_INDEX:
-        raise DatasetError(f"{path}: {len(names)} classes; at most {IGNORE_INDEX - 1} fit a VOC mask")
+        raise DatasetError(
+            f"{path}: {len(names)} classes; at most {IGNORE_INDEX - 1} fit a VOC mask"
+        )
     return names
 
 
@@ -58,7 +60,11 @@ def read_split(voc_root: str | Path, split: str, task: str = "Main") -> list[str
     folder = Path(voc_root) / "ImageSets" / task
     path = folder / f"{split}.txt"
     if not path.is_file():
-        have = sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem) if folder.is_dir() else []
+        have = (
+            sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem)
+            if folder.is_dir()
+            else []
+        )
         raise DatasetError(f"{path}: split file not found (available splits: {have or 'none'})")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
@@ -87,7 +93,9 @@ def _int_field(node: ET.Element, tag: str, path: Path, where: str) -> int:
         # VOC 2012 has a few coordinates written as floats ("273.0")
         value = float(child.text.strip())
     except ValueError:
-        raise DatasetError(f"{path}: {where} <{tag}> is not a number: {child.text.strip()!r}") from None
+        raise DatasetError(
+            f"{path}: {where} <{tag}> is not a number: {child.text.strip()!r}"
+        ) from None
     if value != int(value):
         raise DatasetError(f"{path}: {where} <{tag}> is not a whole number: {child.text.strip()!r}")
     return int(value)
@@ -120,12 +128,16 @@ def parse_annotation(xml_path: str | Path, classes: list[str]) -> VOCAnnotation:
         if not name:
             raise DatasetError(f"{path}: {where} has no <name>")
         if name not in cls_index:
-            raise DatasetError(f"{path}: {where} has unknown class {name!r} (known: {', '.join(classes)})")
+            raise DatasetError(
+                f"{path}: {where} has unknown class {name!r} (known: {', '.join(classes)})"
+            )
         where = f"object {k} ({name})"
         bb = obj.find("bndbox")
         if bb is None:
             raise DatasetError(f"{path}: {where} has no <bndbox>")
-        xmin, ymin, xmax, ymax = (_int_field(bb, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax"))
+        xmin, ymin, xmax, ymax = (
+            _int_field(bb, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax")
+        )
         if xmax < xmin or ymax < ymin:
             raise DatasetError(
                 f"{path}: {where} box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax} is empty (x2 <= x1 or y2 <= y1)"
@@ -175,7 +187,9 @@ def load_segmentation_mask(path: str | Path, num_classes: int) -> np.ndarray:
     except DatasetError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: cannot read segmentation mask ({type(e).__name__}: {e})") from None
+        raise DatasetError(
+            f"{path}: cannot read segmentation mask ({type(e).__name__}: {e})"
+        ) from None
     bad = np.unique(mask[(mask > num_classes) & (mask != IGNORE_INDEX)])
     if bad.size:
         raise DatasetError(
@@ -210,7 +224,9 @@ class _VOCBase:
         return len(self.ids)
 
     def _annotations(self) -> list[VOCAnnotation]:
-        return [parse_annotation(self.root / "Annotations" / f"{i}.xml", self.classes) for i in self.ids]
+        return [
+            parse_annotation(self.root / "Annotations" / f"{i}.xml", self.classes) for i in self.ids
+        ]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.root}, split={self.split!r}, {len(self)} images)"
@@ -230,8 +246,7 @@ class VOCClassification(_VOCBase):
         self.labels = np.zeros((len(self.ids), C), dtype=np.float32)
         self.ignore = np.zeros((len(self.ids), C), dtype=bool)
         for n, ann in enumerate(self._annotations()):
-            for lab, diff in zip(ann.labels, ann.difficult, strict=True):
-                self.labels[n, lab - 1] = 1.0
+            self.labels[n, ann.labels - 1] = 1.0
             easy = {int(lab) for lab, d in zip(ann.labels, ann.difficult, strict=True) if not d}
             for lab in set(ann.labels.tolist()) - easy:
                 self.ignore[n, lab - 1] = True
@@ -240,7 +255,11 @@ class VOCClassification(_VOCBase):
         img = load_rgb(self.images[index])
         if self.transform is not None:
             img = self.transform(img)
-        return img, torch.from_numpy(self.labels[index].copy()), torch.from_numpy(self.ignore[index].copy())
+        return (
+            img,
+            torch.from_numpy(self.labels[index].copy()),
+            torch.from_numpy(self.ignore[index].copy()),
+        )
 
 
 class VOCDetection(_VOCBase):
@@ -284,7 +303,9 @@ class VOCSegmentation(_VOCBase):
         self.masks = [self.root / "SegmentationClass" / f"{i}.png" for i in self.ids]
         missing = [str(m) for m in self.masks if not m.is_file()]
         if missing:
-            raise DatasetError(f"{missing[0]}: segmentation mask not found ({len(missing)} missing in split {split!r})")
+            raise DatasetError(
+                f"{missing[0]}: segmentation mask not found ({len(missing)} missing in split {split!r})"
+            )
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         img = load_rgb(self.images[index])
