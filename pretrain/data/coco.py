@@ -33,9 +33,7 @@ def _check_number_list(value: Any, n: int) -> bool:
     )
 
 
-def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
-    """Load an instances json and check its structure; DatasetError names the file and the problem."""
-    path = Path(ann_file)
+def _load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError(f"{path}: COCO annotation file not found")
     try:
@@ -44,49 +42,76 @@ def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
         raise DatasetError(f"{path}: malformed JSON ({e})") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level is {type(data).__name__}, expected an object")
+    return data
+
+
+def coco_problems(data: dict[str, Any], path: str | Path) -> list[str]:
+    """Every structural problem of a loaded instances json, each as "PATH: problem"."""
+    bad: list[str] = []
     for key in ("images", "annotations", "categories"):
         if not isinstance(data.get(key), list):
-            raise DatasetError(f"{path}: missing or non-list key {key!r}")
+            bad.append(f"{path}: missing or non-list key {key!r}")
+    if bad:
+        return bad
     images: dict[Any, dict] = {}
     for k, im in enumerate(data["images"]):
         if not isinstance(im, dict) or not {"id", "file_name", "width", "height"} <= im.keys():
-            raise DatasetError(f"{path}: images[{k}] needs id, file_name, width, height")
-        if im["id"] in images:
-            raise DatasetError(f"{path}: duplicate image id {im['id']!r}")
-        images[im["id"]] = im
+            bad.append(f"{path}: images[{k}] needs id, file_name, width, height")
+        elif im["id"] in images:
+            bad.append(f"{path}: images[{k}] duplicates image id {im['id']!r}")
+        elif not all(isinstance(im[s], int) and im[s] > 0 for s in ("width", "height")):
+            bad.append(
+                f"{path}: images[{k}] width/height {im['width']!r}x{im['height']!r} not positive integers"
+            )
+        else:
+            images[im["id"]] = im
     cat_ids = set()
     for k, cat in enumerate(data["categories"]):
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
-            raise DatasetError(f"{path}: categories[{k}] needs id and name")
-        cat_ids.add(cat["id"])
-    if not cat_ids:
-        raise DatasetError(f"{path}: no categories")
+            bad.append(f"{path}: categories[{k}] needs id and name")
+        else:
+            cat_ids.add(cat["id"])
+    if not data["categories"]:
+        bad.append(f"{path}: no categories")
     for k, ann in enumerate(data["annotations"]):
         where = f"annotations[{k}]"
         if not isinstance(ann, dict) or not {"id", "image_id", "category_id", "bbox"} <= ann.keys():
-            raise DatasetError(f"{path}: {where} needs id, image_id, category_id, bbox")
+            bad.append(f"{path}: {where} needs id, image_id, category_id, bbox")
+            continue
         where = f"annotations[{k}] (id {ann['id']})"
-        if ann["image_id"] not in images:
-            raise DatasetError(f"{path}: {where} refers to unknown image_id {ann['image_id']!r}")
         if ann["category_id"] not in cat_ids:
-            raise DatasetError(f"{path}: {where} has unknown category_id {ann['category_id']!r}")
-        if not _check_number_list(ann["bbox"], 4):
-            raise DatasetError(f"{path}: {where} bbox {ann['bbox']!r} is not [x, y, w, h]")
-        x, y, w, h = ann["bbox"]
-        im = images[ann["image_id"]]
-        if w <= 0 or h <= 0:
-            raise DatasetError(
-                f"{path}: {where} bbox {ann['bbox']} has non-positive width or height"
-            )
-        if x < 0 or y < 0 or x + w > im["width"] + 1e-3 or y + h > im["height"] + 1e-3:
-            raise DatasetError(
-                f"{path}: {where} bbox {ann['bbox']} lies outside the {im['width']}x{im['height']} image"
-            )
+            bad.append(f"{path}: {where} has unknown category_id {ann['category_id']!r}")
         seg = ann.get("segmentation")
         if seg is not None and not isinstance(seg, (list, dict)):
-            raise DatasetError(
-                f"{path}: {where} segmentation must be polygons (list) or RLE (dict)"
+            bad.append(f"{path}: {where} segmentation must be polygons (list) or RLE (dict)")
+        if not _check_number_list(ann["bbox"], 4):
+            bad.append(f"{path}: {where} bbox {ann['bbox']!r} is not [x, y, w, h]")
+            continue
+        x, y, w, h = ann["bbox"]
+        if w <= 0 or h <= 0:
+            bad.append(f"{path}: {where} bbox {ann['bbox']} has non-positive width or height")
+        im = images.get(ann["image_id"])
+        if im is None:
+            bad.append(f"{path}: {where} refers to unknown image_id {ann['image_id']!r}")
+        elif x < 0 or y < 0 or x + w > im["width"] + 1e-3 or y + h > im["height"] + 1e-3:
+            bad.append(
+                f"{path}: {where} bbox {ann['bbox']} lies outside the {im['width']}x{im['height']} image"
             )
+    return bad
+
+
+def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
+    """Load an instances json and check its structure; DatasetError names the file and the problem."""
+    path = Path(ann_file)
+    data = _load_json(path)
+    bad = coco_problems(data, path)
+    if bad:
+        more = (
+            f" (and {len(bad) - 1} more problem(s); run `cebench data check`)"
+            if len(bad) > 1
+            else ""
+        )
+        raise DatasetError(bad[0] + more)
     return data
 
 
