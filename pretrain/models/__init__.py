@@ -3,10 +3,35 @@
     from pretrain.models import build_encoder, list_encoders
     enc = build_encoder("tiny", input_size=64)
     feats = enc.forward_features(images)   # {"conv1": ..., "conv2": ..., "conv3": ...}
+
+    from pretrain.models import build_context_encoder, build_discriminator, model_config
+    G = build_context_encoder(model_config("small-tiny"))
 """
 
-from pretrain.models import tiny  # noqa: F401  (registers "tiny")
+from pretrain.models import dcgan, tiny  # noqa: F401  (register "dcgan", "tiny")
 from pretrain.models._registry import build_encoder, list_encoders, register_encoder
 from pretrain.models.base import Encoder, FeatureInfo
+from pretrain.models.context_encoder import (
+    MODEL_PRESETS,
+    ContextEncoder,
+    ModelConfig,
+    build_context_encoder,
+    build_discriminator,
+    model_config,
+)
+from pretrain.models.decoder import Discriminator
 
-__all__ = ["Encoder", "FeatureInfo", "build_encoder", "list_encoders", "register_encoder"]
+__all__ = [
+    "MODEL_PRESETS",
+    "ContextEncoder",
+    "Discriminator",
+    "Encoder",
+    "FeatureInfo",
+    "ModelConfig",
+    "build_context_encoder",
+    "build_discriminator",
+    "build_encoder",
+    "list_encoders",
+    "model_config",
+    "register_encoder",
+]

@@ -1,0 +1,208 @@
+"""The context encoder (Pathak et al. 2016): encoder -> bottleneck -> up-convolutional decoder.
+
+    from pretrain.models.context_encoder import MODEL_PRESETS, build_context_encoder, model_config
+    cfg = model_config("small-tiny")                       # or MODEL_PRESETS["paper-inpainting"]
+    cfg = model_config("small-tiny", predict="region", output_size=32)   # centre-mask variant
+    G = build_context_encoder(cfg)                         # G(masked [B,3,S,S]) -> [B,3,out,out]
+    D = build_discriminator(cfg)                           # D(region or image) -> logits [B]
+    save_encoder(path, G.encoder, G.encoder_name, G.encoder_kwargs, meta)   # features for transfer
+
+Bottlenecks: "channelwise" (the paper's feature-learning net: channel-wise FC + stride-1 conv,
+the decoder starts from the encoder's map) or "conv" (the released inpainting net: a convolution
+to a 1x1 x `bottleneck_dim` code, the decoder starts from 1x1). `predict="region"`: the output is
+the centred `output_size` square (centre masks); `predict="image"`: the whole image
+(`output_size == input_size`; random masks and the autoencoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from pretrain.errors import ConfigError
+from pretrain.models._registry import build_encoder
+from pretrain.models.base import Encoder
+from pretrain.models.channelwise import ChannelwiseBottleneck
+from pretrain.models.decoder import ConvBottleneck, Discriminator, UpconvDecoder
+
+
+@dataclass
+class ModelConfig:
+    encoder: str = "dcgan"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)  # everything but input_size
+    input_size: int = 128
+    bottleneck: Literal["channelwise", "conv"] = "conv"
+    bottleneck_dim: int = 4000  # only for "conv": channels of the 1x1 code
+    decoder_widths: list[int] = field(default_factory=lambda: [512, 256, 128, 64])  # + final 3
+    output_size: int = 64
+    predict: Literal["region", "image"] = "region"
+    disc_width: int = 64  # discriminator: filters of the first layer, doubling
+
+    def validate(self) -> None:
+        if self.bottleneck not in ("channelwise", "conv"):
+            raise ConfigError(
+                f"model.bottleneck must be 'channelwise' or 'conv', got {self.bottleneck!r}"
+            )
+        if self.predict not in ("region", "image"):
+            raise ConfigError(f"model.predict must be 'region' or 'image', got {self.predict!r}")
+        if self.input_size < 8:
+            raise ConfigError(f"model.input_size must be >= 8, got {self.input_size}")
+        if self.predict == "image" and self.output_size != self.input_size:
+            raise ConfigError(
+                f"model.output_size ({self.output_size}) must equal model.input_size "
+                f"({self.input_size}) when model.predict='image'"
+            )
+        if not 4 <= self.output_size <= self.input_size:
+            raise ConfigError(
+                f"model.output_size must be in [4, input_size], got {self.output_size}"
+            )
+        if (
+            self.bottleneck_dim < 1
+            or self.disc_width < 1
+            or any(w < 1 for w in self.decoder_widths)
+        ):
+            raise ConfigError(
+                "model.bottleneck_dim, model.disc_width and model.decoder_widths must be >= 1"
+            )
+        if "input_size" in self.encoder_kwargs:
+            raise ConfigError("set model.input_size, not model.encoder_kwargs.input_size")
+
+
+# name -> config. Paper sizes, then small 64 px versions for the built-in data (CPU-fast).
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # Released inpainting net: 128 px in, DCGAN encoder to 4x4x512, 4x4 conv to 1x1x4000,
+    # 5 up-convs (1 -> 4 -> 8 -> 16 -> 32 -> 64), 64 px centre region out.
+    "paper-inpainting": ModelConfig(
+        encoder="dcgan",
+        input_size=128,
+        bottleneck="conv",
+        bottleneck_dim=4000,
+        decoder_widths=[512, 256, 128, 64],
+        output_size=64,
+        predict="region",
+        disc_width=64,
+    ),
+    # Feature-learning net: AlexNet conv1..pool5 on 227 px (6x6x256), channel-wise FC,
+    # 5 up-convs (6 -> 12 -> ... -> 192, resized to 227): the whole image (random-region masks).
+    "paper-alexnet": ModelConfig(
+        encoder="alexnet",
+        input_size=227,
+        bottleneck="channelwise",
+        decoder_widths=[256, 128, 64, 32],
+        output_size=227,
+        predict="image",
+        disc_width=64,
+    ),
+    "paper-alexnet-poolfree": ModelConfig(
+        encoder="alexnet-poolfree",
+        input_size=227,
+        bottleneck="channelwise",
+        decoder_widths=[256, 128, 64, 32],
+        output_size=227,
+        predict="image",
+        disc_width=64,
+    ),
+    "small-tiny": ModelConfig(
+        encoder="tiny",
+        encoder_kwargs={"width": 16},
+        input_size=64,
+        bottleneck="channelwise",
+        decoder_widths=[64, 32],
+        output_size=64,
+        predict="image",
+        disc_width=16,
+    ),
+    "small-dcgan": ModelConfig(
+        encoder="dcgan",
+        encoder_kwargs={"width": 16},
+        input_size=64,
+        bottleneck="conv",
+        bottleneck_dim=256,
+        decoder_widths=[128, 64, 32, 16],
+        output_size=64,
+        predict="image",
+        disc_width=16,
+    ),
+}
+
+
+def model_config(preset: str, **overrides: Any) -> ModelConfig:
+    """A copy of MODEL_PRESETS[preset] with fields replaced; unknown presets/fields are ConfigErrors."""
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(f"unknown model preset {preset!r}; presets: {', '.join(MODEL_PRESETS)}")
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ConfigError(
+            f"unknown model config key {bad[0]!r}; valid keys: {', '.join(sorted(names))}"
+        )
+    base = MODEL_PRESETS[preset]
+    cfg = dataclasses.replace(
+        base,
+        encoder_kwargs=dict(base.encoder_kwargs),
+        decoder_widths=list(base.decoder_widths),
+        **overrides,
+    )
+    cfg.validate()
+    return cfg
+
+
+class ContextEncoder(nn.Module):
+    """`forward(masked [B,3,S,S] in [-1,1]) -> [B,3,out,out]` in [-1,1] (tanh)."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        bottleneck: nn.Module,
+        decoder: UpconvDecoder,
+        encoder_name: str,
+        encoder_kwargs: dict[str, Any],
+        cfg: ModelConfig,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.bottleneck = bottleneck
+        self.decoder = decoder
+        self.encoder_name = encoder_name  # with encoder_kwargs: what save_encoder records
+        self.encoder_kwargs = dict(encoder_kwargs)
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.bottleneck(self.encoder(x)))
+
+
+def build_context_encoder(cfg: ModelConfig) -> ContextEncoder:
+    cfg.validate()
+    enc_kwargs = {**cfg.encoder_kwargs, "input_size": cfg.input_size}
+    encoder = build_encoder(cfg.encoder, **enc_kwargs)
+    c, h, w = encoder.output_shape(cfg.input_size)
+    if h != w or h < 1:
+        raise ConfigError(
+            f"encoder '{cfg.encoder}' gives a {h}x{w} map at {cfg.input_size} px; need square"
+        )
+    if cfg.bottleneck == "conv":
+        bottleneck: nn.Module = ConvBottleneck(c, h, cfg.bottleneck_dim)
+        code_channels, code_size = cfg.bottleneck_dim, 1
+    else:
+        bottleneck = ChannelwiseBottleneck(c, h)
+        code_channels, code_size = c, h
+    if code_size > cfg.output_size:
+        raise ConfigError(
+            f"the encoder's {h}x{w} map is larger than model.output_size {cfg.output_size}"
+        )
+    decoder = UpconvDecoder(code_channels, code_size, cfg.decoder_widths, cfg.output_size)
+    return ContextEncoder(encoder, bottleneck, decoder, cfg.encoder, enc_kwargs, cfg)
+
+
+def build_discriminator(cfg: ModelConfig) -> Discriminator:
+    """The local discriminator on what the generator predicts (`output_size` px)."""
+    cfg.validate()
+    return Discriminator(cfg.output_size, cfg.disc_width)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
