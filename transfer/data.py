@@ -1,0 +1,183 @@
+"""Datasets for the transfer harnesses: format detection, transforms, low-shot subsets.
+
+    fmt, root = find_format("data/builtin")            # ("voc", data/builtin/VOC)
+    train, val = classification_splits(root, fmt, "train", "val", size=64, normalize=MINUS_ONE_ONE)
+    img, target = train[0]   # target: class index (ImageFolder) or float[C] in {1, 0, -1} (VOC)
+
+`--data` may be a VOC root (JPEGImages + ImageSets), an ImageFolder root (train/ and val/ with one
+sub-folder per class), or the built-in data's root (its VOC/ is used). Images are resized to the
+encoder's square input; training adds random horizontal flips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import functional as TF
+
+from pretrain.errors import ConfigError, DatasetError
+
+
+def find_format(data: str | Path) -> tuple[str, Path]:
+    """('voc' | 'imagefolder', root) for a `--data` directory."""
+    root = Path(data)
+    if not root.is_dir():
+        raise DatasetError(f"--data {root}: no such directory")
+    if (root / "JPEGImages").is_dir() or (root / "ImageSets").is_dir():
+        return "voc", root
+    if (root / "VOC" / "ImageSets").is_dir():
+        return "voc", root / "VOC"
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        return "imagefolder", root
+    raise DatasetError(
+        f"--data {root}: neither a VOC root (JPEGImages/, ImageSets/) nor an ImageFolder root (train/, val/)"
+    )
+
+
+def files_fingerprint(paths: Sequence[Path], extra: str = "") -> str:
+    """Hash of file names, sizes and modification times: a dataset's identity for the feature cache."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        st = Path(p).stat()
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def to_tensor(img, size: int, normalize: dict[str, list[float]], flip: bool = False) -> torch.Tensor:
+    """PIL image -> normalised float tensor [3, size, size]."""
+    img = TF.resize(img, [size, size], antialias=True)
+    if flip:
+        img = TF.hflip(img)
+    return TF.normalize(TF.to_tensor(img), normalize["mean"], normalize["std"])
+
+
+class ClassificationView(torch.utils.data.Dataset):
+    """(image tensor, target) over an ImageFolderDataset or VOCClassification; optional flips.
+
+    Flips draw from Python's `random`, which the DataLoader seeds per worker and per epoch from
+    the harness's seeded generator, so a seed fixes the whole run.
+    """
+
+    def __init__(self, base, size: int, normalize: dict[str, list[float]], train: bool, indices: Sequence[int] | None = None):
+        self.base, self.size, self.normalize, self.train = base, size, normalize, train
+        self.indices = list(range(len(base))) if indices is None else list(indices)
+        self.multilabel = hasattr(base, "labels") and hasattr(base, "ignore")
+        self.classes = list(base.classes)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def target(self, i: int) -> torch.Tensor:
+        j = self.indices[i]
+        if self.multilabel:
+            t = torch.from_numpy(self.base.labels[j].copy())
+            t[torch.from_numpy(self.base.ignore[j].copy())] = -1.0
+            return t
+        return torch.tensor(self.base.targets[j])
+
+    def targets(self) -> torch.Tensor:
+        return torch.stack([self.target(i) for i in range(len(self))]) if len(self) else torch.zeros(0)
+
+    def image_paths(self) -> list[Path]:
+        if self.multilabel:
+            return [self.base.images[j] for j in self.indices]
+        return [self.base.samples[j][0] for j in self.indices]
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from pretrain.data import load_rgb
+
+        img = load_rgb(self.image_paths_one(i))
+        flip = self.train and random.random() < 0.5
+        return to_tensor(img, self.size, self.normalize, flip), self.target(i)
+
+    def image_paths_one(self, i: int) -> Path:
+        j = self.indices[i]
+        return self.base.images[j] if self.multilabel else self.base.samples[j][0]
+
+
+def classification_splits(
+    root: Path, fmt: str, train_split: str, val_split: str, size: int, normalize: dict[str, list[float]]
+) -> tuple[ClassificationView, ClassificationView]:
+    from pretrain.data import ImageFolderDataset, VOCClassification
+
+    if fmt == "voc":
+        tr, va = VOCClassification(root, train_split), VOCClassification(root, val_split)
+    else:
+        tr, va = ImageFolderDataset(root / train_split), ImageFolderDataset(root / val_split)
+        if tr.classes != va.classes:
+            raise DatasetError(f"{root}: class folders differ between {train_split}/ and {val_split}/")
+    return ClassificationView(tr, size, normalize, True), ClassificationView(va, size, normalize, False)
+
+
+def low_shot_indices(targets: torch.Tensor, shots: int | None, fraction: float | None, seed: int) -> list[int]:
+    """Indices of a labelled subset: `shots` examples per class, or a random `fraction` of all.
+
+    Single-label: K random images of each class. Multi-label: for each class in turn, random images
+    positive for it until it has K positives in the subset (images are shared between classes).
+    """
+    n = len(targets)
+    if shots is None and fraction is None:
+        return list(range(n))
+    if shots is not None and fraction is not None:
+        raise ConfigError("give either shots or label_fraction, not both")
+    rng = np.random.default_rng(seed)
+    if fraction is not None:
+        if not 0 < fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], got {fraction}")
+        k = max(1, math.ceil(fraction * n))
+        return sorted(rng.permutation(n)[:k].tolist())
+    if shots is None or shots < 1:
+        raise ConfigError(f"shots must be >= 1, got {shots}")
+    chosen: set[int] = set()
+    if targets.dim() == 1:
+        for c in sorted(set(targets.tolist())):
+            idx = np.flatnonzero(targets.numpy() == c)
+            chosen.update(rng.permutation(idx)[:shots].tolist())
+    else:
+        pos = targets.numpy() > 0
+        for c in range(pos.shape[1]):
+            have = sum(pos[i, c] for i in chosen)
+            for i in rng.permutation(np.flatnonzero(pos[:, c])):
+                if have >= shots:
+                    break
+                if int(i) not in chosen:
+                    chosen.add(int(i))
+                    have += 1
+    return sorted(chosen)
+
+
+def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
+                  collate_fn: Callable | None = None, drop_last: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader whose order and worker RNG are fixed by `seed` (deterministic runs)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,
+        collate_fn=collate_fn, drop_last=drop_last, worker_init_fn=_seed_worker,
+    )
+
+
+def _seed_worker(_worker_id: int) -> None:
+    s = torch.initial_seed() % 2**32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def calibration_batch(dataset: torch.utils.data.Dataset, n: int, seed: int) -> torch.Tensor:
+    """The first `n` images of a seeded shuffle, for the data-dependent rescaling init."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    state = random.getstate()
+    try:
+        return torch.stack([_image_of(dataset[i]) for i in order])
+    finally:
+        random.setstate(state)
+
+
+def _image_of(item: Any) -> torch.Tensor:
+    return item[0]

@@ -1,0 +1,118 @@
+"""Shared pieces of the transfer harnesses: seeding, optimisers, the epoch loop, run outputs.
+
+    set_seed(cfg.seed)
+    opt = make_optimizer(params, "sgd", lr=0.01, momentum=0.9, weight_decay=5e-4)
+    stats = train_one_epoch(model, batches, loss_fn, opt, device)   # {"loss": mean loss}
+    write_run(out, metrics, cfg, info, start)                      # metrics.json + config.yaml
+
+`train_one_epoch` is the torchvision references' loop reduced to what the three harnesses share:
+`loss_fn(model, batch, device) -> scalar loss`, so each harness says how a batch becomes a loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pretrain.checkpoint import atomic_write_text
+from pretrain.config import save_resolved
+from pretrain.device import describe
+from pretrain.errors import TrainingError
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise TrainingError(f"unknown optimizer '{name}' (sgd, adam, adamw)")
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any, torch.device], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+) -> dict[str, float]:
+    """One pass; returns the mean loss. A non-finite loss stops training with a TrainingError."""
+    total, count = 0.0, 0
+    for batch in batches:
+        loss = loss_fn(model, batch, device)
+        if not math.isfinite(loss.item()):
+            raise TrainingError(f"loss became {loss.item()} (lower the learning rate)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.item()
+        count += 1
+    return {"loss": total / max(count, 1)}
+
+
+def freeze(module: nn.Module) -> None:
+    """No gradients and eval mode (BatchNorm statistics fixed) for a frozen encoder."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def write_run(out: Path, task: str, metrics: dict[str, Any], cfg: Any, info: dict[str, Any],
+              device: torch.device, start: float) -> dict[str, Any]:
+    """Write metrics.json (metrics, resolved config, seed, wall time, device, encoder) and config.yaml."""
+    out.mkdir(parents=True, exist_ok=True)
+    record = {
+        "task": task,
+        "metrics": metrics,
+        "config": dataclasses.asdict(cfg),
+        "seed": cfg.seed,
+        "wall_time_s": round(time.time() - start, 3),
+        "device": describe(device),
+        "encoder": {k: v for k, v in info.items() if k != "meta"} | {"meta": _plain(info.get("meta", {}))},
+        "commit": git_commit(),
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
+    save_resolved(cfg, out / "config.yaml")
+    return record
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy of checkpoint meta (drops tensors)."""
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items() if not isinstance(v, torch.Tensor)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj if isinstance(obj, (str, int, float, bool, type(None))) else str(obj)

@@ -1,0 +1,194 @@
+"""Transfer metrics: top-1, VOC classification mAP, COCO detection AP, segmentation mIoU.
+
+    from transfer.metrics import top1, voc_mean_ap, ConfusionMatrix, DetectionEvaluator
+    voc_mean_ap(scores, targets)        # targets in {1, 0, -1}; -1 = ignored (difficult only)
+    cm = ConfusionMatrix(21); cm.update(gt, pred); cm.reduce_from_all_processes(); cm.compute()
+
+Accumulators follow torchvision's references (`ConfusionMatrix`, `CocoEvaluator`: update, sync
+across processes, compute); AP comes from scikit-learn and pycocotools, never re-implemented.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from sklearn.metrics import average_precision_score
+
+
+def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose arg-max score is the true class (single-label data), in percent."""
+    if len(labels) == 0:
+        return float("nan")
+    return 100.0 * (scores.argmax(1) == labels).float().mean().item()
+
+
+def voc_mean_ap(scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor) -> tuple[float, list[float]]:
+    """VOC classification mAP in percent: mean over classes of the per-class average precision.
+
+    `targets[i, c]` is 1 (class c present), 0 (absent) or -1 (present only as difficult objects);
+    like the VOC devkit, -1 examples are left out of class c's ranking. Per-class AP is
+    scikit-learn's `average_precision_score` (the area under the precision-recall step curve, not
+    the VOC2007 11-point interpolation). A class with no positive example gets AP nan and is left
+    out of the mean.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets)
+    aps: list[float] = []
+    for c in range(t.shape[1]):
+        keep = t[:, c] >= 0
+        y = t[keep, c] > 0
+        aps.append(float(average_precision_score(y, s[keep, c])) * 100.0 if y.any() else float("nan"))
+    valid = [a for a in aps if not math.isnan(a)]
+    return (float(np.mean(valid)) if valid else float("nan")), aps
+
+
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+class ConfusionMatrix:
+    """Pixel confusion matrix for segmentation (torchvision references' `ConfusionMatrix`).
+
+    Rows are ground truth, columns predictions; pixels whose ground truth is `ignore_index` (255)
+    are skipped. `compute()` gives pixel accuracy (correct / labelled pixels), per-class IU
+    = TP / (TP + FP + FN) and mean IU over the classes that occur in the ground truth or the
+    predictions (a class with an empty union has no IU and is left out of the mean).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, target: torch.Tensor, pred: torch.Tensor) -> None:
+        t = target.flatten().to(torch.int64).cpu()
+        p = pred.flatten().to(torch.int64).cpu()
+        k = (t != self.ignore_index) & (t >= 0) & (t < self.num_classes)
+        n = self.num_classes
+        self.mat += torch.bincount(n * t[k] + p[k], minlength=n * n).reshape(n, n)
+
+    def reduce_from_all_processes(self) -> None:
+        if _is_dist():
+            mat = self.mat.clone()
+            dist.all_reduce(mat)
+            self.mat = mat
+
+    def compute(self) -> dict[str, Any]:
+        h = self.mat.double()
+        tp = torch.diag(h)
+        union = h.sum(0) + h.sum(1) - tp
+        iu = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+        labelled = h.sum()
+        return {
+            "pixel_acc": 100.0 * (tp.sum() / labelled).item() if labelled > 0 else float("nan"),
+            "mIoU": 100.0 * float(np.nanmean(iu.numpy())) if (union > 0).any() else float("nan"),
+            "per_class_iou": [100.0 * float(v) for v in iu],
+        }
+
+
+def coco_gt_from_targets(targets: list[dict[str, Any]], image_sizes: list[tuple[int, int]], num_classes: int):
+    """A pycocotools COCO ground truth built from VOCDetection-style targets.
+
+    Difficult objects become `iscrowd=1`: pycocotools then neither counts them as positives nor
+    a detection matched to them as a false positive, which is the VOC rule for difficult objects
+    (for crowd regions the overlap is intersection over detection area, a small difference from
+    VOC's IoU).
+    """
+    from pycocotools.coco import COCO
+
+    images, anns = [], []
+    for t, (h, w) in zip(targets, image_sizes, strict=True):
+        img_id = int(t["image_id"])
+        images.append({"id": img_id, "height": int(h), "width": int(w)})
+        difficult = t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool))
+        for box, label, diff in zip(t["boxes"].tolist(), t["labels"].tolist(), difficult.tolist(), strict=True):
+            x0, y0, x1, y1 = box
+            anns.append({
+                "id": len(anns) + 1, "image_id": img_id, "category_id": int(label),
+                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                "iscrowd": int(bool(diff)),
+            })
+    coco = COCO()
+    coco.dataset = {
+        "images": images, "annotations": anns,
+        "categories": [{"id": c, "name": str(c)} for c in range(1, num_classes + 1)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+class DetectionEvaluator:
+    """`CocoEvaluator` for boxes: update(predictions) / synchronize / summarize() -> metrics.
+
+    `predictions` maps image_id -> {"boxes": xyxy, "scores", "labels"} in the ground truth's image
+    coordinates; `label_to_cat_id` maps contiguous labels to the ground truth's category ids
+    (identity for VOC data). Numbers are pycocotools' COCOeval bbox statistics in percent:
+    AP (IoU .50:.05:.95), AP50 (IoU 0.5, the VOC-style number the paper reports; pycocotools
+    interpolates precision at 101 recall points, VOC2007 at 11) and AP75, plus per-class AP and AP50.
+    """
+
+    def __init__(self, coco_gt, label_to_cat_id: dict[int, int] | None = None) -> None:
+        self.coco_gt = copy.deepcopy(coco_gt)
+        self.label_to_cat_id = label_to_cat_id
+        self.results: list[dict[str, Any]] = []
+        self.img_ids: list[int] = []
+
+    def update(self, predictions: dict[int, dict[str, torch.Tensor]]) -> None:
+        for img_id, p in predictions.items():
+            self.img_ids.append(int(img_id))
+            for box, score, label in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True):
+                cat = self.label_to_cat_id[int(label)] if self.label_to_cat_id else int(label)
+                x0, y0, x1, y1 = box
+                self.results.append({
+                    "image_id": int(img_id), "category_id": cat,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
+                })
+
+    def synchronize_between_processes(self) -> None:
+        if _is_dist():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (self.results, self.img_ids))
+            self.results = [r for res, _ in gathered for r in res]
+            self.img_ids = [i for _, ids in gathered for i in ids]
+
+    def summarize(self) -> dict[str, Any]:
+        from pycocotools.cocoeval import COCOeval
+
+        img_ids = sorted(set(self.img_ids)) or sorted(self.coco_gt.getImgIds())
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_dt = self.coco_gt.loadRes(self.results) if self.results else _empty_results(self.coco_gt)
+            ev = COCOeval(self.coco_gt, coco_dt, "bbox")
+            ev.params.imgIds = img_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        stats = [max(float(v), 0.0) * 100.0 if v >= 0 else float("nan") for v in ev.stats[:3]]
+        precision = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
+        per_class_ap, per_class_ap50 = {}, {}
+        for k, cat in enumerate(ev.params.catIds):
+            p_all = precision[:, :, k, 0, -1]
+            p50 = precision[0, :, k, 0, -1]
+            name = self.coco_gt.cats[cat].get("name", str(cat))
+            per_class_ap[name] = 100.0 * float(p_all[p_all > -1].mean()) if (p_all > -1).any() else float("nan")
+            per_class_ap50[name] = 100.0 * float(p50[p50 > -1].mean()) if (p50 > -1).any() else float("nan")
+        return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2],
+                "per_class_AP": per_class_ap, "per_class_AP50": per_class_ap50}
+
+
+def _empty_results(coco_gt):
+    from pycocotools.coco import COCO
+
+    dt = COCO()
+    dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                  "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt.createIndex()
+    return dt
