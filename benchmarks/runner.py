@@ -1,0 +1,362 @@
+"""`cebench bench`: run a suite's grid of cells, cache each finished cell, tabulate the results.
+
+    cebench bench --suite default --out results/default
+    cebench bench --suite paper --dry-run                      # every cell, tiny data, minimal budgets
+    cebench bench --suite default --only 'ce-*' --set seeds=[0] --set budgets.pretrain_steps=50
+    cebench bench --suite default --list                       # cells and their state; runs nothing
+
+Each finished cell is written atomically to OUT/cells/<cell-id>.json with its provenance (config
+hash, code version, seed, wall time, device) and is not run again while its config hash is the
+same, so an interrupted or extended suite continues where it stopped. A failed cell writes
+OUT/cells/<cell-id>.error.json, the other cells go on (its dependants are reported as failed too)
+and the exit status is 1. OUT/results.csv, OUT/table.md and OUT/figures/ are regenerated from the
+cell files, never appended to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import fnmatch
+import json
+import multiprocessing
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
+from pretrain.checkpoint import atomic_write_text
+from pretrain.config import config_hash
+from pretrain.errors import CebenchError, ConfigError
+
+
+class Executor(Protocol):
+    """Runs cells. `resolve` checks a cell's config against the target config class and returns it
+    fully resolved (JSON-able; hashed for caching); `run` does the work in `work` and returns
+    {"metrics": {name: float}, "artifacts": {...}, "device": str}. Must be picklable for --jobs > 1."""
+
+    def prepare(self, suite: Suite, out_dir: Path) -> None: ...
+    def resolve(self, cell: Cell) -> dict[str, Any]: ...
+    def run(self, cell: Cell, resolved: dict[str, Any], work: Path) -> dict[str, Any]: ...
+
+
+@dataclass
+class Outcome:
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # cell id -> one-line error
+    wall_s: float = 0.0
+
+
+def code_version() -> str:
+    """The git commit of the checkout (+dirty when tracked files changed), else the package version."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from pretrain import __version__
+
+        return f"cebench-{__version__}"
+
+
+def _portable(value: Any, out_dir: str) -> Any:
+    """The config with OUT written as $OUT, so the hash does not depend on where OUT lives."""
+    return json.loads(json.dumps(value, default=str).replace(out_dir, "$OUT"))
+
+
+def _matches(cell_id: str, patterns: list[str]) -> bool:
+    for pat in patterns:
+        if any(ch in pat for ch in "*?["):
+            if fnmatch.fnmatchcase(cell_id, pat):
+                return True
+        elif pat in cell_id:
+            return True
+    return False
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str) -> dict[str, Any]:
+    """Run one cell and never raise: the result or the error comes back as data (worker-safe)."""
+    t0 = time.time()
+    try:
+        shutil.rmtree(work, ignore_errors=True)  # a cell killed half-way leaves a stale directory
+        Path(work).mkdir(parents=True, exist_ok=True)
+        result = executor.run(cell, resolved, Path(work))
+        return {"ok": True, "result": result, "wall_time_s": time.time() - t0}
+    except BaseException as e:  # noqa: B036 -- a cell's failure must not stop the suite
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        return {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+                "traceback": traceback.format_exc(), "wall_time_s": time.time() - t0}
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class Runner:
+    def __init__(self, suite: Suite, out_dir: str | Path, executor: Executor, *, jobs: int = 1,
+                 only: list[str] | None = None, command: str = "", log=print) -> None:
+        self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
+        self.out = Path(out_dir).resolve()
+        self.cells_dir = self.out / "cells"
+        self.command = command or f"cebench bench --suite {suite.name}"
+        self.log = log
+        self.cells = plan_cells(suite, self.out)
+        self.by_id = {c.id: c for c in self.cells}
+        self.selected = self._select(only or [])
+        self.resolved: dict[str, dict[str, Any]] = {}
+        self.hashes: dict[str, str] = {}
+        self.code_version = code_version()
+
+    def _select(self, patterns: list[str]) -> list[Cell]:
+        if not patterns:
+            return list(self.cells)
+        wanted = {c.id for c in self.cells if _matches(c.id, patterns)}
+        if not wanted:
+            raise ConfigError(f"--only {patterns} matches no cell; cells look like "
+                              f"{self.cells[0].id}, {self.cells[-1].id}")
+        stack = list(wanted)  # a selected cell brings the cells it needs
+        while stack:
+            for dep in self.by_id[stack.pop()].depends:
+                if dep not in wanted:
+                    wanted.add(dep)
+                    stack.append(dep)
+        return [c for c in self.cells if c.id in wanted]
+
+    def resolve_all(self) -> None:
+        """Check every cell's config before running anything; hash it with its dependencies' hashes."""
+        for cell in self.cells:
+            try:
+                resolved = self.executor.resolve(cell)
+            except CebenchError as e:
+                raise ConfigError(f"cell {cell.id}: {e}") from None
+            self.resolved[cell.id] = resolved
+            self.hashes[cell.id] = config_hash({
+                "kind": cell.kind, "task_kind": cell.task_kind, "seed": cell.seed,
+                "config": _portable(resolved, str(self.out)),
+                "depends": [self.hashes[d] for d in cell.depends],
+            })
+
+    def state(self, cell: Cell) -> str:
+        rec = _read_json(self.cells_dir / f"{cell.id}.json")
+        if rec is not None and rec.get("config_hash") == self.hashes[cell.id]:
+            return "done"
+        if rec is not None:
+            return "stale"
+        return "failed" if (self.cells_dir / f"{cell.id}.error.json").exists() else "todo"
+
+    def _write_cell(self, cell: Cell, res: dict[str, Any]) -> None:
+        result = res["result"] or {}
+        rec = {
+            "cell": cell.id, "suite": self.suite.name, "kind": cell.kind, "arm": cell.arm,
+            "task": cell.task, "task_kind": cell.task_kind, "seed": cell.seed,
+            "config_hash": self.hashes[cell.id], "code_version": self.code_version,
+            "device": result.get("device") or _default_device(),
+            "wall_time_s": round(res["wall_time_s"], 3),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items()},
+            "artifacts": result.get("artifacts") or {},
+            "config": self.resolved[cell.id], "depends": list(cell.depends),
+        }
+        atomic_write_text(self.cells_dir / f"{cell.id}.json", json.dumps(rec, indent=1, default=str))
+        (self.cells_dir / f"{cell.id}.error.json").unlink(missing_ok=True)
+
+    def _write_error(self, cell: Cell, error: str, tb: str = "", wall: float = 0.0) -> None:
+        rec = {"cell": cell.id, "config_hash": self.hashes[cell.id], "error": error, "traceback": tb,
+               "wall_time_s": round(wall, 3), "code_version": self.code_version,
+               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_text(self.cells_dir / f"{cell.id}.error.json", json.dumps(rec, indent=1))
+
+    def run(self) -> Outcome:
+        t_start = time.time()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.executor.prepare(self.suite, self.out)
+        self.resolve_all()
+        atomic_write_text(self.out / "suite.json", json.dumps(
+            dict(suite_meta(self.suite), command=self.command), indent=1))
+        outcome = Outcome()
+        todo = []
+        for cell in self.selected:
+            if self.state(cell) == "done":
+                outcome.cached.append(cell.id)
+            else:
+                todo.append(cell)
+        self.log(f"bench {self.suite.name}: {len(self.selected)} cells, {len(outcome.cached)} cached, "
+                 f"{len(todo)} to run -> {self.out}")
+        self._progress_t0, self._times = time.time(), {}
+        self._total = len(todo)
+        if self.jobs == 1:
+            self._run_serial(todo, outcome)
+        else:
+            self._run_pool(todo, outcome)
+        self.write_outputs()
+        outcome.wall_s = time.time() - t_start
+        return outcome
+
+    def _blocked(self, cell: Cell, outcome: Outcome) -> str | None:
+        bad = [d for d in cell.depends if d in outcome.failed]
+        return f"dependency {bad[0]} failed" if bad else None
+
+    def _record(self, cell: Cell, res: dict[str, Any], outcome: Outcome) -> None:
+        if res["ok"]:
+            self._write_cell(cell, res)
+            outcome.ran.append(cell.id)
+            self._times.setdefault(cell.kind, []).append(res["wall_time_s"])
+        else:
+            self._write_error(cell, res["error"], res.get("traceback", ""), res.get("wall_time_s", 0.0))
+            outcome.failed[cell.id] = res["error"]
+        self.write_outputs(figures=False)  # results.csv always mirrors the finished cells
+        self._progress(cell, res, outcome)
+
+    def _progress(self, cell: Cell, res: dict[str, Any], outcome: Outcome) -> None:
+        done = len(outcome.ran) + len(outcome.failed)
+        left = self._total - done
+        pending = [c for c in self.selected if c.id not in outcome.ran and c.id not in outcome.failed
+                   and c.id not in outcome.cached]
+        all_times = [t for ts in self._times.values() for t in ts]
+        mean_all = sum(all_times) / len(all_times) if all_times else 0.0
+        eta = sum((sum(ts) / len(ts)) if (ts := self._times.get(c.kind)) else mean_all
+                  for c in pending) / self.jobs
+        status = "ok" if res["ok"] else f"FAILED ({res['error']})"
+        self.log(f"[{done}/{self._total}] {cell.id} {status} {res.get('wall_time_s', 0.0):.1f}s | "
+                 f"left {left} | elapsed {_fmt(time.time() - self._progress_t0)} | eta {_fmt(eta)}")
+
+    def _run_serial(self, todo: list[Cell], outcome: Outcome) -> None:
+        for cell in todo:
+            reason = self._blocked(cell, outcome)
+            res = ({"ok": False, "error": reason, "wall_time_s": 0.0} if reason else
+                   _execute(self.executor, cell, self.resolved[cell.id], str(self.out / "runs" / cell.id)))
+            self._record(cell, res, outcome)
+
+    def _run_pool(self, todo: list[Cell], outcome: Outcome) -> None:
+        """Worker processes (one torch thread each); a cell starts once its dependencies finished.
+        A worker that dies (segfault, out of memory) fails its cells and the pool is rebuilt."""
+        waiting = list(todo)
+        ctx = multiprocessing.get_context("spawn")
+        pool = cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,))
+        running: dict[cf.Future, Cell] = {}
+        try:
+            while waiting or running:
+                finished = set(outcome.ran) | set(outcome.cached)
+                for cell in list(waiting):
+                    if len(running) >= self.jobs:
+                        break
+                    reason = self._blocked(cell, outcome)
+                    if reason:
+                        waiting.remove(cell)
+                        self._record(cell, {"ok": False, "error": reason, "wall_time_s": 0.0}, outcome)
+                    elif all(d in finished for d in cell.depends):
+                        waiting.remove(cell)
+                        fut = pool.submit(_execute, self.executor, cell, self.resolved[cell.id],
+                                          str(self.out / "runs" / cell.id))
+                        running[fut] = cell
+                if not running:
+                    continue
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                broken = False
+                for fut in done:
+                    cell = running.pop(fut)
+                    try:
+                        res = fut.result()
+                    except cf.process.BrokenProcessPool as e:
+                        res, broken = {"ok": False, "error": f"worker process died: {e}", "wall_time_s": 0.0}, True
+                    self._record(cell, res, outcome)
+                if broken:
+                    for fut, cell in list(running.items()):
+                        running.pop(fut)
+                        self._record(cell, {"ok": False, "error": "worker pool broken", "wall_time_s": 0.0},
+                                     outcome)
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    pool = cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker,
+                                                  initargs=(1,))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The finished cells of this suite whose config hash is current."""
+        out = []
+        for cell in self.cells:
+            rec = _read_json(self.cells_dir / f"{cell.id}.json")
+            if rec is not None and rec.get("config_hash") == self.hashes.get(cell.id):
+                out.append(rec)
+        return out
+
+    def write_outputs(self, figures: bool = True) -> None:
+        from benchmarks.tables import records_to_rows, render_all, write_csv
+
+        rows = records_to_rows(self.records())
+        write_csv(rows, self.out / "results.csv")
+        if figures:
+            render_all([self.out], self.out, command=self.command, figures=True, log=self.log)
+
+
+def _default_device() -> str:
+    from pretrain.device import describe, pick_device
+
+    return describe(pick_device("auto"))
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--suite", required=True, help="built-in suite name (default, paper, mini) or a YAML file")
+    p.add_argument("--out", default=None, help="results directory (default results/<suite>[-dry-run])")
+    p.add_argument("--dry-run", action="store_true",
+                   help="apply the suite's dry_run section (tiny generated data, minimal budgets)")
+    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                   help="run only cells whose id matches (glob, or substring; repeatable); "
+                        "ids are ARM.TASK.sSEED, TASK = pretrain | inpaint | a transfer task")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override a suite key, e.g. seeds=[0,1], budgets.pretrain_steps=50, "
+                        "arms.ce-center.pretrain.lr=1e-3, data.paths.voc2007=/data/VOC2007")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="worker processes (default: the suite's 'jobs', else 1 = in-process)")
+    p.add_argument("--list", action="store_true", help="list the cells and their state, run nothing")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    from benchmarks.cells import CellExecutor
+
+    suite = load_suite(args.suite, args.overrides, dry_run=args.dry_run)
+    out = Path(args.out or f"results/{suite.name}{'-dry-run' if args.dry_run else ''}")
+    command = "cebench bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
+        else f"cebench bench --suite {args.suite}"
+    jobs = args.jobs if args.jobs is not None else suite.jobs
+    runner = Runner(suite, out, CellExecutor(), jobs=jobs, only=args.only, command=command,
+                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    if args.list:
+        runner.resolve_all()
+        for cell in runner.selected:
+            print(f"{runner.state(cell):6s} {cell.id}  {runner.hashes[cell.id]}")
+        return 0
+    outcome = runner.run()
+    print(f"bench {suite.name}: {len(outcome.ran)} ran, {len(outcome.cached)} cached, "
+          f"{len(outcome.failed)} failed in {_fmt(outcome.wall_s)}; results in {runner.out}/results.csv, "
+          f"{runner.out}/table.md", file=sys.stderr)
+    for cid, err in outcome.failed.items():
+        print(f"  FAILED {cid}: {err}  (see {runner.out}/cells/{cid}.error.json)", file=sys.stderr)
+    return 1 if outcome.failed else 0

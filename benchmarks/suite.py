@@ -1,0 +1,297 @@
+"""Benchmark suites: a YAML file -> typed dataclasses -> a grid of cells.
+
+    suite = load_suite("default", ["seeds=[0]", "arms.ce-center.pretrain.steps=20"])
+    cells = plan_cells(suite, out_dir)        # pretrain, inpaint and transfer cells in run order
+
+A suite names pretraining *arms* (random, random-rescaled, supervised, autoencoder, context
+encoder with a mask), transfer *tasks* (classify / detect / segment with the harness config),
+the seeds, the budgets and the data. Config sections are plain mappings of the target config's
+keys (`PretrainConfig`, the transfer harness configs); they are checked against those dataclasses
+when the runner resolves each cell, before anything runs. String values may hold placeholders:
+
+    {seed} {out} {work} {encoder} {data.synth} {data.<path name>} {budgets.<key>}
+    {arm.name} {arm.method} {arm.mask} {arm.encoder} {task.name} {task.kind}
+
+A value that is exactly one placeholder keeps the placeholder's type (`steps: "{budgets.pretrain_steps}"`
+becomes an int). `{work}` is the cell's own directory `OUT/runs/<cell-id>`; `{encoder}` (transfer
+and inpaint cells) is the arm's pretraining run directory, or `random:<encoder>` /
+`random-rescaled:<encoder>` for the arms without pretraining.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pretrain.config import from_dict, load_yaml
+from pretrain.errors import ConfigError
+
+SUITES_DIR = Path(__file__).parent / "suites"
+Method = Literal["random", "random-rescaled", "supervised", "autoencoder", "context-encoder"]
+TaskKind = Literal["classify", "detect", "segment"]
+NO_PRETRAINING = ("random", "random-rescaled")
+RESERVED_TASKS = ("pretrain", "inpaint")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[A-Za-z0-9_-]+)?)\}")
+
+
+@dataclass
+class SynthSpec:
+    """Built-in data made by `cebench data synth` into OUT/data/synth when missing."""
+
+    seed: int = 0
+    size: int = 64
+    images: int = 200  # VOC-format images (half train, half val)
+    unlabelled: int = 400  # pretraining images
+    folder_images: int = 120  # ImageFolder images (supervised pretraining)
+
+
+@dataclass
+class DataSpec:
+    synth: SynthSpec | None = None
+    # name -> path; "{data.synth}" and "{out}" expand; used by the config sections as {data.<name>}
+    paths: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ArmSpec:
+    name: str = ""
+    method: Method = "context-encoder"
+    label: str = ""  # row name in the tables; defaults to name
+    encoder: str = "tiny"  # registry name, used for {arm.encoder} and random:<encoder>
+    mask: str = "none"  # center | random-block | random-region | none (metadata + {arm.mask})
+    pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig overrides
+    transfer: dict[str, Any] = field(default_factory=dict)  # overrides for every task of this arm
+    inpaint: bool = False  # run `cebench inpaint` on held-out images after pretraining
+    paper: dict[str, float] = field(default_factory=dict)  # task name -> the paper's number
+    paper_time: str = ""  # the paper's pretraining time for this row
+
+    def validate(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(f"arm name {self.name!r} must be lower-case letters, digits and '-'")
+        if self.method in NO_PRETRAINING and (self.pretrain or self.inpaint):
+            raise ConfigError(f"arm '{self.name}': method {self.method} has no pretraining or inpainting")
+
+
+@dataclass
+class TaskSpec:
+    name: str = ""
+    kind: TaskKind = "classify"
+    label: str = ""  # column name in the tables; defaults to name
+    metric: str = ""  # the metric shown in the table (a key of the harness's result)
+    scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
+    config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
+    per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
+
+    def validate(self) -> None:
+        if not _NAME.match(self.name) or self.name in RESERVED_TASKS:
+            raise ConfigError(f"task name {self.name!r} must be lower-case letters, digits and '-', "
+                              f"and not one of {list(RESERVED_TASKS)}")
+        if not self.metric:
+            raise ConfigError(f"task '{self.name}' needs 'metric' (the result key shown in the table)")
+
+
+@dataclass
+class InpaintSpec:
+    config: dict[str, Any] = field(default_factory=dict)  # `cebench inpaint` options / config keys
+
+
+@dataclass
+class Suite:
+    name: str = ""
+    description: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budgets: dict[str, Any] = field(default_factory=dict)  # {budgets.<key>} in the config sections
+    data: DataSpec = field(default_factory=DataSpec)
+    pretrain: dict[str, Any] = field(default_factory=dict)  # overrides common to every arm
+    transfer: dict[str, Any] = field(default_factory=dict)  # overrides common to every task
+    inpaint: InpaintSpec = field(default_factory=InpaintSpec)
+    arms: list[ArmSpec] = field(default_factory=list)
+    tasks: list[TaskSpec] = field(default_factory=list)
+    dry_run: dict[str, Any] = field(default_factory=dict)  # --set overrides applied by --dry-run
+    jobs: int = 1  # worker processes (1 = in-process); `cebench bench --jobs` overrides
+
+    def validate(self) -> None:
+        if not self.seeds:
+            raise ConfigError("suite needs at least one seed")
+        if not self.arms or not self.tasks:
+            raise ConfigError(f"suite '{self.name}' needs at least one arm and one task")
+        for what, items in (("arm", self.arms), ("task", self.tasks)):
+            names = [i.name for i in items]
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ConfigError(f"duplicate {what} name(s): {sorted(dup)}")
+
+    def arm(self, name: str) -> ArmSpec:
+        return next(a for a in self.arms if a.name == name)
+
+    def task(self, name: str) -> TaskSpec:
+        return next(t for t in self.tasks if t.name == name)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: pretraining (arm x seed), inpainting (arm x seed) or transfer (arm x task x seed)."""
+
+    id: str
+    kind: Literal["pretrain", "inpaint", "transfer"]
+    arm: str
+    task: str  # "pretrain", "inpaint" or the transfer task's name
+    seed: int
+    config: dict[str, Any]  # overrides with placeholders resolved (target config's keys)
+    depends: tuple[str, ...] = ()
+    task_kind: str = ""  # classify | detect | segment for transfer cells
+
+
+def suite_path(name_or_file: str | Path) -> Path:
+    """A built-in suite name (benchmarks/suites/<name>.yaml) or a YAML file path."""
+    p = Path(name_or_file)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"suite file not found: {p}")
+        return p
+    builtin = SUITES_DIR / f"{name_or_file}.yaml"
+    if not builtin.is_file():
+        names = sorted(f.stem for f in SUITES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown suite '{name_or_file}'; built-in suites: {', '.join(names)}")
+    return builtin
+
+
+def load_suite(name_or_file: str | Path, overrides: list[str] | None = None, dry_run: bool = False) -> Suite:
+    """Read a suite, apply its `dry_run` section (when asked) and then `key=value` overrides."""
+    path = suite_path(name_or_file)
+    raw = load_yaml(path)
+    raw.setdefault("name", path.stem)
+    try:
+        if dry_run:
+            for key, value in (raw.get("dry_run") or {}).items():
+                _set_path(raw, key, copy.deepcopy(value))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r} is not of the form key=value")
+            key, value = item.split("=", 1)
+            _set_path(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        return from_dict(Suite, raw)
+    except ConfigError as e:
+        raise ConfigError(f"suite {path}: {e}") from None
+
+
+def _set_path(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in the raw suite; a list of named items (arms, tasks) is indexed by name."""
+    parts = key.split(".")
+    node: Any = raw
+    top = {f.name for f in dataclasses.fields(Suite)}
+    if parts[0] not in top:
+        raise ConfigError(f"unknown suite key '{key}'; valid keys: {', '.join(sorted(top))}")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            match = [x for x in node if isinstance(x, dict) and x.get("name") == part]
+            if not match:
+                names = [x.get("name") for x in node if isinstance(x, dict)]
+                raise ConfigError(f"'{'.'.join(parts[:i])}' has no item named '{part}'; names: {names}")
+            node = match[0]
+        else:
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+    if isinstance(node, list):
+        raise ConfigError(f"'{key}': give an item name after '{'.'.join(parts[:-1])}'")
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def substitute(value: Any, env: dict[str, Any], where: str = "") -> Any:
+    """Replace `{name}` placeholders in every string of a nested value (see the module docstring)."""
+    if isinstance(value, dict):
+        return {k: substitute(v, env, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def lookup(name: str) -> Any:
+        if name not in env:
+            raise ConfigError(f"'{where}': unknown placeholder {{{name}}}; known: "
+                              + ", ".join("{" + k + "}" for k in sorted(env)))
+        return env[name]
+
+    whole = _PLACEHOLDER.fullmatch(value)
+    if whole:
+        return lookup(whole.group(1))
+    return _PLACEHOLDER.sub(lambda m: str(lookup(m.group(1))), value)
+
+
+def cell_id(arm: str, task: str, seed: int) -> str:
+    return f"{arm}.{task}.s{seed}"
+
+
+def data_env(suite: Suite, out_dir: Path) -> dict[str, Any]:
+    """Placeholders for the data section: {out}, {data.synth}, {data.<name>}."""
+    out_dir = Path(out_dir).resolve()
+    env: dict[str, Any] = {"out": str(out_dir)}
+    if suite.data.synth is not None:
+        env["data.synth"] = str(out_dir / "data" / "synth")
+    for name, p in suite.data.paths.items():
+        env[f"data.{name}"] = str(Path(substitute(p, env, f"data.paths.{name}")).expanduser())
+    return env
+
+
+def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
+    """Every cell of the suite in dependency order: pretraining, inpainting, then transfer."""
+    out_dir = Path(out_dir).resolve()
+    base = data_env(suite, out_dir)
+    base.update({f"budgets.{k}": v for k, v in suite.budgets.items()})
+    pretrain, inpaint, transfer = [], [], []
+    for seed in suite.seeds:
+        for arm in suite.arms:
+            env = dict(base, seed=seed, **{"arm.name": arm.name, "arm.method": arm.method,
+                                           "arm.mask": arm.mask, "arm.encoder": arm.encoder})
+            deps: tuple[str, ...] = ()
+            if arm.method in NO_PRETRAINING:
+                encoder = f"{arm.method}:{arm.encoder}"
+            else:
+                pid = cell_id(arm.name, "pretrain", seed)
+                work = out_dir / "runs" / pid
+                cfg = _deep_merge(suite.pretrain, arm.pretrain)
+                pretrain.append(Cell(pid, "pretrain", arm.name, "pretrain", seed,
+                                     substitute(cfg, dict(env, work=str(work)), "pretrain")))
+                deps, encoder = (pid,), str(work)
+                if arm.inpaint:
+                    iid = cell_id(arm.name, "inpaint", seed)
+                    ienv = dict(env, work=str(out_dir / "runs" / iid), encoder=encoder)
+                    inpaint.append(Cell(iid, "inpaint", arm.name, "inpaint", seed,
+                                        substitute(suite.inpaint.config, ienv, "inpaint.config"), deps))
+            for task in suite.tasks:
+                tid = cell_id(arm.name, task.name, seed)
+                tenv = dict(env, work=str(out_dir / "runs" / tid), encoder=encoder,
+                            **{"task.name": task.name, "task.kind": task.kind})
+                cfg = _deep_merge(_deep_merge(suite.transfer, task.config), arm.transfer)
+                transfer.append(Cell(tid, "transfer", arm.name, task.name, seed,
+                                     substitute(cfg, tenv, f"tasks.{task.name}.config"), deps, task.kind))
+    return pretrain + inpaint + transfer
+
+
+def suite_meta(suite: Suite) -> dict[str, Any]:
+    """What the tables need besides the CSV: labels, order, primary metrics, the paper's numbers."""
+    return {
+        "name": suite.name,
+        "arms": [{"name": a.name, "label": a.label or a.name, "method": a.method, "mask": a.mask,
+                  "paper": a.paper, "paper_time": a.paper_time} for a in suite.arms],
+        "tasks": [{"name": t.name, "label": t.label or t.name, "kind": t.kind, "metric": t.metric,
+                   "scale": t.scale, "per_layer": t.per_layer} for t in suite.tasks],
+    }

@@ -1,0 +1,268 @@
+"""`cebench table`: render results.csv (one or several results dirs) as Markdown, LaTeX and figures.
+
+    cebench table results/default                         # -> results/default/table.md + figures/
+    cebench table results/run-a results/run-b --out results/merged --latex
+
+results.csv has a fixed schema, one row per arm x task x metric x seed:
+
+    suite, arm, task, metric, seed, value, config_hash, code_version, device, wall_time_s
+
+Table rows are the pretraining methods; columns are the pretraining time, each transfer task's
+headline metric and (for the inpainting arms) inpainting L2 and PSNR, as mean +- sample standard
+deviation over seeds; the best mean of each column is bold. The suite's labels, column order and
+the paper's numbers come from suite.json beside results.csv (written by `cebench bench`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pretrain.checkpoint import atomic_write_text
+from pretrain.errors import DatasetError
+
+COLUMNS = ["suite", "arm", "task", "metric", "seed", "value", "config_hash", "code_version", "device",
+           "wall_time_s"]
+# headline metric when suite.json does not name one: first of these present, else the first metric
+PREFERRED = ["map", "mAP", "accuracy", "acc", "top1", "miou", "mean_iou", "mIoU"]
+# (column label, metric names tried in order, lower is better)
+INPAINT_COLUMNS = [("inpaint L2", ("l2", "mean_l2", "L2"), True),
+                   ("inpaint PSNR", ("psnr", "mean_psnr", "PSNR"), False)]
+
+
+def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cell records (OUT/cells/*.json) -> CSV rows; a pretraining cell also gives its time_s."""
+    rows = []
+    for rec in records:
+        metrics = dict(rec.get("metrics") or {})
+        if rec["kind"] == "pretrain":
+            metrics.setdefault("time_s", rec["wall_time_s"])
+        for name, value in metrics.items():
+            rows.append({"suite": rec["suite"], "arm": rec["arm"], "task": rec["task"], "metric": name,
+                         "seed": rec["seed"], "value": value, "config_hash": rec["config_hash"],
+                         "code_version": rec["code_version"], "device": rec["device"],
+                         "wall_time_s": rec["wall_time_s"]})
+    return rows
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and merged suite metadata of several results dirs (or CSV files); later rows win
+    over earlier ones with the same suite, arm, task, metric and seed."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    meta: dict[str, Any] = {"arms": [], "tasks": [], "command": "", "names": []}
+    for p in map(Path, paths):
+        csv_path = p / "results.csv" if p.is_dir() else p
+        if not csv_path.is_file():
+            raise DatasetError(f"no results.csv at {csv_path}")
+        with open(csv_path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != COLUMNS:
+                raise DatasetError(f"{csv_path}: columns {reader.fieldnames} are not {COLUMNS}")
+            for r in reader:
+                r["seed"], r["value"] = int(r["seed"]), float(r["value"])
+                r["wall_time_s"] = float(r["wall_time_s"])
+                rows[(r["suite"], r["arm"], r["task"], r["metric"], r["seed"])] = r
+        sj = csv_path.parent / "suite.json"
+        if sj.is_file():
+            m = json.loads(sj.read_text())
+            meta["names"].append(m.get("name", ""))
+            meta["command"] = meta["command"] or m.get("command", "")
+            for key in ("arms", "tasks"):
+                known = {x["name"] for x in meta[key]}
+                meta[key] += [x for x in m.get(key, []) if x["name"] not in known]
+    rows_list = list(rows.values())
+    _fill_meta(rows_list, meta)
+    return rows_list, meta
+
+
+def _fill_meta(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    """Arms and tasks seen in the CSV but not in any suite.json get default labels and metrics."""
+    arms = {a["name"] for a in meta["arms"]}
+    tasks = {t["name"] for t in meta["tasks"]}
+    for r in rows:
+        if r["arm"] not in arms:
+            arms.add(r["arm"])
+            meta["arms"].append({"name": r["arm"], "label": r["arm"], "paper": {}, "paper_time": ""})
+        if r["task"] not in tasks and r["task"] not in ("pretrain", "inpaint"):
+            tasks.add(r["task"])
+            names = [x["metric"] for x in rows if x["task"] == r["task"] and "@" not in x["metric"]]
+            metric = next((m for m in PREFERRED if m in names), names[0] if names else r["metric"])
+            meta["tasks"].append({"name": r["task"], "label": r["task"], "metric": metric, "scale": 1.0,
+                                  "per_layer": False})
+
+
+@dataclass
+class Column:
+    label: str
+    task: str
+    metric: str
+    scale: float = 1.0
+    lower_better: bool = False
+    digits: int = 3
+    paper: bool = False  # the paper's numbers: shown, never bolded
+
+
+def values(rows: list[dict[str, Any]], arm: str, task: str, metric: str) -> list[float]:
+    """One value per seed (sorted by seed)."""
+    sel = sorted((r for r in rows if r["arm"] == arm and r["task"] == task and r["metric"] == metric),
+                 key=lambda r: r["seed"])
+    return [r["value"] for r in sel]
+
+
+def mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1); std is None for a single seed."""
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else None)
+
+
+def build_columns(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Column]:
+    cols = []
+    if any(r["task"] == "pretrain" and r["metric"] == "time_s" for r in rows):
+        cols.append(Column("pretraining time (s)", "pretrain", "time_s", lower_better=True, digits=0))
+    if any(a.get("paper_time") for a in meta["arms"]):
+        cols.append(Column("time (paper)", "pretrain", "paper_time", paper=True))
+    for t in meta["tasks"]:
+        digits = 1 if t.get("scale", 1.0) >= 100 else 3
+        cols.append(Column(f"{t['label']} ({t['metric']})", t["name"], t["metric"], t.get("scale", 1.0),
+                           digits=digits))
+        if any(t["name"] in a.get("paper", {}) for a in meta["arms"]):
+            cols.append(Column(f"{t['label']} (paper)", t["name"], "paper", paper=True, digits=1))
+    present = {r["metric"] for r in rows if r["task"] == "inpaint"}
+    for label, names, lower in INPAINT_COLUMNS:
+        name = next((n for n in names if n in present), None)
+        if name:
+            cols.append(Column(label, "inpaint", name, lower_better=lower, digits=4 if lower else 2))
+    return cols
+
+
+def table_cells(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[Column], list[list[str]],
+                                                                           list[list[bool]]]:
+    """Formatted cells (one list per arm) and which of them are the best of their column."""
+    cols = build_columns(rows, meta)
+    text, means = [], []
+    for arm in meta["arms"]:
+        t_row, m_row = [], []
+        for c in cols:
+            if c.paper:
+                v = arm.get("paper_time") if c.metric == "paper_time" else arm.get("paper", {}).get(c.task)
+                t_row.append("-" if v in (None, "") else (f"{v:.{c.digits}f}" if isinstance(v, (int, float))
+                                                          else str(v)))
+                m_row.append(None)
+                continue
+            xs = values(rows, arm["name"], c.task, c.metric)
+            if not xs:
+                t_row.append("-")
+                m_row.append(None)
+                continue
+            m, s = mean_std([x * c.scale for x in xs])
+            t_row.append(f"{m:.{c.digits}f}" + ("" if s is None else f" ± {s:.{c.digits}f}"))
+            m_row.append(m)
+        text.append(t_row)
+        means.append(m_row)
+    best = [[False] * len(cols) for _ in meta["arms"]]
+    for j, c in enumerate(cols):
+        col = [r[j] for r in means if r[j] is not None and not math.isnan(r[j])]
+        if not col or c.paper:
+            continue
+        target = min(col) if c.lower_better else max(col)
+        for i, r in enumerate(means):
+            best[i][j] = r[j] is not None and round(r[j], c.digits) == round(target, c.digits)
+    return cols, text, best
+
+
+def _seeds_note(rows: list[dict[str, Any]]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    return (f"mean ± sample std (n-1) over {len(seeds)} seed(s) {seeds}; best mean per column in bold; "
+            "scores in %, time in seconds, L2 per pixel in [0, 1], PSNR in dB")
+
+
+def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str = "") -> str:
+    cols, text, best = table_cells(rows, meta)
+    lines = []
+    if command:
+        lines += [f"Produced by: `{command}`", ""]
+    lines.append("| pretraining | " + " | ".join(c.label for c in cols) + " |")
+    lines.append("|---|" + "---|" * len(cols))
+    for arm, t_row, b_row in zip(meta["arms"], text, best, strict=True):
+        cells = [f"**{t}**" if b else t for t, b in zip(t_row, b_row, strict=True)]
+        lines.append(f"| {arm['label']} | " + " | ".join(cells) + " |")
+    lines += ["", _seeds_note(rows), ""]
+    return "\n".join(lines)
+
+
+def _tex(s: str) -> str:
+    s = s.replace("\\", "\0")  # backslashes first, so the braces added below stay intact
+    for a, b in (("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"),
+                 ("}", r"\}")):
+        s = s.replace(a, b)
+    s = s.replace("\0", r"\textbackslash{}")
+    return s.replace("±", r"$\pm$").replace("<", r"$<$")
+
+
+def render_latex(rows: list[dict[str, Any]], meta: dict[str, Any], command: str = "") -> str:
+    """A plain booktabs tabular (no jinja2 needed)."""
+    cols, text, best = table_cells(rows, meta)
+    out = []
+    if command:
+        out.append(f"% produced by: {command}")
+    out += [r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
+            "pretraining & " + " & ".join(_tex(c.label) for c in cols) + r" \\", r"\midrule"]
+    for arm, t_row, b_row in zip(meta["arms"], text, best, strict=True):
+        cells = [rf"\textbf{{{_tex(t)}}}" if b else _tex(t) for t, b in zip(t_row, b_row, strict=True)]
+        out.append(_tex(arm["label"]) + " & " + " & ".join(cells) + r" \\")
+    out += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(out)
+
+
+def render_all(paths: list[str | Path], out: str | Path, *, command: str = "", latex: bool = False,
+               figures: bool = True, log=print) -> Path:
+    """results.csv of every path -> OUT/table.md (+ table.tex, + figures/); returns table.md's path."""
+    rows, meta = read_results(paths)
+    out = Path(out)
+    command = command or meta.get("command", "")
+    if len(paths) > 1 or Path(paths[0]).resolve() != out.resolve():
+        write_csv([{k: r[k] for k in COLUMNS} for r in rows], out / "results.csv")
+    atomic_write_text(out / "table.md", render_markdown(rows, meta, command))
+    if latex:
+        atomic_write_text(out / "table.tex", render_latex(rows, meta, command))
+    if figures:
+        from benchmarks.figures import render_figures
+
+        try:
+            render_figures(rows, meta, [Path(p) for p in paths], out / "figures")
+        except Exception as e:  # a figure must never cost the tables
+            log(f"figures not drawn: {type(e).__name__}: {e}")
+    return out / "table.md"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="results directories (or results.csv files) to merge")
+    p.add_argument("--out", default=None, help="output directory (default: the first results dir)")
+    p.add_argument("--latex", action="store_true", help="also write table.tex")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    first = Path(args.results[0])
+    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent)
+    command = "cebench table " + " ".join(args.results) + (f" --out {args.out}" if args.out else "") \
+        + (" --latex" if args.latex else "")
+    path = render_all(args.results, out, command=command, latex=args.latex, figures=not args.no_figures)
+    print(path.read_text())
+    return 0

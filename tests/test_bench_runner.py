@@ -1,0 +1,208 @@
+"""The bench runner's own logic with an injected executor: caching, failures, config edits, kills,
+--only, results.csv / table.md contents and suite YAML errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from benchmarks.runner import Runner
+from benchmarks.suite import load_suite, plan_cells
+from pretrain.errors import ConfigError
+
+SUITE = textwrap.dedent("""
+    name: toy
+    seeds: [0, 1, 2]
+    budgets: {steps: 5}
+    pretrain: {steps: "{budgets.steps}", seed: "{seed}", out: "{work}"}
+    transfer: {encoder: "{encoder}", seed: "{seed}"}
+    arms:
+      - {name: rand, label: Random, method: random, encoder: tiny}
+      - {name: ce, label: Context encoder, method: context-encoder, mask: center, pretrain: {lr: 0.1}}
+    tasks:
+      - {name: cls, label: Cls, kind: classify, metric: score, config: {lr: 0.01}}
+      - {name: seg, label: Seg, kind: segment, metric: miou, config: {lr: 0.02}}
+""")
+# hand-chosen metric values: (arm, task) -> per seed
+VALUES = {("rand", "cls"): [40.0, 42.0, 44.0], ("ce", "cls"): [50.0, 53.0, 56.0],
+          ("rand", "seg"): [10.0, 10.0, 13.0], ("ce", "seg"): [20.0, 21.0, 25.0]}
+
+
+class FakeExecutor:
+    """Records each call in OUT/calls.log; fails the cells named in `fail`; SIGKILLs itself on `kill`."""
+
+    def __init__(self, fail: tuple[str, ...] = (), kill: str = "") -> None:
+        self.fail, self.kill = fail, kill
+
+    def prepare(self, suite, out_dir: Path) -> None:
+        self.out = out_dir
+
+    def resolve(self, cell) -> dict:
+        return dict(cell.config)
+
+    def run(self, cell, resolved: dict, work: Path) -> dict:
+        with open(work.parent.parent / "calls.log", "a") as f:
+            f.write(cell.id + "\n")
+        if cell.id == self.kill:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if cell.id in self.fail:
+            raise RuntimeError(f"synthetic failure in {cell.id}")
+        if cell.kind == "pretrain":
+            (work / "encoder.pt").write_text("weights")
+            return {"metrics": {"loss": 0.5}, "device": "cpu:test", "artifacts": {"run_dir": str(work)}}
+        metric = "score" if cell.task == "cls" else "miou"
+        vals = VALUES[(cell.arm, cell.task)]
+        return {"metrics": {metric: vals[cell.seed % len(vals)]}, "device": "cpu:test"}
+
+
+def _suite_file(tmp_path: Path, text: str = SUITE) -> Path:
+    p = tmp_path / "toy.yaml"
+    p.write_text(text)
+    return p
+
+
+def _run(tmp_path, overrides=(), executor=None, only=None):
+    suite = load_suite(_suite_file(tmp_path), list(overrides))
+    runner = Runner(suite, tmp_path / "out", executor or FakeExecutor(), only=only, log=lambda m: None)
+    return runner, runner.run()
+
+
+def _calls(tmp_path) -> list[str]:
+    p = tmp_path / "out" / "calls.log"
+    return p.read_text().split() if p.exists() else []
+
+
+def test_plan_dependencies_and_placeholders(tmp_path):
+    suite = load_suite(_suite_file(tmp_path))
+    cells = {c.id: c for c in plan_cells(suite, tmp_path / "out")}
+    assert len(cells) == 3 + 2 * 2 * 3  # ce pretraining x 3 seeds + arms x tasks x seeds
+    t = cells["ce.cls.s1"]
+    assert t.depends == ("ce.pretrain.s1",)
+    assert t.config == {"encoder": str((tmp_path / "out" / "runs" / "ce.pretrain.s1").resolve()),
+                        "seed": 1, "lr": 0.01}
+    assert cells["rand.seg.s2"].config["encoder"] == "random:tiny"
+    assert cells["ce.pretrain.s0"].config["steps"] == 5  # a whole placeholder keeps its type
+
+
+def test_cells_cached_and_skipped_on_rerun(tmp_path):
+    _, first = _run(tmp_path)
+    assert len(first.ran) == 15 and not first.failed
+    rec = json.loads((tmp_path / "out" / "cells" / "ce.cls.s0.json").read_text())
+    for key in ("config_hash", "code_version", "seed", "wall_time_s", "device", "metrics"):
+        assert key in rec
+    assert rec["metrics"] == {"score": 50.0} and rec["device"] == "cpu:test"
+    _, second = _run(tmp_path)
+    assert second.ran == [] and len(second.cached) == 15
+    assert len(_calls(tmp_path)) == 15  # nothing ran the second time
+
+
+def test_failed_cell_reported_and_rest_go_on(tmp_path):
+    _, out = _run(tmp_path, executor=FakeExecutor(fail=("ce.pretrain.s1", "rand.cls.s0")))
+    assert set(out.failed) == {"ce.pretrain.s1", "rand.cls.s0", "ce.cls.s1", "ce.seg.s1"}
+    assert "dependency ce.pretrain.s1 failed" in out.failed["ce.cls.s1"]
+    assert len(out.ran) == 15 - 4
+    err = json.loads((tmp_path / "out" / "cells" / "rand.cls.s0.error.json").read_text())
+    assert "synthetic failure" in err["error"] and "Traceback" in err["traceback"]
+    # the rerun retries only the failed cells, and clears the error files
+    _, again = _run(tmp_path)
+    assert sorted(again.ran) == sorted(out.failed) and not again.failed
+    assert not list((tmp_path / "out" / "cells").glob("*.error.json"))
+
+
+def test_edited_config_reruns_only_affected_cells(tmp_path):
+    _run(tmp_path)
+    _, task_edit = _run(tmp_path, ["tasks.seg.config.lr=0.5"])
+    assert sorted(task_edit.ran) == sorted(f"{a}.seg.s{s}" for a in ("rand", "ce") for s in range(3))
+    _, arm_edit = _run(tmp_path, ["tasks.seg.config.lr=0.5", "arms.ce.pretrain.lr=0.2"])
+    # pretraining changed -> its transfer cells too (their hash includes the dependency's)
+    assert sorted(arm_edit.ran) == sorted(f"ce.{t}.s{s}" for t in ("pretrain", "cls", "seg") for s in range(3))
+    _, extended = _run(tmp_path, ["tasks.seg.config.lr=0.5", "arms.ce.pretrain.lr=0.2", "seeds=[0,1,2,3]"])
+    assert all(c.endswith(".s3") for c in extended.ran) and len(extended.ran) == 5
+
+
+def test_only_pattern_brings_dependencies(tmp_path):
+    _, out = _run(tmp_path, only=["ce.seg.*"])
+    assert sorted(out.ran) == sorted([f"ce.seg.s{s}" for s in range(3)] + [f"ce.pretrain.s{s}" for s in range(3)])
+    with pytest.raises(ConfigError, match="matches no cell"):
+        _run(tmp_path, only=["nothing-like-this"])
+
+
+def test_csv_and_markdown_match_cell_metrics(tmp_path):
+    _run(tmp_path)
+    out = tmp_path / "out"
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["suite", "arm", "task", "metric", "seed", "value", "config_hash",
+                             "code_version", "device", "wall_time_s"]
+    for (arm, task), vals in VALUES.items():
+        got = sorted((int(r["seed"]), float(r["value"])) for r in rows if r["arm"] == arm and r["task"] == task)
+        assert got == list(enumerate(vals))
+    assert sum(r["task"] == "pretrain" and r["metric"] == "time_s" for r in rows) == 3
+    md = (out / "table.md").read_text()
+    # mean +- sample std by hand: ce cls 50,53,56 -> 53 +- 3; rand seg 10,10,13 -> 11 +- sqrt(3)
+    assert "**53.000 ± 3.000**" in md and "42.000 ± 2.000" in md
+    assert f"11.000 ± {statistics.stdev([10, 10, 13]):.3f}" in md and "**22.000 ± 2.646**" in md
+    assert md.startswith("Produced by: `cebench bench --suite toy`")
+    rand_row = next(line for line in md.splitlines() if line.startswith("| Random |"))
+    assert rand_row.split("|")[2].strip() == "-"  # no pretraining time for the random arm
+
+
+class KillExecutor(FakeExecutor):
+    def __init__(self) -> None:
+        super().__init__(kill="ce.cls.s0")
+
+
+def test_sigkill_mid_suite_then_resume(tmp_path):
+    suite_file = _suite_file(tmp_path)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_bench_runner import KillExecutor
+        from benchmarks.runner import Runner
+        from benchmarks.suite import load_suite
+        Runner(load_suite({str(suite_file)!r}), {str(tmp_path / 'out')!r}, KillExecutor(), log=print).run()
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    done_before = sorted(p.name for p in (tmp_path / "out" / "cells").glob("*.json"))
+    assert "ce.cls.s0.json" not in done_before and len(done_before) == 5  # 3 pretrain + rand.* of s0
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert all(len(line.split(",")) == 10 for line in f.read().splitlines())
+    open(tmp_path / "out" / "calls.log", "w").close()
+    _, resumed = _run(tmp_path)
+    assert len(resumed.cached) == 5 and len(resumed.ran) == 10 and not resumed.failed
+    assert "ce.pretrain.s0" not in _calls(tmp_path)
+
+
+def test_suite_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'arms\[1\].maks'.*valid keys here: .*arms\[1\].mask"):
+        load_suite(_suite_file(tmp_path, SUITE.replace("mask: center", "maks: center")))
+    with pytest.raises(ConfigError, match=r"arms\[1\].method' must be one of \['random', 'random-rescaled'"):
+        load_suite(_suite_file(tmp_path, SUITE.replace("method: context-encoder", "method: jigsaw")))
+    with pytest.raises(ConfigError, match="unknown suite key 'sedes'; valid keys: .*seeds"):
+        load_suite(_suite_file(tmp_path), ["sedes=[1]"])
+    with pytest.raises(ConfigError, match="has no item named 'nope'"):
+        load_suite(_suite_file(tmp_path), ["arms.nope.pretrain.lr=1"])
+    with pytest.raises(ConfigError, match="unknown placeholder {budget.steps}"):
+        plan_cells(load_suite(_suite_file(tmp_path, SUITE.replace("{budgets.steps}", "{budget.steps}"))), tmp_path)
+    with pytest.raises(ConfigError, match="unknown suite 'nosuch'; built-in suites: .*default"):
+        load_suite("nosuch")
+
+
+def test_worker_pool_runs_and_survives_a_dying_worker(tmp_path):
+    suite = load_suite(_suite_file(tmp_path), ["seeds=[0]"])
+    runner = Runner(suite, tmp_path / "out", FakeExecutor(kill="rand.seg.s0"), jobs=2, log=lambda m: None)
+    out = runner.run()
+    assert "rand.seg.s0" in out.failed and "worker process died" in out.failed["rand.seg.s0"]
+    # cells in flight beside the dead worker may fail with it; everything else ran
+    assert set(out.ran) | set(out.failed) == {c.id for c in runner.cells}
+    assert len(out.failed) <= 2
