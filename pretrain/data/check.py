@@ -14,6 +14,7 @@ file, the checker collects every problem so that one run shows everything to fix
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,9 +112,9 @@ def check_imagefolder(root: Path, report: CheckReport) -> None:
 
 def _voc_splits(root: Path, task: str) -> list[str]:
     folder = root / "ImageSets" / task
-    return (
-        sorted(p.stem for p in folder.glob("*.txt") if "_" not in p.stem) if folder.is_dir() else []
-    )
+    names = [p.stem for p in folder.glob("*.txt") if "_" not in p.stem] if folder.is_dir() else []
+    order = {s: k for k, s in enumerate(("train", "val", "trainval", "test"))}
+    return sorted(names, key=lambda s: (order.get(s, len(order)), s))
 
 
 def check_voc(root: Path, report: CheckReport) -> None:
@@ -218,6 +219,7 @@ def check_coco(ann_file: Path, image_root: Path | None, report: CheckReport) -> 
             report.problems.append(
                 f"{path}: image is {size[0]}x{size[1]} but {ann_file} says {im['width']}x{im['height']}"
             )
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
     for ann in data["annotations"]:
         if ann.get("segmentation"):
             try:

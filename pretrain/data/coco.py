@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,9 @@ class CocoDetection:
         for k, a in enumerate(anns):
             if a.get("segmentation"):
                 try:
-                    masks[k] = self.coco.annToMask(a)
+                    with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        masks[k] = self.coco.annToMask(a)
                 except Exception as e:  # pycocotools raises assorted errors for bad polygons/RLE
                     raise DatasetError(
                         f"{self.ann_file}: annotation id {a['id']} has an unreadable segmentation ({e})"

@@ -112,7 +112,9 @@ def _write_voc(job: tuple[Path, int, int, int]) -> dict[str, Any]:
     root, seed, index, size = job
     image_id = f"{index + 1:06d}"
     scene = voc_scene(seed, index, size)
-    Image.fromarray(scene.image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+    Image.fromarray(scene.image).save(
+        root / "JPEGImages" / f"{image_id}.jpg", quality=95, subsampling=0
+    )  # 4:4:4: tiny images keep their colours
     mask = Image.fromarray(scene.voc_mask(), mode="P")
     mask.putpalette(_PALETTE)
     mask.save(root / "SegmentationClass" / f"{image_id}.png")
