@@ -8,7 +8,7 @@
     G = build_context_encoder(model_config("small-tiny"))
 """
 
-from pretrain.models import dcgan, tiny  # noqa: F401  (register "dcgan", "tiny")
+from pretrain.models import alexnet, dcgan, timm_encoder, tiny  # noqa: F401  (register encoders)
 from pretrain.models._registry import build_encoder, list_encoders, register_encoder
 from pretrain.models.base import Encoder, FeatureInfo
 from pretrain.models.context_encoder import (

@@ -116,6 +116,34 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         predict="image",
         disc_width=16,
     ),
+    # AlexNet at 64 px: conv1 5x5/2 (the 11x11/4 stem leaves no pool5 map at 64 px), a quarter
+    # of the filters, BatchNorm; pool5 is 3x3x64.
+    "small-alexnet": ModelConfig(
+        encoder="alexnet",
+        encoder_kwargs={
+            "width": 0.25,
+            "norm": "bn",
+            "conv1_kernel": 5,
+            "conv1_stride": 2,
+            "conv1_padding": 2,
+        },
+        input_size=64,
+        bottleneck="channelwise",
+        decoder_widths=[128, 64, 32, 16],
+        output_size=64,
+        predict="image",
+        disc_width=16,
+    ),
+    # timm ResNet-18 at 64 px: layer4 is 2x2x512; 5 up-convs 2 -> 64.
+    "small-resnet18": ModelConfig(
+        encoder="timm-resnet18",
+        input_size=64,
+        bottleneck="channelwise",
+        decoder_widths=[256, 128, 64, 32],
+        output_size=64,
+        predict="image",
+        disc_width=16,
+    ),
     "small-dcgan": ModelConfig(
         encoder="dcgan",
         encoder_kwargs={"width": 16},
