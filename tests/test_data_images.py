@@ -84,7 +84,9 @@ def test_list_images_recursive_sorted_and_filtered(tmp_path):
         if rel.endswith("txt"):
             p.write_text("x")
         else:
-            Image.new("RGB", (4, 4)).save(p, format={"webp": "WEBP", "bmp": "BMP"}.get(p.suffix[1:], None) or "PNG")
+            Image.new("RGB", (4, 4)).save(
+                p, format={"webp": "WEBP", "bmp": "BMP"}.get(p.suffix[1:], None) or "PNG"
+            )
     got = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
     assert got == ["a/deep/y.jpg", "b/x.PNG", "c.webp", "d.bmp", "e.jpeg"]
     ds = ImageFiles(tmp_path, transform=lambda im: im.size)
@@ -103,7 +105,9 @@ def test_missing_and_empty_folders(tmp_path):
 
 
 def test_truncated_and_garbage_images_name_the_file(tmp_path):
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "ok.jpg")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+        tmp_path / "ok.jpg"
+    )
     data = (tmp_path / "ok.jpg").read_bytes()
     (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.png").write_bytes(b"this is not a png at all")

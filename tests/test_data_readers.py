@@ -36,7 +36,11 @@ def _voc_ids(split: str) -> list[int]:
 
 def test_read_classes(tiny, tmp_path):
     assert read_classes(tiny / "VOC") == list(CLASSES)
-    assert read_classes(tmp_path)[:3] == ["aeroplane", "bicycle", "bird"]  # no classes.txt: the 20 VOC ones
+    assert read_classes(tmp_path)[:3] == [
+        "aeroplane",
+        "bicycle",
+        "bird",
+    ]  # no classes.txt: the 20 VOC ones
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -96,16 +100,23 @@ def test_voc_classification_labels_and_difficult_ignore(tiny):
         n_ignored += int(ignore.sum())
     assert labels.dtype == torch.float32 and ignore.dtype == torch.bool
     # VOC's <class>_<split>.txt agrees: 1 / 0 (only difficult) / -1
-    lines = (tiny / "VOC" / "ImageSets" / "Main" / f"{CLASSES[0]}_trainval.txt").read_text().split("\n")
+    lines = (
+        (tiny / "VOC" / "ImageSets" / "Main" / f"{CLASSES[0]}_trainval.txt").read_text().split("\n")
+    )
     flags = [int(line.split()[1]) for line in lines if line]
-    expected = [0 if ig else (1 if lab else -1) for lab, ig in zip(ds.labels[:, 0], ds.ignore[:, 0], strict=True)]
+    expected = [
+        0 if ig else (1 if lab else -1)
+        for lab, ig in zip(ds.labels[:, 0], ds.ignore[:, 0], strict=True)
+    ]
     assert flags == expected
 
 
 def test_coco_json_loads_in_pycocotools_and_agrees_with_voc(tiny):
     coco = COCO(str(tiny / "coco" / "annotations" / "instances_val.json"))
     assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == sorted(CLASSES)
-    ds = CocoDetection(tiny / "VOC" / "JPEGImages", tiny / "coco" / "annotations" / "instances_val.json")
+    ds = CocoDetection(
+        tiny / "VOC" / "JPEGImages", tiny / "coco" / "annotations" / "instances_val.json"
+    )
     voc = VOCDetection(tiny / "VOC", "val")
     assert ds.classes == list(CLASSES) and len(ds) == len(voc)
     assert ds.label_to_cat_id == {i + 1: i + 1 for i in range(len(CLASSES))}
@@ -115,7 +126,10 @@ def test_coco_json_loads_in_pycocotools_and_agrees_with_voc(tiny):
         scene = voc_scene(SEED, index, SIZE)
         torch.testing.assert_close(target["boxes"], vt["boxes"])
         assert torch.equal(target["labels"], vt["labels"])
-        assert target["masks"].shape == (len(scene.objects), SIZE, SIZE) and target["masks"].dtype == torch.uint8
+        assert (
+            target["masks"].shape == (len(scene.objects), SIZE, SIZE)
+            and target["masks"].dtype == torch.uint8
+        )
         for k in range(len(scene.objects)):
             np.testing.assert_array_equal(target["masks"][k].numpy(), scene.instances == k)
         assert target["image_id"] == index + 1

@@ -219,11 +219,12 @@ def check_coco(ann_file: Path, image_root: Path | None, report: CheckReport) -> 
             report.problems.append(
                 f"{path}: image is {size[0]}x{size[1]} but {ann_file} says {im['width']}x{im['height']}"
             )
-    warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
     for ann in data["annotations"]:
         if ann.get("segmentation"):
             try:
-                coco.annToMask(ann)
+                with warnings.catch_warnings():  # pycocotools' numpy-2 copy= deprecation notice
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    coco.annToMask(ann)
             except Exception as e:  # pycocotools raises assorted errors for bad polygons/RLE
                 report.problems.append(
                     f"{ann_file}: annotation id {ann['id']} has an unreadable segmentation ({e})"

@@ -203,11 +203,13 @@ def render_scene(
     labels: list[int] | None = None,
     radius: tuple[float, float] = (0.09, 0.28),
     dominant: bool = False,
+    poses: list[tuple[float, float, float, float, float]] | None = None,
 ) -> Scene:
     """Draw a background and `n_objects` shapes back to front.
 
     labels: the class (1..C) of each object, else uniform. dominant: the last object is large and
     central (radius 0.28-0.40 of the side) and the others small (ImageFolder images).
+    poses: (cx, cy, radius, aspect, angle) in pixels/radians per object instead of random ones.
     Objects left with no visible pixel are dropped from `objects` (they cannot be seen).
     """
     img = background(rng, size)
@@ -216,13 +218,15 @@ def render_scene(
     if labels is None:
         labels = [int(rng.integers(1, len(CLASSES) + 1)) for _ in range(n_objects)]
     for k, label in enumerate(labels):
-        big = dominant and k == len(labels) - 1
-        r = size * (rng.uniform(0.28, 0.40) if big else rng.uniform(*radius))
-        lo, hi = (0.38, 0.62) if big else (0.08, 0.92)
-        cx, cy = size * rng.uniform(lo, hi), size * rng.uniform(lo, hi)
-        cover = shape_coverage(
-            CLASSES[label - 1], size, cx, cy, r, rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi)
-        )
+        if poses is None:
+            big = dominant and k == len(labels) - 1
+            r = size * (rng.uniform(0.28, 0.40) if big else rng.uniform(*radius))
+            lo, hi = (0.38, 0.62) if big else (0.08, 0.92)
+            cx, cy = size * rng.uniform(lo, hi), size * rng.uniform(lo, hi)
+            aspect, angle = rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi)
+        else:
+            cx, cy, r, aspect, angle = poses[k]
+        cover = shape_coverage(CLASSES[label - 1], size, cx, cy, r, aspect, angle)
         alpha = cover[..., None]
         img = img * (1 - alpha) + object_appearance(rng, size) * alpha
         solid = cover >= 0.5
