@@ -1,0 +1,237 @@
+"""Typed configuration of one pretraining run (`cebench pretrain`), with one set of defaults.
+
+    from pretrain.pretrain_config import load_pretrain_config
+    cfg = load_pretrain_config("small", ["train.steps=200", "mask.kind=center"])
+
+A config is `PretrainConfig` with sections data / model / mask / loss / optim / train. The model
+section is a `pretrain.models.context_encoder.ModelConfig`; its starting values come from the named
+preset `model_preset` (MODEL_PRESETS), then the YAML file, then `key=value` overrides. Named
+configs live in `pretrain/configs/<name>.yaml`. Values that are resolved at run time (`optim.lr`
+left empty, `data.fill_value` computed from the data) are written back into the run's config.yaml,
+so the saved config says exactly what ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pretrain.config import _deep_merge, apply_overrides, from_dict, load_yaml, to_dict
+from pretrain.errors import ConfigError
+from pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+# The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).
+RELEASED_MEAN_RGB = (117 / 255, 104 / 255, 123 / 255)
+
+Method = Literal["context-encoder", "autoencoder", "supervised"]
+MaskKind = Literal["center", "random-block", "random-region", "none"]
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # training images (any folder tree); an ImageFolder tree for --method supervised
+    load_size: int = 0  # resize the shorter side to this before cropping; 0 = keep the size
+    crop: Literal["random", "center"] = "random"
+    flip: bool = True  # random horizontal flip
+    fill: Literal["dataset", "released", "value"] = "dataset"  # how the hole fill is chosen
+    fill_value: list[float] | None = (
+        None  # RGB in [0, 1]; filled in at run time for "dataset"/"released"
+    )
+    fill_samples: int = 256  # images averaged for fill="dataset"
+    workers: int = -1  # DataLoader workers; -1 = min(4, cpus)
+    skip_bad_images: bool = (
+        False  # replace an undecodable image by the next one (counted) instead of stopping
+    )
+
+    def validate(self) -> None:
+        if self.load_size < 0:
+            raise ConfigError(f"data.load_size must be >= 0, got {self.load_size}")
+        if self.fill_samples < 1:
+            raise ConfigError(f"data.fill_samples must be >= 1, got {self.fill_samples}")
+        if self.fill_value is not None and (
+            len(self.fill_value) != 3 or not all(0.0 <= v <= 1.0 for v in self.fill_value)
+        ):
+            raise ConfigError(f"data.fill_value must be 3 numbers in [0, 1], got {self.fill_value}")
+        if self.fill == "value" and self.fill_value is None:
+            raise ConfigError("data.fill=value needs data.fill_value=[r,g,b] (in [0, 1])")
+
+
+@dataclass
+class MaskConfig:
+    kind: MaskKind = "random-region"
+    region: int = 0  # centre mask: side of the predicted region; 0 = half the input side (1/4 area)
+    overlap: int = (
+        4  # the hole is `overlap` px smaller on each side; that band is weighted border_weight
+    )
+    coverage: float = 0.25  # random masks: fraction of the image dropped (at most)
+    border_weight: float = 10.0
+
+    def validate(self) -> None:
+        if self.region < 0:
+            raise ConfigError(f"mask.region must be >= 0, got {self.region}")
+        if self.overlap < 0:
+            raise ConfigError(f"mask.overlap must be >= 0, got {self.overlap}")
+        if not 0.0 < self.coverage <= 1.0:
+            raise ConfigError(f"mask.coverage must be in (0, 1], got {self.coverage}")
+        if self.border_weight < 0:
+            raise ConfigError(f"mask.border_weight must be >= 0, got {self.border_weight}")
+
+
+@dataclass
+class LossConfig:
+    lambda_rec: float = 0.999
+    lambda_adv: float = 0.001  # 0 = L2 only: no discriminator is built or stepped
+
+    def validate(self) -> None:
+        if self.lambda_rec < 0 or self.lambda_adv < 0 or self.lambda_rec + self.lambda_adv == 0:
+            raise ConfigError(
+                f"loss.lambda_rec and loss.lambda_adv must be >= 0 and not both 0, "
+                f"got {self.lambda_rec}, {self.lambda_adv}"
+            )
+
+
+@dataclass
+class OptimConfig:
+    lr: float | None = (
+        None  # context encoder / supervised net; empty = 10 x lr_d under the joint loss, else lr_d
+    )
+    lr_d: float = 2e-4  # discriminator (released code)
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("lr", "lr_d"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"optim.{name} must be > 0, got {v}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass
+class TrainConfig:
+    out: str = ""  # run directory
+    steps: int = 1000
+    batch_size: int = 64  # global batch: per-process batch x number of processes
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = False
+    log_every: int = 10
+    save_every: int = 500
+    sample_every: int = 500  # PNG grid into samples/; 0 = never
+    resume: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_every < 0:
+            raise ConfigError(f"train.sample_every must be >= 0, got {self.sample_every}")
+
+
+@dataclass
+class PretrainConfig:
+    method: Method = "context-encoder"
+    model_preset: str = "small-tiny"
+    model: ModelConfig = field(
+        default_factory=lambda: dataclasses.replace(MODEL_PRESETS["small-tiny"])
+    )
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        if self.model_preset not in MODEL_PRESETS:
+            raise ConfigError(
+                f"unknown model_preset '{self.model_preset}'; presets: {', '.join(sorted(MODEL_PRESETS))}"
+            )
+        size = self.model.input_size
+        if self.mask.kind == "center":
+            region = self.mask.region or size // 2
+            if region - 2 * self.mask.overlap <= 0 or region > size:
+                raise ConfigError(
+                    f"mask.region={region} with mask.overlap={self.mask.overlap} does not fit a "
+                    f"{size} px input (need 2*overlap < region <= input size)"
+                )
+
+    def resolved_lr(self) -> float:
+        """The released code's rule: the context encoder's lr is 10x the discriminator's under
+        the joint loss (0 < lambda_rec < 1 and lambda_adv > 0), else equal to it."""
+        if self.optim.lr is not None:
+            return self.optim.lr
+        joint = (
+            self.method == "context-encoder"
+            and 0 < self.loss.lambda_rec < 1
+            and self.loss.lambda_adv > 0
+        )
+        return self.optim.lr_d * (10.0 if joint else 1.0)
+
+
+def named_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_file: str) -> Path:
+    """A named config (`small`, `paper-inpainting`) or a path to a YAML file."""
+    p = Path(name_or_file)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    named = CONFIG_DIR / f"{name_or_file}.yaml"
+    if not named.is_file():
+        raise ConfigError(
+            f"unknown config '{name_or_file}'; named configs: {', '.join(named_configs())}"
+        )
+    return named
+
+
+def _preset_base(preset: str) -> dict[str, Any]:
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(
+            f"unknown model_preset '{preset}'; presets: {', '.join(sorted(MODEL_PRESETS))}"
+        )
+    base = to_dict(PretrainConfig())
+    base["model_preset"] = preset
+    base["model"] = to_dict(MODEL_PRESETS[preset])
+    return base
+
+
+def config_from_dict(data: dict[str, Any], where: str = "") -> PretrainConfig:
+    """Defaults, then the model preset named in `data` (if any), then `data` itself."""
+    preset = data.get("model_preset", PretrainConfig.model_preset)
+    try:
+        return from_dict(PretrainConfig, _deep_merge(_preset_base(str(preset)), data))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+
+
+def load_pretrain_config(
+    name_or_file: str | Path | None = None, overrides: list[str] | None = None
+) -> PretrainConfig:
+    """Defaults -> model preset -> named config / YAML file -> `key=value` overrides.
+
+    An override of `model_preset=NAME` re-bases the model section on that preset (before the
+    file's and the other overrides' model keys are applied)."""
+    overrides = list(overrides or [])
+    data: dict[str, Any] = {}
+    where = ""
+    if name_or_file is not None:
+        path = config_path(str(name_or_file))
+        data, where = load_yaml(path), str(path)
+    preset_over = [o for o in overrides if o.split("=", 1)[0].strip() == "model_preset"]
+    if preset_over:
+        data = {**data, "model_preset": preset_over[-1].split("=", 1)[1].strip()}
+    cfg = config_from_dict(data, where)
+    rest = [o for o in overrides if o not in preset_over]
+    return apply_overrides(cfg, rest)

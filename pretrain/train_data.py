@@ -1,0 +1,192 @@
+"""Training images for pretraining: deterministic order and augmentation, resumable at any step.
+
+    ds = TrainImages(paths, size=64, load_size=72)
+    sampler = StepBatchSampler(len(ds), global_batch=64, seed=0, start_step=120, total_steps=1000)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, persistent_workers=True)
+
+The batch of step s is a pure function of (seed, s): epoch = s // steps_per_epoch, the epoch's
+permutation comes from a generator seeded with (seed, epoch), and each image's random crop and flip
+from a generator seeded with (seed, epoch, index). So resuming at step s continues with exactly the
+batch an uninterrupted run would have used, worker processes never hold state that matters, and
+N processes that each take their slice of the global batch see exactly what one process sees.
+The last incomplete global batch of an epoch is dropped (every step has the same batch size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pretrain.data import load_rgb
+from pretrain.errors import DatasetError
+
+_MIX = 1_000_003  # odd multiplier for combining seeds
+
+
+def _seed(*parts: int) -> int:
+    s = 0
+    for p in parts:
+        s = (s * _MIX + int(p)) % (2**62)
+    return s
+
+
+def resize_shorter(img: Image.Image, side: int) -> Image.Image:
+    w, h = img.size
+    if min(w, h) == side:
+        return img
+    scale = side / min(w, h)
+    return img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.BICUBIC)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float [3,H,W] in [-1, 1]."""
+    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return arr.float().div_(127.5).sub_(1.0)
+
+
+class TrainImages(torch.utils.data.Dataset):
+    """Images (optionally labelled) with resize -> crop -> flip -> [-1, 1].
+
+    Items are looked up with keys `(index, aug_seed)` (from `StepBatchSampler`) and return
+    `(image, label, n_skipped)`; label is -1 for unlabelled data, n_skipped counts undecodable
+    files replaced by the next image when `skip_bad_images` is set.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        labels: Sequence[int] | None = None,
+        *,
+        size: int,
+        load_size: int = 0,
+        crop: str = "random",
+        flip: bool = True,
+        skip_bad_images: bool = False,
+    ) -> None:
+        if not paths:
+            raise DatasetError("no training images")
+        self.paths = [Path(p) for p in paths]
+        self.labels = list(labels) if labels is not None else None
+        self.size, self.load_size, self.crop, self.flip = size, load_size, crop, flip
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, index: int) -> tuple[Image.Image, int, int]:
+        skipped = 0
+        for attempt in range(len(self.paths)):
+            j = (index + attempt) % len(self.paths)
+            try:
+                return load_rgb(self.paths[j]), j, skipped
+            except DatasetError:
+                if not self.skip_bad_images:
+                    raise
+                skipped += 1
+        raise DatasetError("none of the training images can be read")
+
+    def transform(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+        if self.load_size:
+            img = resize_shorter(img, self.load_size)
+        if min(img.size) < self.size:  # too small to crop: scale up to the input size
+            img = resize_shorter(img, self.size)
+        w, h = img.size
+        if self.crop == "random":
+            x0 = int(torch.randint(0, w - self.size + 1, (1,), generator=gen))
+            y0 = int(torch.randint(0, h - self.size + 1, (1,), generator=gen))
+        else:
+            x0, y0 = (w - self.size) // 2, (h - self.size) // 2
+        img = img.crop((x0, y0, x0 + self.size, y0 + self.size))
+        t = to_tensor(img)
+        if self.flip and bool(torch.rand(1, generator=gen) < 0.5):
+            t = t.flip(-1)
+        return t
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        index, aug_seed = key
+        img, j, skipped = self._load(index)
+        gen = torch.Generator().manual_seed(aug_seed)
+        label = self.labels[j] if self.labels is not None else -1
+        return self.transform(img, gen), label, skipped
+
+
+def collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    images = torch.stack([it[0] for it in items])
+    labels = torch.tensor([it[1] for it in items], dtype=torch.long)
+    return images, labels, sum(it[2] for it in items)
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields this process's batch keys for steps start_step .. total_steps-1 (see module doc)."""
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        start_step: int,
+        total_steps: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if n < global_batch:
+            raise DatasetError(
+                f"the training set has {n} images, fewer than the global batch size {global_batch}; "
+                "lower train.batch_size or add images"
+            )
+        if global_batch % world_size:
+            raise DatasetError(
+                f"train.batch_size={global_batch} is not divisible by {world_size} processes"
+            )
+        self.n, self.global_batch, self.seed = n, global_batch, seed
+        self.start_step, self.total_steps = start_step, total_steps
+        self.rank, self.world_size = rank, world_size
+        self.local_batch = global_batch // world_size
+        self.steps_per_epoch = n // global_batch
+        self._perm_epoch, self._perm = -1, torch.empty(0, dtype=torch.long)
+
+    def position(self, step: int) -> tuple[int, int]:
+        """(epoch, batch index within the epoch) of `step`."""
+        return divmod(step, self.steps_per_epoch)
+
+    def keys(self, step: int) -> list[tuple[int, int]]:
+        epoch, pos = self.position(step)
+        if epoch != self._perm_epoch:
+            gen = torch.Generator().manual_seed(_seed(self.seed, epoch))
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=gen), epoch
+        lo = pos * self.global_batch + self.rank * self.local_batch
+        idx = self._perm[lo : lo + self.local_batch].tolist()
+        return [(i, _seed(self.seed, epoch, i, 7)) for i in idx]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start_step, self.total_steps):
+            yield self.keys(step)
+
+    def __len__(self) -> int:
+        return max(0, self.total_steps - self.start_step)
+
+
+def dataset_mean(
+    paths: Sequence[Path], samples: int, load_size: int = 0, skip_bad_images: bool = False
+) -> list[float]:
+    """Mean RGB in [0, 1] over up to `samples` images spread evenly over `paths`."""
+    picks = np.linspace(0, len(paths) - 1, num=min(samples, len(paths))).round().astype(int)
+    total, count = np.zeros(3), 0
+    for i in sorted(set(picks.tolist())):
+        try:
+            img = load_rgb(paths[i])
+        except DatasetError:
+            if not skip_bad_images:
+                raise
+            continue
+        if load_size:
+            img = resize_shorter(img, load_size)
+        total += np.asarray(img, dtype=np.float64).reshape(-1, 3).mean(0) / 255.0
+        count += 1
+    if count == 0:
+        raise DatasetError("none of the sampled training images can be read")
+    return [round(float(v), 6) for v in total / count]

@@ -1,0 +1,225 @@
+"""Pretraining loop: loss goes down, exact resume, checkpoint fallbacks, NaN stop, config errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.checkpoint import load_encoder, safe_load
+from pretrain.errors import CheckpointError, ConfigError, DatasetError, TrainingError
+from pretrain.logger import read_jsonl
+from pretrain.pretrain_config import load_pretrain_config, named_configs
+from pretrain.train import run
+from tests._train_helpers import tiny_config, write_images
+
+LOSS_KEYS = ("loss", "loss_rec", "loss_adv_g", "loss_d")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_images(tmp_path_factory.mktemp("imgs"), n=16)
+
+
+def losses(run_dir):
+    return [
+        {k: r[k] for k in LOSS_KEYS if k in r} | {"step": r["step"]}
+        for r in read_jsonl(run_dir / "metrics.jsonl")
+    ]
+
+
+def weights(run_dir, name="checkpoint.pt"):
+    return safe_load(run_dir / name)["models"]
+
+
+def assert_same_weights(a, b):
+    for part in a:
+        assert a[part].keys() == b[part].keys()
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
+
+
+@pytest.mark.parametrize(
+    "method,mask",
+    [
+        ("context-encoder", "center"),
+        ("context-encoder", "random-block"),
+        ("context-encoder", "random-region"),
+        ("autoencoder", "none"),
+    ],
+)
+def test_loss_goes_down(images, tmp_path, method, mask):
+    cfg = tiny_config(
+        images,
+        tmp_path / "run",
+        [
+            f"method={method}",
+            f"mask.kind={mask}",
+            "train.steps=40",
+            "train.sample_every=20",
+            "train.save_every=40",
+            "optim.lr=0.003",
+        ],
+    )
+    run_dir = run(cfg)
+    rec = [r["loss_rec"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert len(rec) == 40
+    assert sum(rec[-5:]) / 5 < 0.7 * sum(rec[:5]) / 5
+    for name in (
+        "checkpoint.pt",
+        "config.yaml",
+        "encoder.pt",
+        "summary.json",
+        "samples/step_000020.png",
+    ):
+        assert (run_dir / name).is_file(), name
+    enc, info = load_encoder(run_dir / "encoder.pt")
+    assert info["meta"]["method"] == method and info["meta"]["mask"] == mask
+    assert enc(torch.zeros(1, 3, 32, 32)).shape[1] == enc.num_features
+    # the discriminator is built and stepped only under the joint loss
+    assert ("disc" in weights(run_dir)) == (method == "context-encoder")
+
+
+def test_l2_only_builds_no_discriminator(images, tmp_path):
+    run_dir = run(
+        tiny_config(
+            images, tmp_path / "r", ["loss.lambda_adv=0", "loss.lambda_rec=1", "train.steps=2"]
+        )
+    )
+    assert "disc" not in weights(run_dir)
+    assert "loss_d" not in read_jsonl(run_dir / "metrics.jsonl")[-1]
+    assert safe_load(run_dir / "checkpoint.pt")["config"]["optim"]["lr"] == pytest.approx(2e-4)
+
+
+def test_supervised_loss_goes_down(tmp_path):
+    data = write_images(tmp_path / "folder", n=24, classes=3)
+    cfg = tiny_config(
+        data,
+        tmp_path / "sup",
+        [
+            "method=supervised",
+            "train.steps=40",
+            "optim.lr=0.005",
+            "train.batch_size=12",
+            "train.sample_every=0",
+        ],
+    )
+    run_dir = run(cfg)
+    loss = [r["loss"] for r in read_jsonl(run_dir / "metrics.jsonl")]
+    assert sum(loss[-8:]) / 8 < 0.5 * sum(loss[:8]) / 8
+    enc, info = load_encoder(run_dir / "encoder.pt")
+    assert info["meta"]["method"] == "supervised" and info["meta"]["classes"] == ["c0", "c1", "c2"]
+
+
+def test_resume_is_bit_exact(images, tmp_path):
+    full = run(tiny_config(images, tmp_path / "full", ["train.steps=6"]))
+    part = tiny_config(images, tmp_path / "part", ["train.steps=3"])
+    run(part)
+    resumed = run(tiny_config(images, tmp_path / "part", ["train.steps=6", "train.resume=true"]))
+    assert losses(resumed) == losses(full)
+    assert [r["step"] for r in losses(resumed)] == [1, 2, 3, 4, 5, 6]
+    assert_same_weights(weights(resumed), weights(full))
+    assert safe_load(resumed / "checkpoint.prev.pt")["step"] == 3
+
+
+def test_existing_run_needs_resume(images, tmp_path):
+    run(tiny_config(images, tmp_path / "r", ["train.steps=1"]))
+    with pytest.raises(ConfigError, match="already holds a training run.*--resume"):
+        run(tiny_config(images, tmp_path / "r", ["train.steps=2"]))
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(images, tmp_path, capsys):
+    full = run(tiny_config(images, tmp_path / "full"))
+    run_dir = run(tiny_config(images, tmp_path / "r"))  # checkpoints at steps 3 (prev) and 6
+    (run_dir / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    resumed = run(tiny_config(images, run_dir, ["train.resume=true"]))
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is corrupt" in err and "checkpoint.prev.pt (step 3)" in err
+    assert losses(resumed) == losses(full)
+    assert_same_weights(weights(resumed), weights(full))
+
+
+def test_failed_checkpoint_write_keeps_previous(images, tmp_path, monkeypatch):
+    import pretrain.resume as resume
+
+    real, calls = resume.atomic_save, []
+
+    def failing(obj, path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise CheckpointError(f"could not write checkpoint {path}: No space left on device")
+        real(obj, path)
+
+    monkeypatch.setattr(resume, "atomic_save", failing)
+    with pytest.raises(
+        CheckpointError, match=r"No space left.*stopped at step 6.*step 3\) is intact"
+    ):
+        run(tiny_config(images, tmp_path / "r"))
+    assert safe_load(tmp_path / "r" / "checkpoint.pt")["step"] == 3
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeypatch):
+    import pretrain.engine as engine
+
+    real, calls = engine.reconstruction_loss, []
+
+    def nan_after_four(pred, target, weights):
+        calls.append(1)
+        out = real(pred, target, weights)
+        return out * float("nan") if len(calls) >= 5 else out
+
+    monkeypatch.setattr(engine, "reconstruction_loss", nan_after_four)
+    with pytest.raises(TrainingError, match=r"loss_rec became nan at step 5.*step 3\) is kept"):
+        run(tiny_config(images, tmp_path / "r"))
+    ckpt = safe_load(tmp_path / "r" / "checkpoint.pt")
+    assert ckpt["step"] == 3
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["models"]["net"].values() if v.is_floating_point()
+    )
+
+
+def test_bad_image_named_or_skipped(tmp_path):
+    data = write_images(tmp_path / "imgs", n=8)
+    (data / "img_003.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    cfg = tiny_config(
+        data, tmp_path / "a", ["data.workers=1", "train.steps=4", "data.fill=released"]
+    )
+    with pytest.raises(DatasetError, match="img_003.png: cannot read image") as e:
+        run(cfg)
+    assert "\n" not in str(e.value)
+    run_dir = run(tiny_config(data, tmp_path / "b", ["data.skip_bad_images=true", "train.steps=4"]))
+    assert read_jsonl(run_dir / "metrics.jsonl")[-1]["skipped_images"] >= 1
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.stepz=3", "unknown config key 'train.stepz'"),
+        ("train.steps=abc", "'train.steps' must be int"),
+        ("model.input_size=-32", "input_size must be >= 8"),
+        ("mask.coverage=1.5", r"coverage must be in \(0, 1\]"),
+        ("train.batch_size=0", "batch_size must be >= 1"),
+        ("mask.kind=diamond", "must be one of"),
+        ("model_preset=huge", "unknown model_preset 'huge'"),
+    ],
+)
+def test_config_errors_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_pretrain_config("small", [override])
+
+
+def test_named_configs_load():
+    assert {"paper-inpainting", "paper-alexnet", "paper-alexnet-poolfree", "small"} <= set(
+        named_configs()
+    )
+    for name in named_configs():
+        cfg = load_pretrain_config(name)
+        assert cfg.model_preset in name or name.startswith("small")
+    paper = load_pretrain_config("paper-inpainting")
+    assert (
+        paper.model.input_size,
+        paper.model.output_size,
+        paper.mask.region,
+        paper.mask.overlap,
+    ) == (128, 64, 64, 4)
+    assert paper.resolved_lr() == pytest.approx(2e-3) and paper.optim.beta1 == 0.5
+    assert load_pretrain_config("paper-alexnet").resolved_lr() == pytest.approx(2e-4)
