@@ -305,4 +305,6 @@ def check(path: str | Path, images: str | Path | None = None) -> CheckReport:
             check_imagefolder(where, report)
         else:
             check_images(where, report)
+    # a file shared by two views (VOC and COCO read the same JPEGs) is reported once
+    report.problems = list(dict.fromkeys(report.problems))
     return report
