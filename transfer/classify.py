@@ -27,7 +27,7 @@ out of that class, mean over classes). Low-shot: `shots` labelled images per cla
 
 from __future__ import annotations
 
-import dataclasses
+import argparse
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ from pretrain.config import validate
 from pretrain.device import pick_device
 from pretrain.errors import ConfigError
 from pretrain.logger import MetricLogger
+from transfer.args import common_parser, config_from_args, replace_validated
 from transfer.data import (
     ClassificationView,
     calibration_batch,
@@ -97,13 +98,16 @@ class ClassifyConfig:
             raise ConfigError("config keys 'lr' and 'probe_lr' must be > 0")
 
 
+def paper_preset(**overrides: Any) -> ClassifyConfig:
+    """The protocol's defaults (`ClassifyConfig()`) with `overrides`."""
+    return replace_validated(ClassifyConfig(), **overrides)
+
+
 def small_preset(**overrides: Any) -> ClassifyConfig:
     """Settings for the built-in 64 px data (a few hundred images): seconds on a CPU."""
     cfg = ClassifyConfig(epochs=6, lr=1e-3, optimizer="adam", batch_size=32, probe_dims=2048,
                          probe_epochs=60, probe_batch_size=128, knn_k=10)
-    cfg = dataclasses.replace(cfg, **overrides)
-    validate(cfg)
-    return cfg
+    return replace_validated(cfg, **overrides)
 
 
 class FinetuneModel(nn.Module):
@@ -168,6 +172,28 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
     else:
         votes = (train_y[idx] != 0).float()  # difficult-only (-1) still means the object is there
     return (w.unsqueeze(-1) * votes).sum(1) / w.sum(1, keepdim=True)
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = common_parser(add_help, description="Classification transfer: linear probe per layer, kNN or fine-tuning.",
+                      epilog=__doc__.split("Protocols")[0])
+    p.add_argument("--protocol", choices=["linear", "knn", "finetune"], default=None, help="default: finetune")
+    p.add_argument("--layers", default=None, help="linear/knn: comma-separated stages (default: all)")
+    p.add_argument("--shots", type=int, default=None, help="labelled training images per class")
+    p.add_argument("--label-fraction", type=float, default=None, help="fraction of the training labels used")
+    p.add_argument("--k", type=int, default=None, help="kNN neighbours (default 20)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default <out>/../feature-cache; 'none' disables)")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    extra = {"protocol": args.protocol, "shots": args.shots, "label_fraction": args.label_fraction,
+             "knn_k": args.k, "cache_dir": args.cache_dir,
+             "layers": [s for s in args.layers.split(",") if s] if args.layers else None}
+    cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
+    m = run(cfg)["metrics"]
+    print(f"classify/{cfg.protocol}: score {m['score']:.2f} ({'mAP' if m['format'] == 'voc' else 'top-1'}) -> {cfg.out}/metrics.json")
+    return 0
 
 
 def _frozen_protocol(cfg, encoder, info, train, val, device, log) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -169,6 +169,19 @@ def _seed_worker(_worker_id: int) -> None:
     np.random.seed(s)
 
 
+class ResizedImages(torch.utils.data.Dataset):
+    """Images of any (image, target) dataset resized to `size` and scaled to [-1, 1], target dropped."""
+
+    def __init__(self, base, size: int) -> None:
+        self.base, self.size = base, size
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return to_tensor(self.base[i][0], self.size, {"mean": [0.5] * 3, "std": [0.5] * 3}), 0
+
+
 def calibration_batch(dataset: torch.utils.data.Dataset, n: int, seed: int) -> torch.Tensor:
     """The first `n` images of a seeded shuffle, for the data-dependent rescaling init."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:n].tolist()

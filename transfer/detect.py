@@ -1,0 +1,320 @@
+"""Object detection transfer: torchvision Faster R-CNN on a cebench encoder, COCO-style AP.
+
+    cebench transfer detect --encoder runs/ce/encoder.pt --data data/builtin/VOC --out runs/det
+    cebench transfer detect --encoder random:tiny --coco-ann data/builtin/coco/annotations/instances_train.json \\
+        --coco-images data/builtin/VOC/JPEGImages --preset small --frozen --out runs/det-coco
+
+    from transfer.detect import DetectConfig, run, small_preset
+    run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/det"))["metrics"]["AP50"]
+
+Model (assembled from torchvision parts, as its detection references do): the encoder as backbone
+(`EncoderBackbone`: the last stage of each distinct stride >= 4, the deepest `max_levels`; with
+`fpn=True` and several such stages a FeaturePyramidNetwork over them, else the last stage alone),
+an AnchorGenerator whose sizes follow each level's stride and the input size, the RPN, RoIAlign
+(MultiScaleRoIAlign) and a two-layer MLP box head. GeneralizedRCNNTransform resizes images to
+`input_size` (min and max side), so 32-64 px data stays small.
+
+Protocol (defaults = `DetectConfig`): the paper fine-tunes Fast R-CNN from the pretrained encoder
+(VOC2007 trainval -> test, mAP at IoU 0.5); here Faster R-CNN (the RPN replaces selective search),
+the encoder fine-tuned (or frozen with `frozen=True`: no gradients, BatchNorm statistics fixed),
+SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 4, 20 epochs with a x0.1 step at 2/3,
+horizontal flips (torchvision's detection reference settings scaled to one device).
+Metrics: pycocotools COCOeval bbox AP (IoU .50:.95), AP50 (the VOC-style number the paper reports)
+and AP75 in percent, plus per-class AP/AP50; VOC difficult objects are ignored (iscrowd in the
+ground truth given to COCOeval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.transforms import functional as TF
+
+from pretrain.checkpoint import atomic_save
+from pretrain.config import validate
+from pretrain.device import pick_device
+from pretrain.errors import ConfigError, DatasetError
+from pretrain.logger import MetricLogger
+from transfer.args import common_parser, config_from_args, replace_validated
+from transfer.data import calibration_batch, find_format, seeded_loader
+from transfer.encoders import resolve_encoder
+from transfer.engine import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from transfer.metrics import DetectionEvaluator, coco_gt_from_targets
+
+
+@dataclass
+class DetectConfig:
+    encoder: str = ""
+    data: str = ""  # a VOC root (or the built-in data's root)
+    coco_ann: str = ""  # or COCO json: training annotations
+    coco_images: str = ""  # ... and their image folder
+    coco_val_ann: str = ""  # evaluation json (default: coco_ann with 'train' -> 'val')
+    out: str = ""
+    frozen: bool = False
+    train_split: str = "train"
+    val_split: str = "val"
+    input_size: int | None = None
+    fpn: bool = True
+    fpn_channels: int = 256
+    max_levels: int = 3
+    roi_size: int = 7
+    representation_size: int = 1024
+    rpn_pre_nms_top_n: int = 1000
+    rpn_post_nms_top_n: int = 500
+    box_batch_size_per_image: int = 128
+    box_score_thresh: float = 0.05
+    epochs: int = 20
+    lr: float = 0.01
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 4
+    calibration_images: int = 64
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        for k in ("epochs", "batch_size", "max_levels", "roi_size", "fpn_channels", "representation_size"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
+
+
+def paper_preset(**overrides: Any) -> DetectConfig:
+    """The protocol's defaults (`DetectConfig()`) with `overrides`."""
+    return replace_validated(DetectConfig(), **overrides)
+
+
+def small_preset(**overrides: Any) -> DetectConfig:
+    """Settings for the built-in 32-64 px data: small heads, few proposals, Adam, seconds on a CPU."""
+    cfg = DetectConfig(fpn_channels=32, roi_size=4, representation_size=128, rpn_pre_nms_top_n=200,
+                       rpn_post_nms_top_n=100, box_batch_size_per_image=64, epochs=6, lr=1e-3,
+                       optimizer="adam", batch_size=8)
+    return replace_validated(cfg, **overrides)
+
+
+@torch.no_grad()
+def select_levels(encoder: nn.Module, input_size: int, max_levels: int, min_stride: int = 4) -> list[tuple[str, int, int]]:
+    """(stage, channels, stride) of the last stage at each distinct stride >= `min_stride`, deepest `max_levels`."""
+    was = encoder.training
+    encoder.eval()
+    p = next(encoder.parameters())
+    feats = encoder.forward_features(torch.zeros(1, 3, input_size, input_size, device=p.device))
+    encoder.train(was)
+    by_stride: dict[int, tuple[str, int, int]] = {}
+    for name, f in feats.items():
+        if f.dim() != 4:
+            continue
+        stride = max(1, round(input_size / f.shape[-1]))
+        by_stride[stride] = (name, f.shape[1], stride)  # later stages win
+    levels = [v for s, v in sorted(by_stride.items()) if s >= min_stride] or [by_stride[max(by_stride)]]
+    return levels[-max_levels:]
+
+
+class EncoderBackbone(nn.Module):
+    """Encoder stages -> OrderedDict of maps ("0", "1", ...), optionally through an FPN."""
+
+    def __init__(self, encoder: nn.Module, levels: list[tuple[str, int, int]], fpn_channels: int | None,
+                 frozen: bool) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.levels = levels
+        self.frozen = frozen
+        if frozen:
+            freeze(encoder)
+        if fpn_channels and len(levels) > 1:
+            self.fpn = FeaturePyramidNetwork([c for _, c, _ in levels], fpn_channels)
+            self.out_channels = fpn_channels
+        else:
+            self.fpn = None
+            self.levels = levels[-1:]
+            self.out_channels = levels[-1][1]
+
+    def train(self, mode: bool = True) -> EncoderBackbone:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        feats = self.encoder.forward_features(x)
+        maps = OrderedDict((str(i), feats[name]) for i, (name, _, _) in enumerate(self.levels))
+        return self.fpn(maps) if self.fpn is not None else maps
+
+
+def anchor_sizes(levels: list[tuple[str, int, int]], input_size: int) -> tuple[tuple[int, ...], ...]:
+    """Two sizes per level (2x and 4x its stride; one level covers S/8 .. S/2), capped at the input."""
+    if len(levels) == 1:
+        s = input_size
+        return ((max(4, s // 8), max(4, s // 4), max(4, s // 2)),)
+    return tuple((min(2 * r, input_size), min(4 * r, input_size)) for _, _, r in levels)
+
+
+def build_detector(encoder: nn.Module, num_classes: int, input_size: int, cfg: DetectConfig,
+                   normalize: dict[str, list[float]]) -> FasterRCNN:
+    """Faster R-CNN from parts around `encoder`; `num_classes` excludes the background."""
+    levels = select_levels(encoder, input_size, cfg.max_levels)
+    backbone = EncoderBackbone(encoder, levels, cfg.fpn_channels if cfg.fpn else None, cfg.frozen)
+    sizes = anchor_sizes(backbone.levels, input_size)
+    anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    names = [str(i) for i in range(len(backbone.levels))]
+    roi = MultiScaleRoIAlign(names, output_size=cfg.roi_size, sampling_ratio=2)
+    box_head = TwoMLPHead(backbone.out_channels * cfg.roi_size**2, cfg.representation_size)
+    return FasterRCNN(
+        backbone, num_classes=None, min_size=input_size, max_size=input_size,
+        image_mean=normalize["mean"], image_std=normalize["std"],
+        rpn_anchor_generator=anchors, box_roi_pool=roi, box_head=box_head,
+        box_predictor=FastRCNNPredictor(cfg.representation_size, num_classes + 1),
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n, rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
+        box_batch_size_per_image=cfg.box_batch_size_per_image, box_score_thresh=cfg.box_score_thresh,
+    )
+
+
+class DetectionView(torch.utils.data.Dataset):
+    """(image float[3,H,W] in [0, 1], target) with random horizontal flips for training."""
+
+    def __init__(self, base, train: bool) -> None:
+        self.base, self.train = base, train
+        self.classes = list(base.classes)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        import random
+
+        img, t = self.base[i]
+        x = TF.to_tensor(img)
+        t = {k: v for k, v in t.items() if k != "masks"}
+        if self.train and random.random() < 0.5:
+            x = x.flip(-1)
+            b = t["boxes"].clone()
+            b[:, [0, 2]] = x.shape[-1] - t["boxes"][:, [2, 0]]
+            t["boxes"] = b
+        return x, t
+
+
+def _collate(batch):
+    return tuple(zip(*batch, strict=True))
+
+
+def detection_splits(cfg: DetectConfig):
+    """(train dataset, val dataset, coco ground truth for val, label -> category id or None)."""
+    from pretrain.data import CocoDetection, VOCDetection
+
+    if cfg.coco_ann:
+        if not cfg.coco_images:
+            raise ConfigError("--coco-ann needs --coco-images (the folder its file_name entries are relative to)")
+        val_ann = cfg.coco_val_ann or cfg.coco_ann.replace("train", "val")
+        if not Path(val_ann).is_file():
+            raise DatasetError(f"COCO evaluation annotations not found: {val_ann} (give --coco-val-ann)")
+        tr, va = CocoDetection(cfg.coco_images, cfg.coco_ann), CocoDetection(cfg.coco_images, val_ann)
+        if tr.classes != va.classes:
+            raise DatasetError(f"{cfg.coco_ann} and {val_ann} have different categories")
+        return tr, va, va.coco, dict(va.label_to_cat_id), "coco"
+    if not cfg.data:
+        raise ConfigError("give --data (a VOC root) or --coco-ann/--coco-images")
+    fmt, root = find_format(cfg.data)
+    if fmt != "voc":
+        raise DatasetError(f"--data {cfg.data}: detection needs VOC-format data (Annotations/) or COCO json")
+    tr, va = VOCDetection(root, cfg.train_split), VOCDetection(root, cfg.val_split)
+    targets = [va.annotations[i] for i in range(len(va))]
+    gt = coco_gt_from_targets(
+        [{"boxes": torch.from_numpy(a.boxes), "labels": torch.from_numpy(a.labels),
+          "difficult": torch.from_numpy(a.difficult), "image_id": i} for i, a in enumerate(targets)],
+        [(a.height, a.width) for a in targets], len(va.classes),
+    )
+    return tr, va, gt, None, "voc"
+
+
+def detection_loss(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+    images, targets = batch
+    images = [im.to(device) for im in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return sum(model(images, targets).values())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, evaluator: DetectionEvaluator, device: torch.device) -> dict[str, Any]:
+    model.eval()
+    for images, targets in loader:
+        outputs = model([im.to(device) for im in images])
+        evaluator.update({int(t["image_id"]): {k: v.cpu() for k, v in o.items()} for t, o in zip(targets, outputs, strict=True)})
+    evaluator.synchronize_between_processes()
+    return evaluator.summarize()
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = common_parser(add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0])
+    p.add_argument("--coco-ann", default=None, help="COCO json of the training set (instead of --data)")
+    p.add_argument("--coco-images", default=None, help="folder the COCO file_name entries are relative to")
+    p.add_argument("--coco-val-ann", default=None, help="COCO json to evaluate on (default: --coco-ann with train -> val)")
+    p.add_argument("--no-fpn", action="store_true", help="single-level detector on the last stage")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    extra = {"coco_ann": args.coco_ann, "coco_images": args.coco_images, "coco_val_ann": args.coco_val_ann,
+             "fpn": False if args.no_fpn else None}
+    cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
+    m = run(cfg)["metrics"]
+    print(f"detect: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json")
+    return 0
+
+
+def run(cfg: DetectConfig) -> dict[str, Any]:
+    """Train and evaluate one detector; writes metrics.json, log.jsonl and model.pt under cfg.out."""
+    validate(cfg)
+    if not cfg.out:
+        raise ConfigError("config key 'out' (--out) is required")
+    start = time.time()
+    set_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    tr, va, coco_gt, label_to_cat, fmt = detection_splits(cfg)
+    out = Path(cfg.out)
+
+    def calibration(size: int) -> torch.Tensor:
+        from transfer.data import ResizedImages
+
+        return calibration_batch(ResizedImages(tr, size), cfg.calibration_images, cfg.seed)
+
+    encoder, info = resolve_encoder(cfg.encoder, cfg.input_size, calibration, cfg.seed)
+    set_seed(cfg.seed)
+    model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(device)
+    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    loader = seeded_loader(DetectionView(tr, True), cfg.batch_size, True, cfg.seed, cfg.num_workers, _collate)
+    steps = cfg.epochs * len(loader)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, (2 * steps) // 3)], 0.1)
+    log = MetricLogger(out / "log.jsonl", total=cfg.epochs, desc="detect")
+    try:
+        for epoch in range(cfg.epochs):
+            model.train()
+            stats = train_one_epoch(model, loader, detection_loss, opt, device, sched)
+            log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
+    finally:
+        log.close()
+    val_loader = seeded_loader(DetectionView(va, False), cfg.batch_size, False, cfg.seed, cfg.num_workers, _collate)
+    metrics = evaluate(model, val_loader, DetectionEvaluator(coco_gt, label_to_cat), device)
+    if fmt == "voc":  # name the per-class entries after the dataset's classes
+        for key in ("per_class_AP", "per_class_AP50"):
+            metrics[key] = {tr.classes[int(k) - 1]: v for k, v in metrics[key].items()}
+    metrics.update(score=metrics["AP50"], format=fmt, train_images=len(tr), val_images=len(va),
+                   levels=[name for name, _, _ in model.backbone.levels])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save({"task": "detect", "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                 "classes": list(tr.classes), "encoder": info["spec"]}, out / "model.pt")
+    return write_run(out, "detect", metrics, cfg, info, device, start)
