@@ -74,17 +74,18 @@ def _uniform(shape: tuple[int, ...], generator: torch.Generator | None, device) 
 
 def _union_within_coverage(pieces: torch.Tensor, coverage: float) -> torch.Tensor:
     """pieces bool[B, P, H, W] -> bool[B, 1, H, W]: union of the longest prefix of pieces whose
-    union covers at most `coverage` of the image (the union only grows, so that prefix is exact)."""
+    union covers at most `coverage` of the image. The loop runs over the few pieces (P <= ~8),
+    each step a batched OR; a sample stops growing at its first piece that would exceed the budget.
+    """
     b, p, h, w = pieces.shape
-    unions = torch.cummax(
-        pieces.to(torch.uint8), dim=1
-    ).values  # unions[:, k] = OR of pieces[:, :k+1]
-    frac = unions.flatten(2).sum(-1).float() / (h * w)  # [B, P], non-decreasing along P
-    keep = (frac <= coverage + 1e-9).sum(1)  # number of pieces kept, 0..P
-    empty = torch.zeros(b, 1, h, w, dtype=torch.uint8, device=pieces.device)
-    unions = torch.cat([empty, unions], dim=1)  # index 0 = nothing kept
-    idx = keep.view(b, 1, 1, 1).expand(b, 1, h, w)
-    return torch.gather(unions, 1, idx).bool()
+    budget = coverage * h * w + 1e-6
+    union = torch.zeros(b, h, w, dtype=torch.bool, device=pieces.device)
+    growing = torch.ones(b, dtype=torch.bool, device=pieces.device)
+    for k in range(p):
+        cand = union | pieces[:, k]
+        growing = growing & (cand.sum((1, 2)) <= budget)
+        union = torch.where(growing.view(b, 1, 1), cand, union)
+    return union.unsqueeze(1)
 
 
 def random_block_masks(
@@ -97,15 +98,15 @@ def random_block_masks(
 ) -> torch.Tensor:
     """Several smaller, possibly overlapping rectangles covering at most `coverage` in total.
 
-    Each sample draws 1..`max_blocks` blocks with sides uniform in [size/16, size*sqrt(coverage)/2]
-    (so a block is at most a quarter of the allowed area) at uniform positions, and keeps blocks
-    in order while their union stays within `coverage` (the paper: "up to 1/4 of the image").
+    Each sample draws 1..`max_blocks` blocks with sides uniform in [size/8, size*sqrt(coverage/2)]
+    (so a block is at most half the allowed area) at uniform positions, and keeps blocks in order
+    while their union stays within `coverage` (the paper: "up to 1/4 of the image").
     """
     _check_size(size, coverage)
     if max_blocks < 1:
         raise ConfigError(f"max_blocks must be >= 1, got {max_blocks}")
-    lo = max(1, size // 16)
-    hi = max(lo, int(size * math.sqrt(coverage) / 2))
+    lo = max(1, size // 8)
+    hi = max(lo, int(size * math.sqrt(coverage / 2)))
     u = _uniform((batch, max_blocks, 5), generator, device)
     hs = (lo + u[..., 0] * (hi - lo + 1)).long().clamp(max=hi)  # [B, K]
     ws = (lo + u[..., 1] * (hi - lo + 1)).long().clamp(max=hi)

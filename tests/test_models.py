@@ -1,0 +1,245 @@
+"""Encoders, the channel-wise FC layer, decoder, discriminator, context-encoder presets, hub weights.
+
+.venv/bin/python -m pytest -q tests/test_models.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pretrain.checkpoint import load_encoder, save_encoder
+from pretrain.config import apply_overrides
+from pretrain.errors import CheckpointError, ConfigError
+from pretrain.losses import reconstruction_loss
+from pretrain.models import (
+    MODEL_PRESETS,
+    ModelConfig,
+    build_context_encoder,
+    build_discriminator,
+    build_encoder,
+    list_encoders,
+    model_config,
+)
+from pretrain.models.channelwise import ChannelwiseFC
+from pretrain.models.context_encoder import count_parameters
+from pretrain.models.decoder import Discriminator
+from pretrain.models.hub import load_hub_weights
+
+
+def _shapes(enc, size: int) -> dict[str, tuple[int, ...]]:
+    enc.eval()
+    with torch.no_grad():
+        return {
+            k: tuple(v.shape[1:])
+            for k, v in enc.forward_features(torch.zeros(1, 3, size, size)).items()
+        }
+
+
+def test_registry_has_every_family():
+    assert {"tiny", "alexnet", "alexnet-poolfree", "dcgan", "timm", "timm-resnet18"} <= set(
+        list_encoders()
+    )
+
+
+@pytest.mark.parametrize("name", ["alexnet", "alexnet-poolfree"])
+def test_alexnet_paper_sizes(name):
+    enc = build_encoder(name)
+    assert enc.input_size == 227
+    shapes = _shapes(enc, 227)
+    assert list(shapes) == ["conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5"]
+    assert shapes["conv1"] == (96, 55, 55) and shapes["conv5"] == (256, 13, 13)
+    assert shapes["pool5"] == (256, 6, 6) and enc.num_features == 256
+    assert [f.channels for f in enc.feature_info] == [s[0] for s in shapes.values()]
+    has_maxpool = any(isinstance(m, nn.MaxPool2d) for m in enc.modules())
+    assert has_maxpool == (name == "alexnet")
+    if name == "alexnet-poolfree":  # each pool became a learned 3x3 stride-2 convolution
+        conv = enc.stages["pool5"][0]
+        assert isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (2, 2)
+
+
+def test_alexnet_small_and_bad_sizes():
+    enc = build_encoder("alexnet", **MODEL_PRESETS["small-alexnet"].encoder_kwargs, input_size=64)
+    assert _shapes(enc, 64)["pool5"] == (64, 3, 3)
+    with pytest.raises(ConfigError, match="no pool5 map"):
+        build_encoder("alexnet", input_size=64)
+
+
+@pytest.mark.parametrize(
+    "size,depth,widths", [(128, 5, [64, 64, 128, 256, 512]), (64, 4, [64, 128, 256, 512])]
+)
+def test_dcgan_encoder_released_sizes(size, depth, widths):
+    enc = build_encoder("dcgan", input_size=size)
+    shapes = _shapes(enc, size)
+    assert len(shapes) == depth and list(shapes.values())[-1] == (512, 4, 4)
+    assert [s[0] for s in shapes.values()] == widths
+    bns = [any(isinstance(m, nn.BatchNorm2d) for m in stage) for stage in enc.stages.values()]
+    assert bns == [False] + [True] * (depth - 1)  # DCGAN: no BatchNorm on the first layer
+    assert all(
+        isinstance(stage[-1], nn.LeakyReLU) and stage[-1].negative_slope == 0.2
+        for stage in enc.stages.values()
+    )
+
+
+def test_timm_resnet18_regrouped_stages_equal_timm_features():
+    import timm
+
+    torch.manual_seed(0)
+    enc = build_encoder("timm-resnet18", input_size=64).eval()
+    torch.manual_seed(0)
+    ref = timm.create_model("resnet18", features_only=True, pretrained=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats, ref_feats = enc.forward_features(x), ref(x)
+    assert list(feats) == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    for (name, f), r, info in zip(feats.items(), ref_feats, enc.feature_info, strict=True):
+        assert torch.allclose(f, r, atol=1e-6), name
+        assert f.shape[1] == info.channels and f.shape[-1] == 64 // info.reduction
+    assert torch.equal(enc(x), feats["layer4"])
+
+
+def test_channelwise_fc_matches_per_channel_linear_reference():
+    m, n = 5, 3
+    layer = ChannelwiseFC(m, n)
+    assert count_parameters(layer) == m * n**4 + m * n**2  # no weights across channels
+    x = torch.randn(4, m, n, n)
+    ref = torch.empty(4, m, n * n)
+    for c in range(m):  # naive reference: one nn.Linear per channel
+        lin = nn.Linear(n * n, n * n)
+        with torch.no_grad():
+            lin.weight.copy_(layer.weight[c])
+            lin.bias.copy_(layer.bias[c])
+        ref[:, c] = lin(x[:, c].reshape(4, n * n))
+    assert torch.allclose(layer(x), ref.view(4, m, n, n), atol=1e-6)
+    # output map 0 depends on input map 0 only
+    x.requires_grad_(True)
+    layer(x)[:, 0].sum().backward()
+    assert x.grad[:, 1:].abs().sum() == 0 and x.grad[:, 0].abs().sum() > 0
+
+
+def _upconvs(module: nn.Module) -> list[nn.ConvTranspose2d]:
+    return [m for m in module.modules() if isinstance(m, nn.ConvTranspose2d)]
+
+
+def test_paper_inpainting_preset_is_the_released_net():
+    cfg = MODEL_PRESETS["paper-inpainting"]
+    G, D = build_context_encoder(cfg), build_discriminator(cfg)
+    assert G.bottleneck[0].weight.shape == (4000, 512, 4, 4)  # 4x4 conv to 1x1x4000
+    ups = _upconvs(G.decoder)
+    assert len(ups) == 5 and ups[0].stride == (1, 1) and all(u.stride == (2, 2) for u in ups[1:])
+    G.eval()
+    with torch.no_grad():
+        y = G(torch.randn(2, 3, 128, 128))
+    assert y.shape == (2, 3, 64, 64) and float(y.abs().max()) <= 1.0
+    assert D(y).shape == (2,)
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())  # logits; BCE-with-logits
+    convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]
+
+
+@pytest.mark.parametrize("preset", ["paper-alexnet", "paper-alexnet-poolfree"])
+def test_paper_alexnet_presets(preset):
+    cfg = MODEL_PRESETS[preset]
+    G = build_context_encoder(cfg).eval()
+    assert G.bottleneck[0].weight.shape == (256, 36, 36)  # channel-wise FC on 6x6x256
+    assert len(_upconvs(G.decoder)) == 5 and G.decoder.upconv_size == 192  # resized to 227
+    with torch.no_grad():
+        y = G(torch.randn(1, 3, 227, 227))
+    assert y.shape == (1, 3, 227, 227)
+    assert build_discriminator(cfg)(y).shape == (1,)
+
+
+@pytest.mark.parametrize("preset", ["small-tiny", "small-dcgan", "small-alexnet", "small-resnet18"])
+def test_small_presets_shapes_and_region_variant(preset):
+    G, D = build_context_encoder(MODEL_PRESETS[preset]), build_discriminator(MODEL_PRESETS[preset])
+    x = torch.randn(2, 3, 64, 64)
+    y = G(x)
+    assert y.shape == (2, 3, 64, 64) and D(y).shape == (2,)
+    G32 = build_context_encoder(model_config(preset, predict="region", output_size=32))
+    assert G32(x).shape == (2, 3, 32, 32)
+
+
+def test_model_config_errors_and_overrides():
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        model_config("huge")
+    with pytest.raises(ConfigError, match="unknown model config key"):
+        model_config("small-tiny", widths=[1])
+    with pytest.raises(ConfigError, match="must equal model.input_size"):
+        model_config("small-tiny", output_size=32)
+    cfg = apply_overrides(
+        ModelConfig(),
+        ["bottleneck=channelwise", "decoder_widths=[8,8]", "encoder_kwargs={width: 8}"],
+    )
+    assert (
+        cfg.bottleneck == "channelwise"
+        and cfg.decoder_widths == [8, 8]
+        and cfg.encoder_kwargs == {"width": 8}
+    )
+    with pytest.raises(ConfigError, match="bottleneck"):
+        apply_overrides(ModelConfig(), ["bottleneck=fc"])
+
+
+def test_encoder_checkpoint_round_trip(tmp_path):
+    G = build_context_encoder(MODEL_PRESETS["small-alexnet"]).eval()
+    assert G.encoder_kwargs["input_size"] == 64 and G.encoder_kwargs["conv1_stride"] == 2
+    save_encoder(
+        tmp_path / "encoder.pt", G.encoder, G.encoder_name, G.encoder_kwargs, {"method": "ce"}
+    )
+    enc, info = load_encoder(tmp_path / "encoder.pt")
+    enc.eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert info["name"] == "alexnet" and torch.equal(enc(x), G.encoder(x))
+
+
+def test_reconstruction_loss_goes_down_on_small_tiny():
+    torch.manual_seed(0)
+    G = build_context_encoder(MODEL_PRESETS["small-tiny"])
+    opt = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    x = torch.rand(8, 3, 64, 64) * 2 - 1
+    w = torch.ones(8, 1, 64, 64)
+    losses = []
+    for _ in range(15):
+        loss = reconstruction_loss(G(x), x, w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_discriminator_sizes():
+    assert Discriminator(32, 8)(torch.randn(2, 3, 32, 32)).shape == (2,)
+    assert Discriminator(227, 8)(torch.randn(1, 3, 227, 227)).shape == (1,)
+
+
+def test_hub_weights_missing_is_a_clear_checkpoint_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(CheckpointError, match="Nothing is downloaded"):
+        load_hub_weights(url="https://example.org/weights/some-model.pth")
+    with pytest.raises(CheckpointError, match="not found in the local cache"):
+        build_encoder("alexnet", layout="torchvision", norm="none", pretrained=True)
+    with pytest.raises(CheckpointError, match="timm/resnet18"):
+        build_encoder("timm-resnet18", pretrained=True)
+    with pytest.raises(ConfigError, match="torchvision architecture"):
+        build_encoder("alexnet", pretrained=True)
+
+
+def test_hub_weights_load_from_cache(tmp_path, monkeypatch):
+    import timm
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    ckpt_dir = tmp_path / "torch" / "hub" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    tv = torchvision.models.alexnet()  # random weights standing in for the cached ImageNet file
+    torch.save(tv.state_dict(), ckpt_dir / "alexnet-owt-7be5be79.pth")
+    enc = build_encoder("alexnet", layout="torchvision", norm="none", pretrained=True).eval()
+    x = torch.randn(1, 3, 227, 227)
+    assert torch.allclose(enc(x), tv.features(x), atol=1e-5)
+    full = timm.create_model("resnet18")  # cached under its timm URL's file name
+    torch.save(full.state_dict(), ckpt_dir / "resnet18_a1_0-d63eafa0.pth")
+    res = build_encoder("timm-resnet18", pretrained=True)
+    assert torch.equal(res.stages["layer4"][0].conv1.weight, full.layer4[0].conv1.weight)
