@@ -18,6 +18,7 @@ to composite colours (natural edges), coverage >= 1/2 defines the object's pixel
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,20 +57,18 @@ def _inside_polygon(u: np.ndarray, v: np.ndarray, poly: np.ndarray) -> np.ndarra
     return inside
 
 
-def shape_coverage(
+def _coverage_window(
     cls: str, size: int, cx: float, cy: float, radius: float, aspect: float, angle: float
-) -> np.ndarray:
-    """Fraction (0..1) of each pixel of a size x size image covered by the shape."""
-    out = np.zeros((size, size))
-    # only sample the window the shape can reach (outlines have extent <= 1.1 in the object frame)
+) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Coverage on the window of the image the shape can reach, and that window's slices."""
+    # outlines have extent <= 1.1 in the object frame
     reach = 1.15 * radius * max(aspect, 1 / aspect)
     x0, x1 = max(int(cx - reach), 0), min(int(np.ceil(cx + reach)) + 1, size)
     y0, y1 = max(int(cy - reach), 0), min(int(np.ceil(cy + reach)) + 1, size)
+    window = (slice(y0, max(y1, y0)), slice(x0, max(x1, x0)))
     if x1 <= x0 or y1 <= y0:
-        return out
-    tx = (
-        np.arange(x0 * _SUPERSAMPLE, x1 * _SUPERSAMPLE) + 0.5
-    ) / _SUPERSAMPLE  # sample positions, pixels
+        return np.zeros((0, 0)), window
+    tx = (np.arange(x0 * _SUPERSAMPLE, x1 * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE  # in pixels
     ty = (np.arange(y0 * _SUPERSAMPLE, y1 * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE
     x, y = np.meshgrid(tx - cx, ty - cy)
     c, s = np.cos(angle), np.sin(angle)
@@ -83,7 +82,16 @@ def shape_coverage(
     else:
         hit = _inside_polygon(u, -v, _POLYGONS[cls])  # -v: image y points down, keep shapes upright
     h, w = y1 - y0, x1 - x0
-    out[y0:y1, x0:x1] = hit.reshape(h, _SUPERSAMPLE, w, _SUPERSAMPLE).mean(axis=(1, 3))
+    return hit.reshape(h, _SUPERSAMPLE, w, _SUPERSAMPLE).mean(axis=(1, 3)), window
+
+
+def shape_coverage(
+    cls: str, size: int, cx: float, cy: float, radius: float, aspect: float, angle: float
+) -> np.ndarray:
+    """Fraction (0..1) of each pixel of a size x size image covered by the shape."""
+    out = np.zeros((size, size))
+    cover, window = _coverage_window(cls, size, cx, cy, radius, aspect, angle)
+    out[window] = cover
     return out
 
 
@@ -94,67 +102,77 @@ def _random_colour(rng: np.random.Generator, sat: tuple[float, float] = (0.15, 1
     return v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)
 
 
-def pink_noise(rng: np.random.Generator, size: int, beta: float) -> np.ndarray:
+@functools.lru_cache(maxsize=64)
+def _log_frequency(h: int, w: int) -> np.ndarray:
+    """log |f| on the rfft2 grid (DC set to 0; its amplitude is zeroed anyway)."""
+    f = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
+    f[0, 0] = 1.0
+    return np.log(f)
+
+
+def pink_noise(rng: np.random.Generator, shape: int | tuple[int, int], beta: float) -> np.ndarray:
     """1/f^beta noise scaled to 0..1: natural-image-like amplitude spectrum (beta ~ 2)."""
-    f = np.fft.fftfreq(size)
-    radius = np.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
-    radius[0, 0] = 1.0
-    spectrum = (
-        rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))
-    ) / radius ** (beta / 2)
-    spectrum[0, 0] = 0
-    field = np.fft.ifft2(spectrum).real
+    h, w = (shape, shape) if isinstance(shape, int) else shape
+    amplitude = np.exp(-0.5 * beta * _log_frequency(h, w))
+    amplitude[0, 0] = 0.0
+    spectrum = rng.standard_normal(amplitude.shape) + 1j * rng.standard_normal(amplitude.shape)
+    field = np.fft.irfft2(spectrum * amplitude, s=(h, w))
     # +-2.5 std covers ~99% of this Gaussian field; cheaper than percentiles
     return np.clip(0.5 + field / (5 * max(float(field.std()), 1e-12)), 0, 1)
 
 
-def _grating(rng: np.random.Generator, size: int, cycles: tuple[float, float]) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size] / size
-    a = rng.uniform(0, np.pi)
-    freq = rng.uniform(*cycles)
-    return 0.5 + 0.5 * np.sin(
-        2 * np.pi * freq * (np.cos(a) * x + np.sin(a) * y) + rng.uniform(0, 2 * np.pi)
-    )
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates scaled by the larger side, so patterns keep their scale in any window."""
+    n = max(h, w, 2) - 1
+    return np.arange(h)[:, None] / n, np.arange(w)[None, :] / n
 
 
-def _gradient(rng: np.random.Generator, size: int) -> np.ndarray:
-    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+def _grating(rng: np.random.Generator, h: int, w: int, cycles: tuple[float, float]) -> np.ndarray:
+    y, x = _grid(h, w)
+    a, freq, phase = rng.uniform(0, np.pi), rng.uniform(*cycles), rng.uniform(0, 2 * np.pi)
+    return 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(a) * x + np.sin(a) * y) + phase)
+
+
+def _gradient(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    y, x = _grid(h, w)
     a = rng.uniform(0, 2 * np.pi)
     g = np.cos(a) * x + np.sin(a) * y
     return (g - g.min()) / max(g.max() - g.min(), 1e-8)
 
 
-def _texture(rng: np.random.Generator, size: int, kind: str) -> np.ndarray:
+def _texture(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
     """A 0..1 pattern used to mix two colours."""
     if kind == "gradient":
-        return _gradient(rng, size)
+        return _gradient(rng, h, w)
     if kind == "stripes":
-        return _grating(rng, size, (1.5, size / 6))
+        return _grating(rng, h, w, (1.5, max(h, w) / 4))
     if kind == "noise":
-        return pink_noise(rng, size, rng.uniform(1.2, 2.8))
-    return np.zeros((size, size))  # "flat"
+        return pink_noise(rng, (h, w), rng.uniform(1.2, 2.8))
+    return np.zeros((h, w))  # "flat"
 
 
 def background(rng: np.random.Generator, size: int) -> np.ndarray:
     """float[size,size,3] in 0..1: a gradient between two colours, plus pink noise, plus sometimes a grating."""
     c1, c2 = _random_colour(rng, (0.0, 0.8)), _random_colour(rng, (0.0, 0.8))
-    base = _gradient(rng, size)[..., None]
+    base = _gradient(rng, size, size)[..., None]
     img = c1 * (1 - base) + c2 * base
     c3 = _random_colour(rng, (0.0, 0.9))
     noise = pink_noise(rng, size, rng.uniform(1.5, 2.6))[..., None]
     img = img * (1 - 0.6 * noise) + c3 * 0.6 * noise
     if rng.uniform() < 0.35:
-        grating = _grating(rng, size, (2, size / 5))[..., None]
+        grating = _grating(rng, size, size, (2, size / 5))[..., None]
         img = img * (1 - 0.25 * grating) + _random_colour(rng) * 0.25 * grating
     return img
 
 
-def object_appearance(rng: np.random.Generator, size: int) -> np.ndarray:
-    """float[size,size,3]: the object's surface (two random colours mixed by a random texture)."""
+def object_appearance(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """float[h,w,3]: the object's surface (two random colours mixed by a random texture)."""
     kind = rng.choice(["flat", "gradient", "stripes", "noise"])
     c1, c2 = _random_colour(rng), _random_colour(rng)
-    mix = _texture(rng, size, kind)[..., None] * rng.uniform(0.3, 1.0)
-    shade = 1 + 0.15 * (pink_noise(rng, size, 2.0)[..., None] - 0.5)  # mild shading on every object
+    mix = _texture(rng, h, w, kind)[..., None] * rng.uniform(0.3, 1.0)
+    shade = 1 + 0.15 * (
+        pink_noise(rng, (h, w), 2.0)[..., None] - 0.5
+    )  # mild shading on every object
     return (c1 * (1 - mix) + c2 * mix) * shade
 
 
@@ -226,11 +244,12 @@ def render_scene(
             aspect, angle = rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi)
         else:
             cx, cy, r, aspect, angle = poses[k]
-        cover = shape_coverage(CLASSES[label - 1], size, cx, cy, r, aspect, angle)
-        alpha = cover[..., None]
-        img = img * (1 - alpha) + object_appearance(rng, size) * alpha
+        cover, win = _coverage_window(CLASSES[label - 1], size, cx, cy, r, aspect, angle)
+        if cover.size:
+            alpha = cover[..., None]
+            img[win] = img[win] * (1 - alpha) + object_appearance(rng, *cover.shape) * alpha
         solid = cover >= 0.5
-        instances[solid] = k
+        instances[win][solid] = k
         full_areas.append(int(solid.sum()))
     img = img + rng.normal(0, 0.012, img.shape)  # faint sensor noise: no perfectly flat regions
     image = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
