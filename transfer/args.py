@@ -19,30 +19,70 @@ T = TypeVar("T")
 
 
 def common_parser(add_help: bool = True, **kwargs: Any) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
-    p.add_argument("--encoder", required=True,
-                   help="encoder.pt or run dir | random:<name>[,k=v] | random-rescaled:<name>[,k=v] | hub:torchvision/alexnet | hub:timm/resnet18")
-    p.add_argument("--data", default=None, help="VOC root, ImageFolder root (train/, val/) or the built-in data root")
-    p.add_argument("--out", required=True, help="output directory (metrics.json, log.jsonl, model.pt, config.yaml)")
-    p.add_argument("--preset", choices=["paper", "small"], default="paper",
-                   help="paper: the protocol's hyperparameters (default); small: for the built-in 32-64 px data")
-    p.add_argument("--frozen", action="store_true", default=None, help="freeze the encoder (default: fine-tune it)")
+    p = argparse.ArgumentParser(
+        add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
+    )
+    p.add_argument(
+        "--encoder",
+        required=True,
+        help="encoder.pt or run dir | random:<name>[,k=v] | random-rescaled:<name>[,k=v] | hub:torchvision/alexnet | hub:timm/resnet18",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        help="VOC root, ImageFolder root (train/, val/) or the built-in data root",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output directory (metrics.json, log.jsonl, model.pt, config.yaml)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["paper", "small"],
+        default="paper",
+        help="paper: the protocol's hyperparameters (default); small: for the built-in 32-64 px data",
+    )
+    p.add_argument(
+        "--frozen",
+        action="store_true",
+        default=None,
+        help="freeze the encoder (default: fine-tune it)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--input-size", type=int, default=None, help="image side in pixels (default: the encoder's)")
+    p.add_argument(
+        "--input-size", type=int, default=None, help="image side in pixels (default: the encoder's)"
+    )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, e.g. --set weight_decay=0")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any config key, e.g. --set weight_decay=0",
+    )
     return p
 
 
-def config_from_args(preset: Callable[..., T], args: argparse.Namespace, extra: dict[str, Any]) -> T:
+def config_from_args(
+    preset: Callable[..., T], args: argparse.Namespace, extra: dict[str, Any]
+) -> T:
     """preset(**given options) then --set overrides; options not given (None) are left out."""
     given = {
-        "encoder": args.encoder, "data": args.data, "out": args.out, "frozen": args.frozen, "seed": args.seed,
-        "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "input_size": args.input_size,
-        "device": args.device, **extra,
+        "encoder": args.encoder,
+        "data": args.data,
+        "out": args.out,
+        "frozen": args.frozen,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "input_size": args.input_size,
+        "device": args.device,
+        **extra,
     }
     cfg = preset(**{k: v for k, v in given.items() if v is not None})
     return apply_overrides(cfg, list(args.set))

@@ -91,7 +91,14 @@ class ClassifyConfig:
     num_workers: int = 0
 
     def validate(self) -> None:
-        for k in ("epochs", "probe_epochs", "batch_size", "probe_batch_size", "knn_k", "probe_dims"):
+        for k in (
+            "epochs",
+            "probe_epochs",
+            "batch_size",
+            "probe_batch_size",
+            "knn_k",
+            "probe_dims",
+        ):
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(self, k)}")
         if self.lr <= 0 or self.probe_lr <= 0:
@@ -105,8 +112,16 @@ def paper_preset(**overrides: Any) -> ClassifyConfig:
 
 def small_preset(**overrides: Any) -> ClassifyConfig:
     """Settings for the built-in 64 px data (a few hundred images): seconds on a CPU."""
-    cfg = ClassifyConfig(epochs=6, lr=1e-3, optimizer="adam", batch_size=32, probe_dims=2048,
-                         probe_epochs=60, probe_batch_size=128, knn_k=10)
+    cfg = ClassifyConfig(
+        epochs=6,
+        lr=1e-3,
+        optimizer="adam",
+        batch_size=32,
+        probe_dims=2048,
+        probe_epochs=60,
+        probe_batch_size=128,
+        knn_k=10,
+    )
     return replace_validated(cfg, **overrides)
 
 
@@ -140,27 +155,46 @@ def score(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
     return {"mAP": m, "per_class_AP": per_class}
 
 
-def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, cfg: ClassifyConfig,
-                       log: MetricLogger | None = None, layer: str = "") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def train_linear_probe(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    cfg: ClassifyConfig,
+    log: MetricLogger | None = None,
+    layer: str = "",
+) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """Linear classifier on standardised features; returns (head, mean, std) for evaluation."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6) if len(train_x) > 1 else torch.ones(train_x.shape[1])
+    mean, std = (
+        train_x.mean(0),
+        train_x.std(0).clamp(min=1e-6) if len(train_x) > 1 else torch.ones(train_x.shape[1]),
+    )
     x = (train_x - mean) / std
     head = nn.Linear(x.shape[1], num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
-    opt = make_optimizer(head.parameters(), "adam", cfg.probe_lr, weight_decay=cfg.probe_weight_decay)
+    opt = make_optimizer(
+        head.parameters(), "adam", cfg.probe_lr, weight_decay=cfg.probe_weight_decay
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(cfg.probe_epochs):
         order = torch.randperm(len(x), generator=gen)
         batches = [(x[i], train_y[i]) for i in order.split(cfg.probe_batch_size)]
-        stats = train_one_epoch(head, batches, lambda m, b, _d: classification_loss(m(b[0]), b[1]), opt, x.device)
+        stats = train_one_epoch(
+            head, batches, lambda m, b, _d: classification_loss(m(b[0]), b[1]), opt, x.device
+        )
         if log is not None and (epoch + 1) % 10 == 0:
             log.update(epoch + 1, layer=layer, loss=stats["loss"])
     return head, mean, std
 
 
-def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
-               k: int, temperature: float) -> torch.Tensor:
+def knn_scores(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> torch.Tensor:
     """Weighted kNN class scores (cosine similarity, weights exp(sim / T))."""
     a, b = F.normalize(train_x, dim=1), F.normalize(test_x, dim=1)
     sim = b @ a.T
@@ -175,37 +209,72 @@ def knn_scores(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tenso
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = common_parser(add_help, description="Classification transfer: linear probe per layer, kNN or fine-tuning.",
-                      epilog=__doc__.split("Protocols")[0])
-    p.add_argument("--protocol", choices=["linear", "knn", "finetune"], default=None, help="default: finetune")
-    p.add_argument("--layers", default=None, help="linear/knn: comma-separated stages (default: all)")
+    p = common_parser(
+        add_help,
+        description="Classification transfer: linear probe per layer, kNN or fine-tuning.",
+        epilog=__doc__.split("Protocols")[0],
+    )
+    p.add_argument(
+        "--protocol", choices=["linear", "knn", "finetune"], default=None, help="default: finetune"
+    )
+    p.add_argument(
+        "--layers", default=None, help="linear/knn: comma-separated stages (default: all)"
+    )
     p.add_argument("--shots", type=int, default=None, help="labelled training images per class")
-    p.add_argument("--label-fraction", type=float, default=None, help="fraction of the training labels used")
+    p.add_argument(
+        "--label-fraction", type=float, default=None, help="fraction of the training labels used"
+    )
     p.add_argument("--k", type=int, default=None, help="kNN neighbours (default 20)")
-    p.add_argument("--cache-dir", default=None, help="feature cache (default <out>/../feature-cache; 'none' disables)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="feature cache (default <out>/../feature-cache; 'none' disables)",
+    )
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    extra = {"protocol": args.protocol, "shots": args.shots, "label_fraction": args.label_fraction,
-             "knn_k": args.k, "cache_dir": args.cache_dir,
-             "layers": [s for s in args.layers.split(",") if s] if args.layers else None}
+    extra = {
+        "protocol": args.protocol,
+        "shots": args.shots,
+        "label_fraction": args.label_fraction,
+        "knn_k": args.k,
+        "cache_dir": args.cache_dir,
+        "layers": [s for s in args.layers.split(",") if s] if args.layers else None,
+    }
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
     m = run(cfg)["metrics"]
-    print(f"classify/{cfg.protocol}: score {m['score']:.2f} ({'mAP' if m['format'] == 'voc' else 'top-1'}) -> {cfg.out}/metrics.json")
+    print(
+        f"classify/{cfg.protocol}: score {m['score']:.2f} ({'mAP' if m['format'] == 'voc' else 'top-1'}) -> {cfg.out}/metrics.json"
+    )
     return 0
 
 
-def _frozen_protocol(cfg, encoder, info, train, val, device, log) -> tuple[dict[str, Any], dict[str, Any]]:
+def _frozen_protocol(
+    cfg, encoder, info, train, val, device, log
+) -> tuple[dict[str, Any], dict[str, Any]]:
     layers = cfg.layers or list(encoder.feature_names)
     unknown = [name for name in layers if name not in encoder.feature_names]
     if unknown:
-        raise ConfigError(f"layer '{unknown[0]}' is not a stage of {info['name']}; stages: {', '.join(encoder.feature_names)}")
-    cache = None if cfg.cache_dir == "none" else Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.out)
+        raise ConfigError(
+            f"layer '{unknown[0]}' is not a stage of {info['name']}; stages: {', '.join(encoder.feature_names)}"
+        )
+    cache = (
+        None
+        if cfg.cache_dir == "none"
+        else Path(cfg.cache_dir)
+        if cfg.cache_dir
+        else default_cache_dir(cfg.out)
+    )
     feats, hits = {}, {}
     for name, view in (("train", train), ("val", val)):
-        key = {"encoder": info["hash"], "data": files_fingerprint(view.image_paths(), str(view.classes)),
-               "split": name, "input_size": view.size, "normalize": info["normalize"]}
+        key = {
+            "encoder": info["hash"],
+            "data": files_fingerprint(view.image_paths(), str(view.classes)),
+            "split": name,
+            "input_size": view.size,
+            "normalize": info["normalize"],
+        }
         loader = seeded_loader(view, 64, False, cfg.seed, cfg.num_workers)
         feats[name] = extract_features(encoder, loader, layers, key, cache, cfg.probe_dims, device)
         hits[name] = feats[name][2]
@@ -223,11 +292,18 @@ def _frozen_protocol(cfg, encoder, info, train, val, device, log) -> tuple[dict[
             heads[name] = {"state_dict": head.state_dict(), "mean": mean, "std": std}
         else:
             s = knn_scores(x, y, vax[name], num_classes, cfg.knn_k, cfg.knn_temperature)
-        per_layer[name] = score(s.softmax(1) if y.dim() == 1 and cfg.protocol == "linear" else s, vay)
+        per_layer[name] = score(
+            s.softmax(1) if y.dim() == 1 and cfg.protocol == "linear" else s, vay
+        )
     main = per_layer[layers[-1]]
-    metrics = {"score": main.get("mAP", main.get("top1")), "layer": layers[-1], "per_layer": per_layer,
-               "train_images": len(keep), "val_images": len(vay),
-               "cache_hits": {s: all(h.values()) for s, h in hits.items()}}
+    metrics = {
+        "score": main.get("mAP", main.get("top1")),
+        "layer": layers[-1],
+        "per_layer": per_layer,
+        "train_images": len(keep),
+        "val_images": len(vay),
+        "cache_hits": {s: all(h.values()) for s, h in hits.items()},
+    }
     return metrics, {"protocol": cfg.protocol, "layers": layers, "heads": heads}
 
 
@@ -264,8 +340,16 @@ def _finetune(cfg, encoder, train, val, device, log) -> tuple[dict[str, Any], di
         log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
     s, y = _predict(model, seeded_loader(val, 64, False, cfg.seed, cfg.num_workers), device)
     m = score(s, y)
-    metrics = {"score": m.get("mAP", m.get("top1")), **m, "train_images": len(train), "val_images": len(val)}
-    return metrics, {"protocol": "finetune", "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+    metrics = {
+        "score": m.get("mAP", m.get("top1")),
+        **m,
+        "train_images": len(train),
+        "val_images": len(val),
+    }
+    return metrics, {
+        "protocol": "finetune",
+        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+    }
 
 
 def run(cfg: ClassifyConfig) -> dict[str, Any]:
@@ -298,5 +382,8 @@ def run(cfg: ClassifyConfig) -> dict[str, Any]:
         log.close()
     metrics["format"] = fmt
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save({"task": "classify", **model, "classes": train.classes, "encoder": info["spec"]}, out / "model.pt")
+    atomic_save(
+        {"task": "classify", **model, "classes": train.classes, "encoder": info["spec"]},
+        out / "model.pt",
+    )
     return write_run(out, "classify", metrics, cfg, info, device, start)

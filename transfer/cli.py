@@ -17,7 +17,10 @@ import argparse
 import importlib
 
 HARNESSES = {
-    "classify": ("transfer.classify", "linear probe per layer, kNN or fine-tuning; top-1 or VOC mAP"),
+    "classify": (
+        "transfer.classify",
+        "linear probe per layer, kNN or fine-tuning; top-1 or VOC mAP",
+    ),
     "detect": ("transfer.detect", "Faster R-CNN on the encoder; COCO AP, AP50, AP75"),
     "segment": ("transfer.segment", "FCN on the encoder; mean IU and pixel accuracy"),
 }
@@ -27,15 +30,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cebench transfer",
         description="Transfer an encoder to classification, detection or segmentation.",
-        epilog="examples:\n" + "\n".join(line for line in __doc__.splitlines()[1:9] if line.strip()),
+        epilog="examples:\n"
+        + "\n".join(line for line in __doc__.splitlines()[1:9] if line.strip()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="task", required=True, metavar="{classify,detect,segment}")
     for task, (module, help_) in HARNESSES.items():
         parents = [importlib.import_module(module).get_args_parser(add_help=False)]
-        sub.add_parser(task, parents=parents, help=help_, description=help_,
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=importlib.import_module(module).__doc__.split("\n\n")[1])
+        sub.add_parser(
+            task,
+            parents=parents,
+            help=help_,
+            description=help_,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=importlib.import_module(module).__doc__.split("\n\n")[1],
+        )
     return p
 
 

@@ -50,7 +50,9 @@ def files_fingerprint(paths: Sequence[Path], extra: str = "") -> str:
     return h.hexdigest()[:16]
 
 
-def to_tensor(img, size: int, normalize: dict[str, list[float]], flip: bool = False) -> torch.Tensor:
+def to_tensor(
+    img, size: int, normalize: dict[str, list[float]], flip: bool = False
+) -> torch.Tensor:
     """PIL image -> normalised float tensor [3, size, size]."""
     img = TF.resize(img, [size, size], antialias=True)
     if flip:
@@ -65,7 +67,14 @@ class ClassificationView(torch.utils.data.Dataset):
     the harness's seeded generator, so a seed fixes the whole run.
     """
 
-    def __init__(self, base, size: int, normalize: dict[str, list[float]], train: bool, indices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        base,
+        size: int,
+        normalize: dict[str, list[float]],
+        train: bool,
+        indices: Sequence[int] | None = None,
+    ):
         self.base, self.size, self.normalize, self.train = base, size, normalize, train
         self.indices = list(range(len(base))) if indices is None else list(indices)
         self.multilabel = hasattr(base, "labels") and hasattr(base, "ignore")
@@ -83,7 +92,9 @@ class ClassificationView(torch.utils.data.Dataset):
         return torch.tensor(self.base.targets[j])
 
     def targets(self) -> torch.Tensor:
-        return torch.stack([self.target(i) for i in range(len(self))]) if len(self) else torch.zeros(0)
+        return (
+            torch.stack([self.target(i) for i in range(len(self))]) if len(self) else torch.zeros(0)
+        )
 
     def image_paths(self) -> list[Path]:
         if self.multilabel:
@@ -103,7 +114,12 @@ class ClassificationView(torch.utils.data.Dataset):
 
 
 def classification_splits(
-    root: Path, fmt: str, train_split: str, val_split: str, size: int, normalize: dict[str, list[float]]
+    root: Path,
+    fmt: str,
+    train_split: str,
+    val_split: str,
+    size: int,
+    normalize: dict[str, list[float]],
 ) -> tuple[ClassificationView, ClassificationView]:
     from pretrain.data import ImageFolderDataset, VOCClassification
 
@@ -112,11 +128,17 @@ def classification_splits(
     else:
         tr, va = ImageFolderDataset(root / train_split), ImageFolderDataset(root / val_split)
         if tr.classes != va.classes:
-            raise DatasetError(f"{root}: class folders differ between {train_split}/ and {val_split}/")
-    return ClassificationView(tr, size, normalize, True), ClassificationView(va, size, normalize, False)
+            raise DatasetError(
+                f"{root}: class folders differ between {train_split}/ and {val_split}/"
+            )
+    return ClassificationView(tr, size, normalize, True), ClassificationView(
+        va, size, normalize, False
+    )
 
 
-def low_shot_indices(targets: torch.Tensor, shots: int | None, fraction: float | None, seed: int) -> list[int]:
+def low_shot_indices(
+    targets: torch.Tensor, shots: int | None, fraction: float | None, seed: int
+) -> list[int]:
     """Indices of a labelled subset: `shots` examples per class, or a random `fraction` of all.
 
     Single-label: K random images of each class. Multi-label: for each class in turn, random images
@@ -153,13 +175,26 @@ def low_shot_indices(targets: torch.Tensor, shots: int | None, fraction: float |
     return sorted(chosen)
 
 
-def seeded_loader(dataset, batch_size: int, shuffle: bool, seed: int, num_workers: int = 0,
-                  collate_fn: Callable | None = None, drop_last: bool = False) -> torch.utils.data.DataLoader:
+def seeded_loader(
+    dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    num_workers: int = 0,
+    collate_fn: Callable | None = None,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader:
     """A DataLoader whose order and worker RNG are fixed by `seed` (deterministic runs)."""
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers, generator=g,
-        collate_fn=collate_fn, drop_last=drop_last, worker_init_fn=_seed_worker,
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        generator=g,
+        collate_fn=collate_fn,
+        drop_last=drop_last,
+        worker_init_fn=_seed_worker,
     )
 
 

@@ -86,7 +86,14 @@ class DetectConfig:
     num_workers: int = 0
 
     def validate(self) -> None:
-        for k in ("epochs", "batch_size", "max_levels", "roi_size", "fpn_channels", "representation_size"):
+        for k in (
+            "epochs",
+            "batch_size",
+            "max_levels",
+            "roi_size",
+            "fpn_channels",
+            "representation_size",
+        ):
             if getattr(self, k) < 1:
                 raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(self, k)}")
         if self.lr <= 0:
@@ -100,14 +107,25 @@ def paper_preset(**overrides: Any) -> DetectConfig:
 
 def small_preset(**overrides: Any) -> DetectConfig:
     """Settings for the built-in 32-64 px data: small heads, few proposals, Adam, seconds on a CPU."""
-    cfg = DetectConfig(fpn_channels=32, roi_size=4, representation_size=128, rpn_pre_nms_top_n=200,
-                       rpn_post_nms_top_n=100, box_batch_size_per_image=64, epochs=6, lr=1e-3,
-                       optimizer="adam", batch_size=8)
+    cfg = DetectConfig(
+        fpn_channels=32,
+        roi_size=4,
+        representation_size=128,
+        rpn_pre_nms_top_n=200,
+        rpn_post_nms_top_n=100,
+        box_batch_size_per_image=64,
+        epochs=6,
+        lr=1e-3,
+        optimizer="adam",
+        batch_size=8,
+    )
     return replace_validated(cfg, **overrides)
 
 
 @torch.no_grad()
-def select_levels(encoder: nn.Module, input_size: int, max_levels: int, min_stride: int = 4) -> list[tuple[str, int, int]]:
+def select_levels(
+    encoder: nn.Module, input_size: int, max_levels: int, min_stride: int = 4
+) -> list[tuple[str, int, int]]:
     """(stage, channels, stride) of the last stage at each distinct stride >= `min_stride`, deepest `max_levels`."""
     was = encoder.training
     encoder.eval()
@@ -120,15 +138,22 @@ def select_levels(encoder: nn.Module, input_size: int, max_levels: int, min_stri
             continue
         stride = max(1, round(input_size / f.shape[-1]))
         by_stride[stride] = (name, f.shape[1], stride)  # later stages win
-    levels = [v for s, v in sorted(by_stride.items()) if s >= min_stride] or [by_stride[max(by_stride)]]
+    levels = [v for s, v in sorted(by_stride.items()) if s >= min_stride] or [
+        by_stride[max(by_stride)]
+    ]
     return levels[-max_levels:]
 
 
 class EncoderBackbone(nn.Module):
     """Encoder stages -> OrderedDict of maps ("0", "1", ...), optionally through an FPN."""
 
-    def __init__(self, encoder: nn.Module, levels: list[tuple[str, int, int]], fpn_channels: int | None,
-                 frozen: bool) -> None:
+    def __init__(
+        self,
+        encoder: nn.Module,
+        levels: list[tuple[str, int, int]],
+        fpn_channels: int | None,
+        frozen: bool,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.levels = levels
@@ -155,7 +180,9 @@ class EncoderBackbone(nn.Module):
         return self.fpn(maps) if self.fpn is not None else maps
 
 
-def anchor_sizes(levels: list[tuple[str, int, int]], input_size: int) -> tuple[tuple[int, ...], ...]:
+def anchor_sizes(
+    levels: list[tuple[str, int, int]], input_size: int
+) -> tuple[tuple[int, ...], ...]:
     """Two sizes per level (2x and 4x its stride; one level covers S/8 .. S/2), capped at the input."""
     if len(levels) == 1:
         s = input_size
@@ -163,8 +190,13 @@ def anchor_sizes(levels: list[tuple[str, int, int]], input_size: int) -> tuple[t
     return tuple((min(2 * r, input_size), min(4 * r, input_size)) for _, _, r in levels)
 
 
-def build_detector(encoder: nn.Module, num_classes: int, input_size: int, cfg: DetectConfig,
-                   normalize: dict[str, list[float]]) -> FasterRCNN:
+def build_detector(
+    encoder: nn.Module,
+    num_classes: int,
+    input_size: int,
+    cfg: DetectConfig,
+    normalize: dict[str, list[float]],
+) -> FasterRCNN:
     """Faster R-CNN from parts around `encoder`; `num_classes` excludes the background."""
     levels = select_levels(encoder, input_size, cfg.max_levels)
     backbone = EncoderBackbone(encoder, levels, cfg.fpn_channels if cfg.fpn else None, cfg.frozen)
@@ -174,13 +206,22 @@ def build_detector(encoder: nn.Module, num_classes: int, input_size: int, cfg: D
     roi = MultiScaleRoIAlign(names, output_size=cfg.roi_size, sampling_ratio=2)
     box_head = TwoMLPHead(backbone.out_channels * cfg.roi_size**2, cfg.representation_size)
     return FasterRCNN(
-        backbone, num_classes=None, min_size=input_size, max_size=input_size,
-        image_mean=normalize["mean"], image_std=normalize["std"],
-        rpn_anchor_generator=anchors, box_roi_pool=roi, box_head=box_head,
+        backbone,
+        num_classes=None,
+        min_size=input_size,
+        max_size=input_size,
+        image_mean=normalize["mean"],
+        image_std=normalize["std"],
+        rpn_anchor_generator=anchors,
+        box_roi_pool=roi,
+        box_head=box_head,
         box_predictor=FastRCNNPredictor(cfg.representation_size, num_classes + 1),
-        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n, rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n,
-        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
-        box_batch_size_per_image=cfg.box_batch_size_per_image, box_score_thresh=cfg.box_score_thresh,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_score_thresh=cfg.box_score_thresh,
     )
 
 
@@ -218,11 +259,18 @@ def detection_splits(cfg: DetectConfig):
 
     if cfg.coco_ann:
         if not cfg.coco_images:
-            raise ConfigError("--coco-ann needs --coco-images (the folder its file_name entries are relative to)")
+            raise ConfigError(
+                "--coco-ann needs --coco-images (the folder its file_name entries are relative to)"
+            )
         val_ann = cfg.coco_val_ann or cfg.coco_ann.replace("train", "val")
         if not Path(val_ann).is_file():
-            raise DatasetError(f"COCO evaluation annotations not found: {val_ann} (give --coco-val-ann)")
-        tr, va = CocoDetection(cfg.coco_images, cfg.coco_ann), CocoDetection(cfg.coco_images, val_ann)
+            raise DatasetError(
+                f"COCO evaluation annotations not found: {val_ann} (give --coco-val-ann)"
+            )
+        tr, va = (
+            CocoDetection(cfg.coco_images, cfg.coco_ann),
+            CocoDetection(cfg.coco_images, val_ann),
+        )
         if tr.classes != va.classes:
             raise DatasetError(f"{cfg.coco_ann} and {val_ann} have different categories")
         return tr, va, va.coco, dict(va.label_to_cat_id), "coco"
@@ -230,13 +278,23 @@ def detection_splits(cfg: DetectConfig):
         raise ConfigError("give --data (a VOC root) or --coco-ann/--coco-images")
     fmt, root = find_format(cfg.data)
     if fmt != "voc":
-        raise DatasetError(f"--data {cfg.data}: detection needs VOC-format data (Annotations/) or COCO json")
+        raise DatasetError(
+            f"--data {cfg.data}: detection needs VOC-format data (Annotations/) or COCO json"
+        )
     tr, va = VOCDetection(root, cfg.train_split), VOCDetection(root, cfg.val_split)
     targets = [va.annotations[i] for i in range(len(va))]
     gt = coco_gt_from_targets(
-        [{"boxes": torch.from_numpy(a.boxes), "labels": torch.from_numpy(a.labels),
-          "difficult": torch.from_numpy(a.difficult), "image_id": i} for i, a in enumerate(targets)],
-        [(a.height, a.width) for a in targets], len(va.classes),
+        [
+            {
+                "boxes": torch.from_numpy(a.boxes),
+                "labels": torch.from_numpy(a.labels),
+                "difficult": torch.from_numpy(a.difficult),
+                "image_id": i,
+            }
+            for i, a in enumerate(targets)
+        ],
+        [(a.height, a.width) for a in targets],
+        len(va.classes),
     )
     return tr, va, gt, None, "voc"
 
@@ -244,35 +302,60 @@ def detection_splits(cfg: DetectConfig):
 def detection_loss(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
     images, targets = batch
     images = [im.to(device) for im in images]
-    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    targets = [
+        {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
+    ]
     return sum(model(images, targets).values())
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, evaluator: DetectionEvaluator, device: torch.device) -> dict[str, Any]:
+def evaluate(
+    model: nn.Module, loader, evaluator: DetectionEvaluator, device: torch.device
+) -> dict[str, Any]:
     model.eval()
     for images, targets in loader:
         outputs = model([im.to(device) for im in images])
-        evaluator.update({int(t["image_id"]): {k: v.cpu() for k, v in o.items()} for t, o in zip(targets, outputs, strict=True)})
+        evaluator.update(
+            {
+                int(t["image_id"]): {k: v.cpu() for k, v in o.items()}
+                for t, o in zip(targets, outputs, strict=True)
+            }
+        )
     evaluator.synchronize_between_processes()
     return evaluator.summarize()
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = common_parser(add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0])
-    p.add_argument("--coco-ann", default=None, help="COCO json of the training set (instead of --data)")
-    p.add_argument("--coco-images", default=None, help="folder the COCO file_name entries are relative to")
-    p.add_argument("--coco-val-ann", default=None, help="COCO json to evaluate on (default: --coco-ann with train -> val)")
+    p = common_parser(
+        add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0]
+    )
+    p.add_argument(
+        "--coco-ann", default=None, help="COCO json of the training set (instead of --data)"
+    )
+    p.add_argument(
+        "--coco-images", default=None, help="folder the COCO file_name entries are relative to"
+    )
+    p.add_argument(
+        "--coco-val-ann",
+        default=None,
+        help="COCO json to evaluate on (default: --coco-ann with train -> val)",
+    )
     p.add_argument("--no-fpn", action="store_true", help="single-level detector on the last stage")
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    extra = {"coco_ann": args.coco_ann, "coco_images": args.coco_images, "coco_val_ann": args.coco_val_ann,
-             "fpn": False if args.no_fpn else None}
+    extra = {
+        "coco_ann": args.coco_ann,
+        "coco_images": args.coco_images,
+        "coco_val_ann": args.coco_val_ann,
+        "fpn": False if args.no_fpn else None,
+    }
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
     m = run(cfg)["metrics"]
-    print(f"detect: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json")
+    print(
+        f"detect: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
+    )
     return 0
 
 
@@ -294,9 +377,13 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
 
     encoder, info = resolve_encoder(cfg.encoder, cfg.input_size, calibration, cfg.seed)
     set_seed(cfg.seed)
-    model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(device)
+    model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(
+        device
+    )
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    loader = seeded_loader(DetectionView(tr, True), cfg.batch_size, True, cfg.seed, cfg.num_workers, _collate)
+    loader = seeded_loader(
+        DetectionView(tr, True), cfg.batch_size, True, cfg.seed, cfg.num_workers, _collate
+    )
     steps = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, (2 * steps) // 3)], 0.1)
     log = MetricLogger(out / "log.jsonl", total=cfg.epochs, desc="detect")
@@ -307,14 +394,28 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
             log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
     finally:
         log.close()
-    val_loader = seeded_loader(DetectionView(va, False), cfg.batch_size, False, cfg.seed, cfg.num_workers, _collate)
+    val_loader = seeded_loader(
+        DetectionView(va, False), cfg.batch_size, False, cfg.seed, cfg.num_workers, _collate
+    )
     metrics = evaluate(model, val_loader, DetectionEvaluator(coco_gt, label_to_cat), device)
     if fmt == "voc":  # name the per-class entries after the dataset's classes
         for key in ("per_class_AP", "per_class_AP50"):
             metrics[key] = {tr.classes[int(k) - 1]: v for k, v in metrics[key].items()}
-    metrics.update(score=metrics["AP50"], format=fmt, train_images=len(tr), val_images=len(va),
-                   levels=[name for name, _, _ in model.backbone.levels])
+    metrics.update(
+        score=metrics["AP50"],
+        format=fmt,
+        train_images=len(tr),
+        val_images=len(va),
+        levels=[name for name, _, _ in model.backbone.levels],
+    )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save({"task": "detect", "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                 "classes": list(tr.classes), "encoder": info["spec"]}, out / "model.pt")
+    atomic_save(
+        {
+            "task": "detect",
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "classes": list(tr.classes),
+            "encoder": info["spec"],
+        },
+        out / "model.pt",
+    )
     return write_run(out, "detect", metrics, cfg, info, device, start)

@@ -55,7 +55,9 @@ HUB_MODELS = {
 def _parse_name_kwargs(body: str, spec: str) -> tuple[str, dict[str, Any]]:
     name, *items = [s.strip() for s in body.split(",")]
     if not name:
-        raise ConfigError(f"encoder spec '{spec}' names no encoder (expected random:<name>[,key=value])")
+        raise ConfigError(
+            f"encoder spec '{spec}' names no encoder (expected random:<name>[,key=value])"
+        )
     kwargs: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -76,7 +78,9 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def gaussian_init_(module: nn.Module, std: float = 0.01, generator: torch.Generator | None = None) -> None:
+def gaussian_init_(
+    module: nn.Module, std: float = 0.01, generator: torch.Generator | None = None
+) -> None:
     """Conv/linear weights ~ N(0, std^2), biases 0, norm layers at identity."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
@@ -90,6 +94,10 @@ def gaussian_init_(module: nn.Module, std: float = 0.01, generator: torch.Genera
                 nn.init.zeros_(m.bias)
 
 
+class _StopForward(Exception):
+    """Ends a calibration forward pass once the layer being rescaled has run."""
+
+
 @torch.no_grad()
 def data_dependent_rescale_(encoder: nn.Module, images: torch.Tensor, eps: float = 1e-8) -> None:
     """Within-layer data-dependent init (Krähenbühl et al. 2016): unit-variance, zero-mean channels.
@@ -101,7 +109,8 @@ def data_dependent_rescale_(encoder: nn.Module, images: torch.Tensor, eps: float
     order: list[nn.Module] = []
     hooks = [
         m.register_forward_hook(lambda mod, _i, _o: order.append(mod) if mod not in order else None)
-        for m in encoder.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+        for m in encoder.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
     ]
     was_training = encoder.training
     encoder.eval()
@@ -111,15 +120,22 @@ def data_dependent_rescale_(encoder: nn.Module, images: torch.Tensor, eps: float
         for h in hooks:
             h.remove()
     for layer in order:
-        captured: list[torch.Tensor] = []
-        hook = layer.register_forward_hook(lambda _m, _i, o, box=captured: box.append(o))
+        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def grab(_m, _i, out: torch.Tensor, box=stats) -> None:
+            # statistics now: an in-place activation (ReLU(inplace=True)) overwrites `out` next
+            dims = [d for d in range(out.dim()) if d != 1] if out.dim() > 2 else [0]
+            box.append((out.mean(dim=dims), out.std(dim=dims)))
+            raise _StopForward
+
+        hook = layer.register_forward_hook(grab)
         try:
             encoder(images)
+        except _StopForward:
+            pass
         finally:
             hook.remove()
-        out = captured[0]
-        dims = [d for d in range(out.dim()) if d != 1] if out.dim() > 2 else [0]
-        mean, std = out.mean(dim=dims), out.std(dim=dims)
+        mean, std = stats[0]
         scale = 1.0 / (std + eps)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         layer.weight.mul_(scale.view(shape))
@@ -134,7 +150,11 @@ def _load_path(path: Path) -> tuple[nn.Module, dict[str, Any]]:
             raise CheckpointError(f"no encoder.pt in run directory {path}")
         path = path / "encoder.pt"
     encoder, info = load_encoder(path)
-    return encoder, {**info, "normalize": info["meta"].get("normalize", MINUS_ONE_ONE), "path": str(path)}
+    return encoder, {
+        **info,
+        "normalize": info["meta"].get("normalize", MINUS_ONE_ONE),
+        "path": str(path),
+    }
 
 
 def _hub_weight_files(source: str) -> tuple[list[Path], Any]:
@@ -144,7 +164,9 @@ def _hub_weight_files(source: str) -> tuple[list[Path], Any]:
         from torchvision.models import AlexNet_Weights
 
         url = AlexNet_Weights.IMAGENET1K_V1.url
-        return [hub_dir / os.path.basename(url)], lambda p: torch.load(p, map_location="cpu", weights_only=True)
+        return [hub_dir / os.path.basename(url)], lambda p: torch.load(
+            p, map_location="cpu", weights_only=True
+        )
     if source == "timm/resnet18":
         import timm
 
@@ -169,14 +191,22 @@ def _hub_weight_files(source: str) -> tuple[list[Path], Any]:
             return torch.load(p, map_location="cpu", weights_only=True)
 
         return files, load
-    raise ConfigError(f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}")
+    raise ConfigError(
+        f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}"
+    )
 
 
 def _copy_in_order(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Copy the source's tensors into the encoder's, both in definition order, shapes checked."""
-    src = [(k, v) for k, v in state.items() if not k.startswith(("fc.", "classifier.")) and "num_batches_tracked" not in k]
+    src = [
+        (k, v)
+        for k, v in state.items()
+        if not k.startswith(("fc.", "classifier.")) and "num_batches_tracked" not in k
+    ]
     dst = [(k, v) for k, v in encoder.state_dict().items() if "num_batches_tracked" not in k]
-    if len(src) != len(dst) or any(a.shape != b.shape for (_, a), (_, b) in zip(src, dst, strict=False)):
+    if len(src) != len(dst) or any(
+        a.shape != b.shape for (_, a), (_, b) in zip(src, dst, strict=False)
+    ):
         raise CheckpointError(
             f"hub:{source} weights do not match the registry encoder's layers "
             f"({len(src)} source tensors vs {len(dst)}; first shapes "
@@ -205,13 +235,22 @@ def _load_hub(source: str, input_size: int | None) -> tuple[nn.Module, dict[str,
     try:
         state = load(found)
     except Exception as e:
-        raise CheckpointError(f"cached weights {found} for hub:{source} are unreadable: {e}") from None
+        raise CheckpointError(
+            f"cached weights {found} for hub:{source} are unreadable: {e}"
+        ) from None
     _copy_in_order(encoder, state, source)
-    return encoder, {"name": name, "kwargs": kwargs, "meta": {"method": "imagenet-supervised", "source": str(found)},
-                     "normalize": IMAGENET, "path": str(found)}
+    return encoder, {
+        "name": name,
+        "kwargs": kwargs,
+        "meta": {"method": "imagenet-supervised", "source": str(found)},
+        "normalize": IMAGENET,
+        "path": str(found),
+    }
 
 
-def _with_input_size(encoder: nn.Module, info: dict[str, Any], input_size: int, spec: str) -> nn.Module:
+def _with_input_size(
+    encoder: nn.Module, info: dict[str, Any], input_size: int, spec: str
+) -> nn.Module:
     """Rebuild a checkpointed encoder for another input size; its weights must still fit."""
     from pretrain.models import build_encoder
 
@@ -235,14 +274,20 @@ def check_input_size(encoder: nn.Module, input_size: int, spec: str) -> None:
     try:
         with torch.no_grad():
             p = next(encoder.parameters())
-            feats = encoder.forward_features(torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype))
+            feats = encoder.forward_features(
+                torch.zeros(1, 3, input_size, input_size, device=p.device, dtype=p.dtype)
+            )
     except RuntimeError as e:
-        raise ConfigError(f"encoder {spec} cannot run on {input_size}x{input_size} images: {str(e).splitlines()[0]}") from None
+        raise ConfigError(
+            f"encoder {spec} cannot run on {input_size}x{input_size} images: {str(e).splitlines()[0]}"
+        ) from None
     finally:
         encoder.train(was)
     for name, f in feats.items():
         if f.dim() == 4 and min(f.shape[-2:]) < 1:
-            raise ConfigError(f"encoder {spec}: stage '{name}' is empty for {input_size}x{input_size} images")
+            raise ConfigError(
+                f"encoder {spec}: stage '{name}' is empty for {input_size}x{input_size} images"
+            )
 
 
 def resolve_encoder(
@@ -259,7 +304,9 @@ def resolve_encoder(
     from pretrain.models import build_encoder
 
     if not spec:
-        raise ConfigError("no encoder given (--encoder PATH | random:<name> | random-rescaled:<name> | hub:<source>)")
+        raise ConfigError(
+            "no encoder given (--encoder PATH | random:<name> | random-rescaled:<name> | hub:<source>)"
+        )
     kind, sep, body = spec.partition(":")
     if sep and kind in ("random", "random-rescaled"):
         name, kwargs = _parse_name_kwargs(body, spec)
@@ -273,18 +320,24 @@ def resolve_encoder(
             if callable(calibration_images):
                 calibration_images = calibration_images(encoder.input_size)
             if calibration_images is None or len(calibration_images) < 2:
-                raise ConfigError(f"encoder spec '{spec}' needs a batch of training images to rescale on")
+                raise ConfigError(
+                    f"encoder spec '{spec}' needs a batch of training images to rescale on"
+                )
             data_dependent_rescale_(encoder, calibration_images)
             meta["calibration_images"] = len(calibration_images)
         info = {"name": name, "kwargs": kwargs, "meta": meta, "normalize": MINUS_ONE_ONE}
     elif sep and kind == "hub":
         encoder, info = _load_hub(body, input_size)
     elif sep and len(kind) > 1 and not Path(spec).exists():
-        raise ConfigError(f"unknown encoder spec kind '{kind}:' in '{spec}' (use random:, random-rescaled:, hub: or a path)")
+        raise ConfigError(
+            f"unknown encoder spec kind '{kind}:' in '{spec}' (use random:, random-rescaled:, hub: or a path)"
+        )
     else:
         path = Path(spec)
         if not path.exists():
-            raise CheckpointError(f"encoder checkpoint not found: {path} (expected encoder.pt or a run directory)")
+            raise CheckpointError(
+                f"encoder checkpoint not found: {path} (expected encoder.pt or a run directory)"
+            )
         encoder, info = _load_path(path)
         if input_size is not None and input_size != getattr(encoder, "input_size", input_size):
             encoder = _with_input_size(encoder, info, input_size, spec)

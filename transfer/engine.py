@@ -38,7 +38,11 @@ def set_seed(seed: int) -> None:
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+    params: Iterable[nn.Parameter],
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
@@ -83,15 +87,27 @@ def freeze(module: nn.Module) -> None:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def write_run(out: Path, task: str, metrics: dict[str, Any], cfg: Any, info: dict[str, Any],
-              device: torch.device, start: float) -> dict[str, Any]:
+def write_run(
+    out: Path,
+    task: str,
+    metrics: dict[str, Any],
+    cfg: Any,
+    info: dict[str, Any],
+    device: torch.device,
+    start: float,
+) -> dict[str, Any]:
     """Write metrics.json (metrics, resolved config, seed, wall time, device, encoder) and config.yaml."""
     out.mkdir(parents=True, exist_ok=True)
     record = {
@@ -101,7 +117,8 @@ def write_run(out: Path, task: str, metrics: dict[str, Any], cfg: Any, info: dic
         "seed": cfg.seed,
         "wall_time_s": round(time.time() - start, 3),
         "device": describe(device),
-        "encoder": {k: v for k, v in info.items() if k != "meta"} | {"meta": _plain(info.get("meta", {}))},
+        "encoder": {k: v for k, v in info.items() if k != "meta"}
+        | {"meta": _plain(info.get("meta", {}))},
         "commit": git_commit(),
     }
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")

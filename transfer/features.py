@@ -85,7 +85,9 @@ def extract_features(
     paths = {name: None for name in layers}
     if cache_dir is not None:
         for name in layers:
-            paths[name] = Path(cache_dir) / f"{cache_key({**key_parts, 'layer': name, 'dims': dims})}.pt"
+            paths[name] = (
+                Path(cache_dir) / f"{cache_key({**key_parts, 'layer': name, 'dims': dims})}.pt"
+            )
     cached: dict[str, torch.Tensor] = {}
     targets = None
     for name, p in paths.items():
@@ -102,5 +104,12 @@ def extract_features(
         for name in missing:
             cached[name] = fresh[name]
             if paths[name] is not None:
-                atomic_save({"features": fresh[name], "targets": targets, "key": {**key_parts, "layer": name}}, paths[name])
+                atomic_save(
+                    {
+                        "features": fresh[name],
+                        "targets": targets,
+                        "key": {**key_parts, "layer": name},
+                    },
+                    paths[name],
+                )
     return {n: cached[n] for n in layers}, targets, hits

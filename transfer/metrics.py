@@ -29,7 +29,9 @@ def top1(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (scores.argmax(1) == labels).float().mean().item()
 
 
-def voc_mean_ap(scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor) -> tuple[float, list[float]]:
+def voc_mean_ap(
+    scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor
+) -> tuple[float, list[float]]:
     """VOC classification mAP in percent: mean over classes of the per-class average precision.
 
     `targets[i, c]` is 1 (class c present), 0 (absent) or -1 (present only as difficult objects);
@@ -44,7 +46,9 @@ def voc_mean_ap(scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.T
     for c in range(t.shape[1]):
         keep = t[:, c] >= 0
         y = t[keep, c] > 0
-        aps.append(float(average_precision_score(y, s[keep, c])) * 100.0 if y.any() else float("nan"))
+        aps.append(
+            float(average_precision_score(y, s[keep, c])) * 100.0 if y.any() else float("nan")
+        )
     valid = [a for a in aps if not math.isnan(a)]
     return (float(np.mean(valid)) if valid else float("nan")), aps
 
@@ -93,7 +97,9 @@ class ConfusionMatrix:
         }
 
 
-def coco_gt_from_targets(targets: list[dict[str, Any]], image_sizes: list[tuple[int, int]], num_classes: int):
+def coco_gt_from_targets(
+    targets: list[dict[str, Any]], image_sizes: list[tuple[int, int]], num_classes: int
+):
     """A pycocotools COCO ground truth built from VOCDetection-style targets.
 
     Difficult objects become `iscrowd=1`: pycocotools then neither counts them as positives nor
@@ -108,16 +114,24 @@ def coco_gt_from_targets(targets: list[dict[str, Any]], image_sizes: list[tuple[
         img_id = int(t["image_id"])
         images.append({"id": img_id, "height": int(h), "width": int(w)})
         difficult = t.get("difficult", torch.zeros(len(t["labels"]), dtype=torch.bool))
-        for box, label, diff in zip(t["boxes"].tolist(), t["labels"].tolist(), difficult.tolist(), strict=True):
+        for box, label, diff in zip(
+            t["boxes"].tolist(), t["labels"].tolist(), difficult.tolist(), strict=True
+        ):
             x0, y0, x1, y1 = box
-            anns.append({
-                "id": len(anns) + 1, "image_id": img_id, "category_id": int(label),
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                "iscrowd": int(bool(diff)),
-            })
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": img_id,
+                    "category_id": int(label),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": int(bool(diff)),
+                }
+            )
     coco = COCO()
     coco.dataset = {
-        "images": images, "annotations": anns,
+        "images": images,
+        "annotations": anns,
         "categories": [{"id": c, "name": str(c)} for c in range(1, num_classes + 1)],
     }
     with contextlib.redirect_stdout(io.StringIO()):
@@ -144,13 +158,19 @@ class DetectionEvaluator:
     def update(self, predictions: dict[int, dict[str, torch.Tensor]]) -> None:
         for img_id, p in predictions.items():
             self.img_ids.append(int(img_id))
-            for box, score, label in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True):
+            for box, score, label in zip(
+                p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
+            ):
                 cat = self.label_to_cat_id[int(label)] if self.label_to_cat_id else int(label)
                 x0, y0, x1, y1 = box
-                self.results.append({
-                    "image_id": int(img_id), "category_id": cat,
-                    "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(score),
-                })
+                self.results.append(
+                    {
+                        "image_id": int(img_id),
+                        "category_id": cat,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(score),
+                    }
+                )
 
     def synchronize_between_processes(self) -> None:
         if _is_dist():
@@ -164,7 +184,9 @@ class DetectionEvaluator:
 
         img_ids = sorted(set(self.img_ids)) or sorted(self.coco_gt.getImgIds())
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = self.coco_gt.loadRes(self.results) if self.results else _empty_results(self.coco_gt)
+            coco_dt = (
+                self.coco_gt.loadRes(self.results) if self.results else _empty_results(self.coco_gt)
+            )
             ev = COCOeval(self.coco_gt, coco_dt, "bbox")
             ev.params.imgIds = img_ids
             ev.evaluate()
@@ -177,18 +199,30 @@ class DetectionEvaluator:
             p_all = precision[:, :, k, 0, -1]
             p50 = precision[0, :, k, 0, -1]
             name = self.coco_gt.cats[cat].get("name", str(cat))
-            per_class_ap[name] = 100.0 * float(p_all[p_all > -1].mean()) if (p_all > -1).any() else float("nan")
-            per_class_ap50[name] = 100.0 * float(p50[p50 > -1].mean()) if (p50 > -1).any() else float("nan")
-        return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2],
-                "per_class_AP": per_class_ap, "per_class_AP50": per_class_ap50}
+            per_class_ap[name] = (
+                100.0 * float(p_all[p_all > -1].mean()) if (p_all > -1).any() else float("nan")
+            )
+            per_class_ap50[name] = (
+                100.0 * float(p50[p50 > -1].mean()) if (p50 > -1).any() else float("nan")
+            )
+        return {
+            "AP": stats[0],
+            "AP50": stats[1],
+            "AP75": stats[2],
+            "per_class_AP": per_class_ap,
+            "per_class_AP50": per_class_ap50,
+        }
 
 
 def _empty_results(coco_gt):
     from pycocotools.coco import COCO
 
     dt = COCO()
-    dt.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
-                  "categories": copy.deepcopy(coco_gt.dataset["categories"])}
+    dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "annotations": [],
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         dt.createIndex()
     return dt

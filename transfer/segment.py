@@ -92,7 +92,9 @@ def small_preset(**overrides: Any) -> SegmentConfig:
 class FCN(nn.Module):
     """Encoder + score layers on the last stage and `skips` finer stages, summed coarse to fine."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int, input_size: int, skips: int, frozen: bool) -> None:
+    def __init__(
+        self, encoder: nn.Module, num_classes: int, input_size: int, skips: int, frozen: bool
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.frozen = frozen
@@ -103,7 +105,9 @@ class FCN(nn.Module):
         names = [name for name, _, _ in levels if name != last.name][-skips:] if skips else []
         channels = {f.name: f.channels for f in encoder.feature_info}
         self.stages = [last.name] + names[::-1]  # coarse to fine
-        self.scores = nn.ModuleDict({n: nn.Conv2d(channels[n], num_classes, 1) for n in self.stages})
+        self.scores = nn.ModuleDict(
+            {n: nn.Conv2d(channels[n], num_classes, 1) for n in self.stages}
+        )
         for n in self.stages[1:]:
             nn.init.zeros_(self.scores[n].weight)
             nn.init.zeros_(self.scores[n].bias)
@@ -119,7 +123,10 @@ class FCN(nn.Module):
         out = self.scores[self.stages[0]](feats[self.stages[0]])
         for name in self.stages[1:]:
             skip = self.scores[name](feats[name])
-            out = F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
+            out = (
+                F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                + skip
+            )
         return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -136,7 +143,9 @@ class SegmentationView(torch.utils.data.Dataset):
         img, mask = self.base[i]
         x = TF.resize(img, [self.size, self.size], antialias=True)
         x = TF.normalize(TF.to_tensor(x), self.normalize["mean"], self.normalize["std"])
-        m = TF.resize(mask[None], [self.size, self.size], interpolation=InterpolationMode.NEAREST)[0]
+        m = TF.resize(mask[None], [self.size, self.size], interpolation=InterpolationMode.NEAREST)[
+            0
+        ]
         if self.train and random.random() < 0.5:
             x, m = x.flip(-1), m.flip(-1)
         return x, m
@@ -158,8 +167,15 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device) -
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = common_parser(add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0])
-    p.add_argument("--skips", type=int, default=None, help="skip stages: 0 FCN-32s, 1 FCN-16s, 2 FCN-8s (default)")
+    p = common_parser(
+        add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0]
+    )
+    p.add_argument(
+        "--skips",
+        type=int,
+        default=None,
+        help="skip stages: 0 FCN-32s, 1 FCN-16s, 2 FCN-8s (default)",
+    )
     return p
 
 
@@ -183,7 +199,9 @@ def run(cfg: SegmentConfig) -> dict[str, Any]:
     device = pick_device(cfg.device)
     fmt, root = find_format(cfg.data)
     if fmt != "voc":
-        raise DatasetError(f"--data {cfg.data}: segmentation needs VOC-format data (SegmentationClass/)")
+        raise DatasetError(
+            f"--data {cfg.data}: segmentation needs VOC-format data (SegmentationClass/)"
+        )
     tr, va = VOCSegmentation(root, cfg.train_split), VOCSegmentation(root, cfg.val_split)
     num_classes = len(tr.classes) + 1  # + background
     out = Path(cfg.out)
@@ -196,7 +214,13 @@ def run(cfg: SegmentConfig) -> dict[str, Any]:
     set_seed(cfg.seed)
     model = FCN(encoder, num_classes, size, cfg.skips, cfg.frozen).to(device)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    loader = seeded_loader(SegmentationView(tr, size, info["normalize"], True), cfg.batch_size, True, cfg.seed, cfg.num_workers)
+    loader = seeded_loader(
+        SegmentationView(tr, size, info["normalize"], True),
+        cfg.batch_size,
+        True,
+        cfg.seed,
+        cfg.num_workers,
+    )
     steps = max(1, cfg.epochs * len(loader))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - min(s, steps - 1) / steps) ** 0.9)
     log = MetricLogger(out / "log.jsonl", total=cfg.epochs, desc="segment")
@@ -207,11 +231,30 @@ def run(cfg: SegmentConfig) -> dict[str, Any]:
             log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
     finally:
         log.close()
-    val_loader = seeded_loader(SegmentationView(va, size, info["normalize"], False), cfg.batch_size, False, cfg.seed, cfg.num_workers)
+    val_loader = seeded_loader(
+        SegmentationView(va, size, info["normalize"], False),
+        cfg.batch_size,
+        False,
+        cfg.seed,
+        cfg.num_workers,
+    )
     metrics = evaluate(model, val_loader, num_classes, device)
-    metrics.update(score=metrics["mIoU"], format=fmt, classes=["background", *tr.classes],
-                   train_images=len(tr), val_images=len(va), stages=model.stages)
+    metrics.update(
+        score=metrics["mIoU"],
+        format=fmt,
+        classes=["background", *tr.classes],
+        train_images=len(tr),
+        val_images=len(va),
+        stages=model.stages,
+    )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save({"task": "segment", "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                 "classes": ["background", *tr.classes], "encoder": info["spec"]}, out / "model.pt")
+    atomic_save(
+        {
+            "task": "segment",
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "classes": ["background", *tr.classes],
+            "encoder": info["spec"],
+        },
+        out / "model.pt",
+    )
     return write_run(out, "segment", metrics, cfg, info, device, start)

@@ -1,0 +1,116 @@
+"""Transfer metrics against hand-computed cases: VOC mAP, COCO AP (pycocotools), mIoU, top-1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from transfer.metrics import (
+    ConfusionMatrix,
+    DetectionEvaluator,
+    coco_gt_from_targets,
+    top1,
+    voc_mean_ap,
+)
+
+
+def test_top1():
+    scores = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])
+    assert top1(scores, torch.tensor([0, 1, 1])) == pytest.approx(200 / 3)
+
+
+def test_voc_map_known_ranking_and_difficult_ignored():
+    # class 0: ranking pos, neg, pos, neg -> AP = 0.5 * 1 + 0.5 * 2/3 = 5/6
+    scores = np.array([[0.9, 0.1], [0.8, 0.1], [0.7, 0.1], [0.6, 0.1]])
+    targets = np.array([[1, 0], [0, 0], [1, 0], [0, 0]])
+    m, per_class = voc_mean_ap(scores, targets)
+    assert per_class[0] == pytest.approx(100 * 5 / 6)
+    assert math.isnan(per_class[1])  # no positive: left out of the mean
+    assert m == pytest.approx(100 * 5 / 6)
+    # a difficult-only image (-1) ranked first is ignored ...
+    s2 = np.vstack([[0.95, 0.1], scores])
+    ignored, _ = voc_mean_ap(s2, np.vstack([[-1, 0], targets]))
+    assert ignored == pytest.approx(100 * 5 / 6)
+    # ... whereas as a negative it halves the precision: AP = 0.5 * 1/2 + 0.5 * 2/4 = 0.5
+    as_negative, _ = voc_mean_ap(s2, np.vstack([[0, 0], targets]))
+    assert as_negative == pytest.approx(50.0)
+
+
+def test_confusion_matrix_miou_pixel_acc():
+    cm = ConfusionMatrix(4)
+    target = torch.tensor([[0, 0, 1], [1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1], [1, 0, 2]])
+    cm.update(target, pred)
+    cm.reduce_from_all_processes()  # no process group: a no-op
+    out = cm.compute()
+    # IU: class 0 = 1/3, class 1 = 2/3, class 2 = 0, class 3 absent (no union) -> left out
+    assert out["per_class_iou"][:3] == pytest.approx([100 / 3, 200 / 3, 0.0])
+    assert math.isnan(out["per_class_iou"][3])
+    assert out["mIoU"] == pytest.approx(100 / 3)
+    assert out["pixel_acc"] == pytest.approx(60.0)  # 3 of 5 labelled pixels (255 ignored)
+    assert cm.mat.sum() == 5
+
+
+def _gt(difficult_d: bool | None):
+    boxes = [[0, 0, 10, 10], [20, 20, 30, 30]]
+    diff = [False, False]
+    if difficult_d is not None:
+        boxes.append([40, 40, 50, 50])
+        diff.append(difficult_d)
+    t = {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.ones(len(boxes), dtype=torch.int64),
+        "difficult": torch.tensor(diff),
+        "image_id": 7,
+    }
+    return coco_gt_from_targets([t], [(64, 64)], num_classes=2)
+
+
+def _evaluate(gt, boxes, scores):
+    ev = DetectionEvaluator(gt)
+    ev.update(
+        {
+            7: {
+                "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "scores": torch.tensor(scores),
+                "labels": torch.ones(len(boxes), dtype=torch.int64),
+            }
+        }
+    )
+    ev.synchronize_between_processes()
+    return ev.summarize()
+
+
+def test_coco_ap_perfect_detections():
+    m = _evaluate(_gt(None), [[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.8])
+    assert (
+        m["AP"] == pytest.approx(100.0)
+        and m["AP50"] == pytest.approx(100.0)
+        and m["AP75"] == pytest.approx(100.0)
+    )
+    assert m["per_class_AP"]["1"] == pytest.approx(100.0)
+
+
+def test_coco_ap_known_imperfect_case_and_difficult():
+    dets = [[0, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 30]]
+    # TP, FP, TP: precision 1 up to recall 0.5, then 2/3; 101-point interpolation:
+    # (51 * 1 + 50 * 2/3) / 101
+    expected = 100 * (51 + 50 * 2 / 3) / 101
+    m = _evaluate(_gt(None), dets, [0.9, 0.8, 0.7])
+    assert m["AP50"] == pytest.approx(expected, abs=1e-6) and m["AP"] == pytest.approx(
+        expected, abs=1e-6
+    )
+    # the "false positive" lies on a difficult object: ignored, so AP is perfect
+    assert _evaluate(_gt(True), dets, [0.9, 0.8, 0.7])["AP50"] == pytest.approx(100.0)
+    # an undetected difficult object is not a miss; an undetected normal one is
+    two = [[0, 0, 10, 10], [20, 20, 30, 30]]
+    assert _evaluate(_gt(True), two, [0.9, 0.7])["AP50"] == pytest.approx(100.0)
+    assert _evaluate(_gt(False), two, [0.9, 0.7])["AP50"] == pytest.approx(100 * 67 / 101, abs=1e-6)
+
+
+def test_coco_no_detections_is_zero():
+    m = _evaluate(_gt(None), [], [])
+    assert m["AP50"] == 0.0
