@@ -160,3 +160,28 @@ def test_transforms_are_applied(tiny):
     assert target["flipped"]
     x, *_ = VOCClassification(tiny / "VOC", "train", transform=lambda im: np.asarray(im))[0]
     assert isinstance(x, np.ndarray) and x.shape == (SIZE, SIZE, 3)
+
+
+def test_coco_eval_of_the_ground_truth_is_perfect(tiny):
+    """VOC boxes fed to pycocotools' COCOeval as detections give AP 1: the two formats agree."""
+    import contextlib
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    ds = CocoDetection(
+        tiny / "VOC" / "JPEGImages", tiny / "coco" / "annotations" / "instances_train.json"
+    )
+    voc = VOCDetection(tiny / "VOC", "train")
+    dets = []
+    for n in range(len(voc)):
+        _, t = voc[n]
+        for (x1, y1, x2, y2), lab in zip(t["boxes"].tolist(), t["labels"].tolist(), strict=True):
+            dets.append({"image_id": ds.ids[n], "category_id": ds.label_to_cat_id[lab],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "score": 1.0})  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):
+        ev = COCOeval(ds.coco, ds.coco.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
