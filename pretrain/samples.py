@@ -12,8 +12,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.utils import make_grid, save_image
+from PIL import Image
 
 from pretrain.checkpoint import _atomic_write_bytes
 
@@ -34,11 +35,28 @@ def composite(images: torch.Tensor, hole: torch.Tensor, pred: torch.Tensor) -> t
     return torch.where(hole, paste_prediction(images, pred).to(images.dtype), images)
 
 
-def save_grid(path: str | Path, rows: list[torch.Tensor], max_images: int = 8) -> None:
-    """One PNG, one row per tensor in `rows` (e.g. masked input / composite / ground truth)."""
-    n = min(max_images, rows[0].shape[0])
-    tiles = torch.cat([r[:n].detach().float().cpu() for r in rows])
-    grid = make_grid(tiles.add(1).div(2).clamp(0, 1), nrow=n, padding=2, pad_value=1.0)
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] in [-1, 1] -> uint8 [B,H,W,3] (rounded as torchvision's save_image)."""
+    x = images.detach().float().cpu().add(1).mul(127.5).add(0.5).clamp(0, 255)
+    return x.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def save_png(path: str | Path, image: np.ndarray) -> None:
     buf = io.BytesIO()
-    save_image(grid, buf, format="png")
+    Image.fromarray(image).save(buf, format="png")
     _atomic_write_bytes(path, buf.getvalue())
+
+
+def save_grid(
+    path: str | Path, rows: list[torch.Tensor], max_images: int = 8, pad: int = 2
+) -> None:
+    """One PNG, one row per tensor in `rows` (e.g. masked input / composite / ground truth),
+    white 2 px padding (the layout of torchvision's make_grid, without importing torchvision)."""
+    n = min(max_images, rows[0].shape[0])
+    h, w = rows[0].shape[-2:]
+    grid = np.full((pad + len(rows) * (h + pad), pad + n * (w + pad), 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(to_uint8(row[:n])):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            grid[y : y + h, x : x + w] = tile
+    save_png(path, grid)
