@@ -29,7 +29,7 @@ def test_clean_synth_root_passes(clean, capsys):
     assert "== COCO:" in out and "== ImageFolder:" in out and "== plain image folder:" in out
 
 
-def test_detects_each_layout(clean):
+def test_detects_each_layout(clean, tmp_path):
     assert detect(clean) == [("synth", clean)]
     assert detect(clean / "VOC") == [("voc", clean / "VOC")]
     assert detect(clean / "imagefolder") == [
@@ -44,6 +44,9 @@ def test_detects_each_layout(clean):
         ("coco", clean / "coco" / "annotations" / "instances_train.json"),
         ("coco", clean / "coco" / "annotations" / "instances_val.json"),
     ]
+    devkit = tmp_path / "VOCdevkit" / "VOC2007"
+    shutil.copytree(clean / "VOC", devkit)
+    assert detect(tmp_path) == [("voc", devkit)]
     for part in ("VOC", "imagefolder", "unlabelled", "coco", "coco/annotations/instances_val.json"):
         report = check(clean / part)
         assert report.problems == [], part
