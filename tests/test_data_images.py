@@ -131,3 +131,13 @@ def test_imagefolder_classes_and_empty_class(tmp_path):
         ImageFolderDataset(tmp_path)
     with pytest.raises(DatasetError, match="no class sub-folders"):
         ImageFolderDataset(tmp_path / "cat")
+
+
+def test_16bit_colour_png_keeps_its_range(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    bgr = np.zeros((2, 2, 3), dtype=np.uint16)
+    bgr[0, 0] = [65535, 257 * 100, 0]
+    cv2.imwrite(str(tmp_path / "c16.png"), bgr)  # a real 48-bit PNG
+    out = _rgb(tmp_path / "c16.png")
+    np.testing.assert_array_equal(out[0, 0], [0, 100, 255])
+    np.testing.assert_array_equal(out[1, 1], [0, 0, 0])
