@@ -123,15 +123,22 @@ def test_mismatched_image_size(tmp_path):
 
 def test_hub_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as hfc
-
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path / "hf"))
-    for spec, file in (
-        ("hub:torchvision/alexnet", "alexnet-owt-7be5be79.pth"),
-        ("hub:timm/resnet18", "resnet18"),
-    ):
-        with pytest.raises(
-            CheckpointError, match=f"not in the local cache .*{file}.*never downloads"
-        ):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    for spec, where in (("hub:torchvision/alexnet", "alexnet-owt-7be5be79.pth"), ("hub:timm/resnet18", "timm/resnet18")):
+        with pytest.raises(CheckpointError, match=f"not found in the local cache .*{where}.*Nothing is downloaded"):
             resolve_encoder(spec)
+
+
+def test_hub_weights_from_the_local_cache(tmp_path, monkeypatch):
+    """A torchvision AlexNet state dict placed in the torch hub cache is what the encoder gets."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ref = torchvision.models.alexnet().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(ref, tmp_path / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth")
+    enc, info = resolve_encoder("hub:torchvision/alexnet", input_size=96)
+    convs = [m for m in enc.modules() if isinstance(m, nn.Conv2d)]
+    assert torch.equal(convs[0].weight, ref["features.0.weight"])
+    assert torch.equal(convs[-1].bias, ref["features.10.bias"])
+    assert info["normalize"]["mean"] == [0.485, 0.456, 0.406] and info["input_size"] == 96

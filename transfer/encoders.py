@@ -19,9 +19,10 @@ Specs:
   of the layers through gradient statistics) is not done; layers followed by BatchNorm are
   unaffected by either step. The batch is the harness's first training images;
 - `hub:torchvision/alexnet`, `hub:timm/resnet18`: ImageNet weights loaded ONLY from the local
-  caches (torch hub checkpoints dir; Hugging Face hub cache for timm) into the registry's
-  "alexnet" / "timm-resnet18" encoders, matching tensors in order and by shape. Nothing is
-  downloaded; a missing file is a CheckpointError naming where it was looked for.
+  caches (torch hub checkpoints dir; Hugging Face hub cache for timm) by the registry's
+  "alexnet" (torchvision layout) / "timm-resnet18" encoders with `pretrained=True`
+  (`pretrain.models.hub`). Nothing is downloaded; a missing file is a CheckpointError naming
+  where it was looked for.
 
 `info` = {"spec", "name", "kwargs", "meta", "hash" (sha256 of the weights, for feature caching),
 "normalize": {"mean", "std"} the input normalisation the weights expect}.
@@ -30,7 +31,6 @@ Specs:
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,9 +46,10 @@ from pretrain.errors import CheckpointError, ConfigError
 MINUS_ONE_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
-HUB_MODELS = {
-    "torchvision/alexnet": "alexnet",
-    "timm/resnet18": "timm-resnet18",
+# hub source -> (registry name, build kwargs); weights come from the registry's pretrained=True
+HUB_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "torchvision/alexnet": ("alexnet", {"layout": "torchvision", "norm": "none"}),
+    "timm/resnet18": ("timm-resnet18", {}),
 }
 
 
@@ -157,95 +158,17 @@ def _load_path(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     }
 
 
-def _hub_weight_files(source: str) -> tuple[list[Path], Any]:
-    """Candidate cache files for a hub model, and a loader turning one into a state dict."""
-    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
-    if source == "torchvision/alexnet":
-        from torchvision.models import AlexNet_Weights
-
-        url = AlexNet_Weights.IMAGENET1K_V1.url
-        return [hub_dir / os.path.basename(url)], lambda p: torch.load(
-            p, map_location="cpu", weights_only=True
-        )
-    if source == "timm/resnet18":
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg("resnet18")
-        files: list[Path] = []
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            for fname in ("model.safetensors", "pytorch_model.bin"):
-                hit = try_to_load_from_cache(cfg.hf_hub_id, fname)
-                if isinstance(hit, str):
-                    files.append(Path(hit))
-        except ImportError:
-            pass
-        files.append(hub_dir / os.path.basename(cfg.url))
-
-        def load(p: Path) -> dict[str, torch.Tensor]:
-            if p.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                return load_file(str(p))
-            return torch.load(p, map_location="cpu", weights_only=True)
-
-        return files, load
-    raise ConfigError(
-        f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}"
-    )
-
-
-def _copy_in_order(encoder: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Copy the source's tensors into the encoder's, both in definition order, shapes checked."""
-    src = [
-        (k, v)
-        for k, v in state.items()
-        if not k.startswith(("fc.", "classifier.")) and "num_batches_tracked" not in k
-    ]
-    dst = [(k, v) for k, v in encoder.state_dict().items() if "num_batches_tracked" not in k]
-    if len(src) != len(dst) or any(
-        a.shape != b.shape for (_, a), (_, b) in zip(src, dst, strict=False)
-    ):
-        raise CheckpointError(
-            f"hub:{source} weights do not match the registry encoder's layers "
-            f"({len(src)} source tensors vs {len(dst)}; first shapes "
-            f"{[tuple(v.shape) for _, v in src[:3]]} vs {[tuple(v.shape) for _, v in dst[:3]]})"
-        )
-    new = encoder.state_dict()
-    for (_, v), (k, _) in zip(src, dst, strict=True):
-        new[k] = v.clone()
-    encoder.load_state_dict(new)
-
-
 def _load_hub(source: str, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
+    """ImageNet weights through the registry's own `pretrained=True` (local caches only)."""
     from pretrain.models import build_encoder
 
-    files, load = _hub_weight_files(source)
-    found = next((p for p in files if p.is_file()), None)
-    if found is None:
-        raise CheckpointError(
-            f"ImageNet weights for hub:{source} are not in the local cache (looked for "
-            f"{', '.join(str(p) for p in files)}); cebench never downloads at run time: copy the "
-            "file there (or set TORCH_HOME / HF_HOME) and retry"
-        )
-    name = HUB_MODELS[source]
-    kwargs: dict[str, Any] = {} if input_size is None else {"input_size": input_size}
-    encoder = build_encoder(name, **kwargs)
-    try:
-        state = load(found)
-    except Exception as e:
-        raise CheckpointError(
-            f"cached weights {found} for hub:{source} are unreadable: {e}"
-        ) from None
-    _copy_in_order(encoder, state, source)
-    return encoder, {
-        "name": name,
-        "kwargs": kwargs,
-        "meta": {"method": "imagenet-supervised", "source": str(found)},
-        "normalize": IMAGENET,
-        "path": str(found),
-    }
+    if source not in HUB_MODELS:
+        raise ConfigError(f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}")
+    name, kwargs = HUB_MODELS[source]
+    kwargs = {**kwargs, **({} if input_size is None else {"input_size": input_size})}
+    encoder = build_encoder(name, **kwargs, pretrained=True)  # CheckpointError when not cached
+    meta = {"method": "imagenet-supervised", "source": f"hub:{source}"}
+    return encoder, {"name": name, "kwargs": kwargs, "meta": meta, "normalize": IMAGENET}
 
 
 def _with_input_size(
