@@ -91,7 +91,7 @@ def test_voc_classification_ignore_only_for_difficult_only_classes(tmp_path):
         ([("cat", 6, 1, 5, 5, 0)], r"empty \(x2 <= x1"),
         ([("cat", 1, 9, 5, 8, 0)], r"empty \(x2 <= x1 or y2 <= y1\)"),
         ([("cow", 1, 1, 5, 5, 0)], "unknown class 'cow'"),
-        ([("cat", 1, 1, "five", 5, 0)], "<xmax> is not a number"),
+        ([("cat", 1, 1, "five", 5, 0)], "<xmax> is not a number: .five."),
         ([("cat", 1, 1, 5, 5, 2)], "<difficult> is '2'"),
     ],
 )
@@ -104,6 +104,15 @@ def test_bad_annotations_name_file_and_problem(tmp_path, objects, match):
     make_voc(tmp_path / "voc", {"im": objects})
     with pytest.raises(DatasetError, match=match):  # the dataset fails when built, not mid-epoch
         VOCDetection(tmp_path / "voc", "train")
+
+
+def test_fractional_coordinates_are_kept(tmp_path):
+    path = tmp_path / "x.xml"
+    path.write_text(xml_text(16, 16, [("dog", 2.5, 1, 9.25, 4.0, 0)]))
+    assert parse_annotation(path, CLASSES).boxes.tolist() == [[1.5, 0, 9.25, 4]]
+    path.write_text(xml_text(16.5, 16, []))
+    with pytest.raises(DatasetError, match="<width> is not a whole number: '16.5'"):
+        parse_annotation(path, CLASSES)
 
 
 def test_malformed_xml_and_missing_parts(tmp_path):

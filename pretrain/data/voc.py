@@ -85,20 +85,21 @@ class VOCAnnotation:
     difficult: np.ndarray
 
 
-def _int_field(node: ET.Element, tag: str, path: Path, where: str) -> int:
+def _number_field(node: ET.Element, tag: str, path: Path, where: str, whole: bool = False) -> float:
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():
         raise DatasetError(f"{path}: {where} has no <{tag}>")
+    text = child.text.strip()
     try:
-        # VOC 2012 has a few coordinates written as floats ("273.0")
-        value = float(child.text.strip())
+        # some VOC 2012 (and user-made) files write coordinates as floats ("273.0", "48.5")
+        value = float(text)
     except ValueError:
+        raise DatasetError(f"{path}: {where} <{tag}> is not a number: {text!r}") from None
+    if not np.isfinite(value) or (whole and value != int(value)):
         raise DatasetError(
-            f"{path}: {where} <{tag}> is not a number: {child.text.strip()!r}"
-        ) from None
-    if value != int(value):
-        raise DatasetError(f"{path}: {where} <{tag}> is not a whole number: {child.text.strip()!r}")
-    return int(value)
+            f"{path}: {where} <{tag}> is not a {'whole ' if whole else ''}number: {text!r}"
+        )
+    return value
 
 
 def parse_annotation(xml_path: str | Path, classes: list[str]) -> VOCAnnotation:
@@ -115,8 +116,8 @@ def parse_annotation(xml_path: str | Path, classes: list[str]) -> VOCAnnotation:
     size = root.find("size")
     if size is None:
         raise DatasetError(f"{path}: no <size> element")
-    width = _int_field(size, "width", path, "<size>")
-    height = _int_field(size, "height", path, "<size>")
+    width = int(_number_field(size, "width", path, "<size>", whole=True))
+    height = int(_number_field(size, "height", path, "<size>", whole=True))
     if width <= 0 or height <= 0:
         raise DatasetError(f"{path}: image size {width}x{height} is not positive")
     cls_index = {c: i + 1 for i, c in enumerate(classes)}
@@ -136,15 +137,15 @@ def parse_annotation(xml_path: str | Path, classes: list[str]) -> VOCAnnotation:
         if bb is None:
             raise DatasetError(f"{path}: {where} has no <bndbox>")
         xmin, ymin, xmax, ymax = (
-            _int_field(bb, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax")
+            _number_field(bb, t, path, where) for t in ("xmin", "ymin", "xmax", "ymax")
         )
         if xmax < xmin or ymax < ymin:
             raise DatasetError(
-                f"{path}: {where} box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax} is empty (x2 <= x1 or y2 <= y1)"
+                f"{path}: {where} box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} is empty (x2 <= x1 or y2 <= y1)"
             )
         if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
             raise DatasetError(
-                f"{path}: {where} box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax} lies outside the "
+                f"{path}: {where} box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} lies outside the "
                 f"{width}x{height} image (VOC boxes are 1-based: 1 <= xmin <= xmax <= width)"
             )
         diff_node = obj.find("difficult")
