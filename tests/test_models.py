@@ -138,6 +138,17 @@ def test_paper_inpainting_preset_is_the_released_net():
     assert [c.out_channels for c in convs] == [64, 128, 256, 512, 1]
 
 
+def test_paper_inpainting_random_preset_predicts_the_whole_image():
+    cfg = MODEL_PRESETS["paper-inpainting-random"]
+    G = build_context_encoder(cfg).eval()
+    ups = _upconvs(G.decoder)
+    assert [u.out_channels for u in ups] == [512, 256, 128, 64, 64, 3]  # train_random.lua
+    with torch.no_grad():
+        assert G(torch.randn(1, 3, 128, 128)).shape == (1, 3, 128, 128)
+    convs = [m for m in build_discriminator(cfg).modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 64, 128, 256, 512, 1]
+
+
 @pytest.mark.parametrize("preset", ["paper-alexnet", "paper-alexnet-poolfree"])
 def test_paper_alexnet_presets(preset):
     cfg = MODEL_PRESETS[preset]

@@ -86,6 +86,18 @@ MODEL_PRESETS: dict[str, ModelConfig] = {
         predict="region",
         disc_width=64,
     ),
+    # Released random-region trainer (train_random.lua): same net, whole 128 px image out
+    # (6 up-convs, the extra 64-filter one for 128 px) and a 128 px discriminator.
+    "paper-inpainting-random": ModelConfig(
+        encoder="dcgan",
+        input_size=128,
+        bottleneck="conv",
+        bottleneck_dim=4000,
+        decoder_widths=[512, 256, 128, 64, 64],
+        output_size=128,
+        predict="image",
+        disc_width=64,
+    ),
     # Feature-learning net: AlexNet conv1..pool5 on 227 px (6x6x256), channel-wise FC,
     # 5 up-convs (6 -> 12 -> ... -> 192, resized to 227): the whole image (random-region masks).
     "paper-alexnet": ModelConfig(
@@ -223,7 +235,10 @@ def build_context_encoder(cfg: ModelConfig) -> ContextEncoder:
             f"the encoder's {h}x{w} map is larger than model.output_size {cfg.output_size}"
         )
     decoder = UpconvDecoder(code_channels, code_size, cfg.decoder_widths, cfg.output_size)
-    return ContextEncoder(encoder, bottleneck, decoder, cfg.encoder, enc_kwargs, cfg)
+    # The weights travel in the state dict; re-loading ImageNet weights from a cache on rebuild
+    # (`load_encoder`) would only be overwritten, and would fail where that cache is absent.
+    saved_kwargs = {k: v for k, v in enc_kwargs.items() if k != "pretrained"}
+    return ContextEncoder(encoder, bottleneck, decoder, cfg.encoder, saved_kwargs, cfg)
 
 
 def build_discriminator(cfg: ModelConfig) -> Discriminator:
