@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -105,23 +106,37 @@ def gather_objects(obj: object) -> list[object]:
     return out
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over processes: the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t)
+        return t
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the batch over all processes.
 
-    Sums and sums of squares are all-reduced with the differentiable all-reduce (its backward
+    Sums and sums of squares are all-reduced with a differentiable all-reduce (its backward
     all-reduces the gradient), so the backward pass matches one process with the whole batch.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         xf = x.float()
         count = torch.full((1,), xf.numel() / c, device=x.device)
         stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count])
-        stats = all_reduce(stats)
+        stats = _AllReduceSum.apply(stats)
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)

@@ -68,8 +68,15 @@ class MaskConfig:
     )
     coverage: float = 0.25  # random masks: fraction of the image dropped (at most)
     border_weight: float = 10.0
+    # random-region shapes: a VOC root whose SegmentationClass objects are deformed and pasted (the
+    # paper's method); empty = the released code's thresholded-noise regions
+    shapes: str = ""
+    shapes_split: str = "train"
+    shapes_max_images: int = 500
 
     def validate(self) -> None:
+        if self.shapes_max_images < 1:
+            raise ConfigError(f"mask.shapes_max_images must be >= 1, got {self.shapes_max_images}")
         if self.region < 0:
             raise ConfigError(f"mask.region must be >= 0, got {self.region}")
         if self.overlap < 0:
@@ -235,3 +242,67 @@ def load_pretrain_config(
     cfg = config_from_dict(data, where)
     rest = [o for o in overrides if o not in preset_over]
     return apply_overrides(cfg, rest)
+
+
+# keys a resumed run may change: where and how long it runs, not what it trains
+RUNTIME_KEYS = {
+    "train": ("out", "steps", "resume", "device", "log_every", "save_every", "sample_every"),
+    "data": ("path", "workers"),
+}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "encoder_kwargs":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def resumed_config(cfg: PretrainConfig, saved: dict[str, Any]) -> PretrainConfig:
+    """The run's saved config (from its checkpoint) with only RUNTIME_KEYS taken from `cfg`;
+    any other key that differs is named on stderr as ignored (nothing changes silently)."""
+    import sys
+
+    out = config_from_dict(saved, "checkpoint config")
+    for section, keys in RUNTIME_KEYS.items():
+        for key in keys:
+            setattr(getattr(out, section), key, getattr(getattr(cfg, section), key))
+    new, old = _flatten(to_dict(cfg)), _flatten(to_dict(out))
+    # optim.lr / data.fill_value are resolved at run time: empty on the command line is not a change
+    ignored = sorted(
+        k
+        for k in new
+        if new[k] != old.get(k) and not (k in ("optim.lr", "data.fill_value") and new[k] is None)
+    )
+    if ignored:
+        print(
+            f"note: resuming with the run's saved config; ignoring changed keys: {', '.join(ignored)}",
+            file=sys.stderr,
+        )
+    return out
+
+
+def check_consistency(cfg: PretrainConfig) -> None:
+    """Method / mask / model combinations that cannot train (an error, not a silent change)."""
+    if cfg.method == "autoencoder" and cfg.mask.kind != "none":
+        raise ConfigError(f"method=autoencoder needs mask.kind=none, got {cfg.mask.kind}")
+    if cfg.method == "context-encoder" and cfg.mask.kind == "none":
+        raise ConfigError(
+            "method=context-encoder needs a mask (center, random-block, random-region); "
+            "mask none is --method autoencoder"
+        )
+    if cfg.method != "supervised" and cfg.model.predict == "region":
+        if cfg.mask.kind != "center":
+            raise ConfigError(
+                f"model.predict=region predicts the centre region; mask.kind={cfg.mask.kind} "
+                "needs model.predict=image and model.output_size=model.input_size"
+            )
+        region = cfg.mask.region or cfg.model.input_size // 2
+        if region != cfg.model.output_size:
+            raise ConfigError(
+                f"mask.region ({region}) must equal model.output_size "
+                f"({cfg.model.output_size}) when model.predict=region"
+            )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pretrain.checkpoint import load_encoder, safe_load
 from pretrain.errors import CheckpointError, ConfigError, DatasetError, TrainingError
@@ -223,3 +225,22 @@ def test_named_configs_load():
     ) == (128, 64, 64, 4)
     assert paper.resolved_lr() == pytest.approx(2e-3) and paper.optim.beta1 == 0.5
     assert load_pretrain_config("paper-alexnet").resolved_lr() == pytest.approx(2e-4)
+
+
+def test_random_region_shapes_from_voc_masks(images, tmp_path, capsys):
+    voc = tmp_path / "VOC"
+    for d in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / d).mkdir(parents=True)
+    (voc / "ImageSets/Segmentation/train.txt").write_text("a\nb\n")
+    yy, xx = np.mgrid[0:40, 0:40]
+    for name, (cy, cx) in {"a": (15, 20), "b": (25, 12)}.items():
+        Image.new("RGB", (40, 40)).save(voc / "JPEGImages" / f"{name}.jpg")
+        label = (((yy - cy) / 12) ** 2 + ((xx - cx) / 6) ** 2 < 1).astype(
+            np.uint8
+        )  # class 1 ellipse
+        Image.fromarray(label, mode="L").save(voc / "SegmentationClass" / f"{name}.png")
+    cfg = tiny_config(
+        images, tmp_path / "r", ["mask.kind=random-region", f"mask.shapes={voc}", "train.steps=2"]
+    )
+    run(cfg)
+    assert "random-region shapes: 2 objects from 2 masks" in capsys.readouterr().err

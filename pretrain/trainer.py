@@ -1,0 +1,570 @@
+"""The pretraining run behind `cebench pretrain`: set up, train, checkpoint, resume, finish.
+
+    from pretrain.pretrain_config import load_pretrain_config
+    from pretrain.trainer import run
+    run_dir = run(load_pretrain_config("small", ["data.path=data/builtin/unlabelled", "train.out=runs/ce"]))
+
+`run(cfg)` joins the torchrun process group if there is one, builds a `Trainer` and returns the
+run directory. The step functions live in `pretrain.engine`; checkpoint files in
+`pretrain.resume`; data order in `pretrain.train_data`. What a run guarantees:
+- resuming (cfg.train.resume) continues bit-exactly: weights, optimizer states, RNG states and the
+  step are restored, and the data order, augmentation and masks are functions of (seed, step);
+- SIGINT/SIGTERM finish the current step, save a checkpoint and raise `TrainingInterrupted`;
+- a non-finite loss raises `TrainingError` (checked when metrics are copied to the host, always
+  before a checkpoint is written, so a checkpoint never holds NaN weights);
+- a failed checkpoint write raises `CheckpointError` and leaves the previous checkpoint as it was;
+- only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain import distributed as D
+from pretrain.checkpoint import atomic_write_text, save_encoder
+from pretrain.config import to_dict
+from pretrain.data import ImageFolderDataset, list_images
+from pretrain.device import describe, pick_device
+from pretrain.engine import GANParts, batch_masks, context_encoder_step, supervised_step
+from pretrain.errors import CheckpointError, ConfigError, DatasetError, TrainingError
+from pretrain.logger import MetricLogger
+from pretrain.models import build_encoder
+from pretrain.models.context_encoder import build_context_encoder, build_discriminator
+from pretrain.pretrain_config import (
+    RELEASED_MEAN_RGB,
+    PretrainConfig,
+    check_consistency,
+    resumed_config,
+)
+from pretrain.resume import (
+    CKPT,
+    NEXT,
+    PREV,
+    load_training_checkpoint,
+    rng_state,
+    save_training_checkpoint,
+    set_rng_state,
+    truncate_metrics,
+)
+from pretrain.samples import composite, save_grid
+from pretrain.supervised import SupervisedNet
+from pretrain.train_data import StepBatchSampler, TrainImages, collate, dataset_mean
+
+
+class TrainingInterrupted(Exception):
+    """Raised by `run` after a signal stopped training and the checkpoint was saved."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path) -> None:
+        super().__init__(
+            f"stopped by signal {signum} at step {step}; checkpoint saved in {run_dir}"
+        )
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
+
+
+class SignalFlag:
+    """SIGINT/SIGTERM set a flag instead of killing the process; the loop stops after the step.
+    A second signal raises KeyboardInterrupt at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository holding this package (+ '-dirty' with local changes), if any."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def shape_bank(cfg: PretrainConfig, device: torch.device) -> torch.Tensor:
+    """Object shapes of the VOC segmentation masks under cfg.mask.shapes (paper: random regions)."""
+    from pretrain.data import VOCSegmentation
+    from pretrain.data.voc import load_segmentation_mask
+    from pretrain.masks import shape_bank_from_label_maps
+
+    voc = VOCSegmentation(cfg.mask.shapes, cfg.mask.shapes_split)
+    maps = [
+        torch.from_numpy(load_segmentation_mask(p, len(voc.classes)))
+        for p in voc.masks[: cfg.mask.shapes_max_images]
+    ]
+    bank = shape_bank_from_label_maps(maps)
+    print(
+        f"random-region shapes: {len(bank)} objects from {len(maps)} masks in {cfg.mask.shapes}",
+        file=sys.stderr,
+    )
+    return bank.to(device)
+
+
+def _worker_error(e: Exception) -> DatasetError:
+    """A DatasetError re-raised from a DataLoader worker carries the worker's traceback: keep the
+    last line (the message naming the image)."""
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else str(e)
+    prefix = "pretrain.errors.DatasetError: "
+    return DatasetError(last[len(prefix) :] if last.startswith(prefix) else last)
+
+
+def run(cfg: PretrainConfig) -> Path:
+    """Run (or, with cfg.train.resume, continue) one pretraining job; returns the run directory.
+
+    Raises TrainingInterrupted after SIGINT/SIGTERM (checkpoint saved), TrainingError on a
+    non-finite loss (the last good checkpoint kept), CheckpointError if a checkpoint cannot be
+    written (the previous one kept), DatasetError / ConfigError for bad input."""
+    if not cfg.train.out:
+        raise ConfigError("train.out (--out) is required: the run directory")
+    device = pick_device(cfg.train.device)
+    dist = D.init_from_env(device.type)
+    if device.type == "cuda" and dist.enabled:
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    try:
+        return Trainer(cfg, device, dist).train()
+    finally:
+        if dist.enabled:
+            D.shutdown()
+
+
+class Trainer:
+    """One run's state: config, data, networks, optimizers, step; `train()` runs it to the end."""
+
+    def __init__(self, cfg: PretrainConfig, device: torch.device, dist: D.DistInfo) -> None:
+        self.device, self.dist, self.main = device, dist, dist.is_main
+        self.run_dir = Path(cfg.train.out)
+        self.state = self._find_checkpoint(cfg)
+        if self.state is not None:
+            cfg = resumed_config(cfg, self.state["config"])
+        check_consistency(cfg)
+        self.cfg = cfg
+        self.supervised = cfg.method == "supervised"
+        self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
+        self.ds, self.classes = self._dataset()
+        if cfg.optim.lr is None:
+            cfg.optim.lr = cfg.resolved_lr()
+            self.say(
+                f"optim.lr = {cfg.optim.lr:g} (released rule: 10x optim.lr_d under the joint loss, else equal)"
+            )
+        self._build_models()
+        if self.state is not None:
+            self._load_state(self.state)
+        self.fill = (
+            torch.tensor(cfg.data.fill_value or [0.5] * 3, device=device) * 2 - 1
+        )  # [0,1] -> [-1,1]
+        self.shapes = (
+            shape_bank(cfg, device)
+            if cfg.mask.kind == "random-region" and cfg.mask.shapes
+            else None
+        )
+        self.bf16 = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
+        self.commit = git_commit()
+        self.wall_before = float(self.state["wall_time"]) if self.state else 0.0
+        self.skipped_total = int(self.state.get("skipped_images", 0)) if self.state else 0
+        self.state = None  # free the loaded tensors
+
+    def say(self, msg: str) -> None:
+        if self.main:
+            print(msg, file=sys.stderr)
+
+    # ----- setup
+    def _find_checkpoint(self, cfg: PretrainConfig) -> dict[str, Any] | None:
+        if not any((self.run_dir / n).exists() for n in (CKPT, NEXT, PREV)):
+            if cfg.train.resume:
+                self.say(f"no checkpoint in {self.run_dir}: starting from step 0")
+            return None
+        if not cfg.train.resume:
+            raise ConfigError(
+                f"{self.run_dir} already holds a training run ({CKPT}); pass --resume to "
+                "continue it or choose another --out"
+            )
+        state, path = load_training_checkpoint(self.run_dir)
+        self.say(f"resuming {path} at step {state['step']} of {cfg.train.steps}")
+        return state
+
+    def _dataset(self) -> tuple[TrainImages, list[str]]:
+        """The training images; resolves the fill value (saved in the config, reused on resume)."""
+        cfg = self.cfg
+        if self.supervised:
+            folder = ImageFolderDataset(cfg.data.path)
+            paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
+        else:
+            paths, labels, classes = list_images(cfg.data.path), None, []
+            if cfg.data.fill_value is None and cfg.data.fill == "released":
+                cfg.data.fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
+            elif cfg.data.fill_value is None:
+                mean = (
+                    dataset_mean(
+                        paths, cfg.data.fill_samples, cfg.data.load_size, cfg.data.skip_bad_images
+                    )
+                    if self.main
+                    else None
+                )
+                cfg.data.fill_value = D.broadcast_object(mean)  # type: ignore[assignment]
+        ds = TrainImages(
+            paths,
+            labels,
+            size=cfg.model.input_size,
+            load_size=cfg.data.load_size,
+            crop=cfg.data.crop,
+            flip=cfg.data.flip,
+            skip_bad_images=cfg.data.skip_bad_images,
+        )
+        return ds, classes
+
+    def _build_models(self) -> None:
+        cfg, device = self.cfg, self.device
+        random.seed(cfg.train.seed)  # same seed on every process -> identical initial weights
+        np.random.seed(cfg.train.seed % 2**32)
+        torch.manual_seed(cfg.train.seed)
+        disc = None
+        if self.supervised:
+            self.enc_name = cfg.model.encoder
+            self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": cfg.model.input_size}
+            net: torch.nn.Module = SupervisedNet(
+                build_encoder(self.enc_name, **self.enc_kwargs), len(self.classes)
+            )
+        else:
+            net = build_context_encoder(cfg.model)
+            self.enc_name, self.enc_kwargs = net.encoder_name, net.encoder_kwargs
+            if cfg.method == "context-encoder" and cfg.loss.lambda_adv > 0:
+                disc = build_discriminator(cfg.model)
+        if self.dist.enabled:  # batch statistics of the global batch (see pretrain.distributed)
+            net = D.convert_sync_batchnorm(net, device.type)
+            disc = D.convert_sync_batchnorm(disc, device.type) if disc is not None else None
+        self.fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        net.to(device, memory_format=self.fmt).train()
+        if disc is not None:
+            disc.to(device, memory_format=self.fmt).train()
+
+        def adam(params: Any, lr: float) -> torch.optim.Adam:
+            return torch.optim.Adam(
+                params,
+                lr=lr,
+                betas=(cfg.optim.beta1, cfg.optim.beta2),
+                weight_decay=cfg.optim.weight_decay,
+                fused=device.type == "cuda" or None,
+            )
+
+        self.net, self.disc = net, disc
+        self.opt = adam(net.parameters(), cfg.optim.lr)
+        self.opt_d = adam(disc.parameters(), cfg.optim.lr_d) if disc is not None else None
+        # the autoencoder baseline is trained with the reconstruction loss alone
+        lam_rec = 1.0 if cfg.method == "autoencoder" else cfg.loss.lambda_rec
+        self.parts = GANParts(
+            net,
+            self.opt,
+            disc,
+            self.opt_d,
+            lambda_rec=lam_rec,
+            lambda_adv=cfg.loss.lambda_adv,
+            overlap=cfg.mask.overlap,
+            border_weight=cfg.mask.border_weight,
+        )
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["models"]["net"])
+        self.opt.load_state_dict(state["optims"]["net"])
+        if self.disc is not None and self.opt_d is not None:
+            self.disc.load_state_dict(state["models"]["disc"])
+            self.opt_d.load_state_dict(state["optims"]["disc"])
+        rngs = state["rng"]  # one per process; a different process count gets process 0's
+        set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        workers = cfg.data.workers if cfg.data.workers >= 0 else min(4, os.cpu_count() or 1)
+        self.sampler = StepBatchSampler(
+            len(self.ds),
+            cfg.train.batch_size,
+            cfg.train.seed,
+            self.start_step,
+            cfg.train.steps,
+            self.dist.rank,
+            self.dist.world_size,
+        )
+        return torch.utils.data.DataLoader(
+            self.ds,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+
+    # ----- the loop
+    def train(self) -> Path:
+        cfg = self.cfg
+        loader = self._loader()
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            header = (
+                f"# resolved cebench pretrain config\n# git commit: {self.commit or 'unknown'}\n"
+            )
+            import yaml
+
+            atomic_write_text(
+                self.run_dir / "config.yaml", header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            )
+            truncate_metrics(self.run_dir / "metrics.jsonl", self.start_step)
+        self.logger = MetricLogger(
+            self.run_dir / "metrics.jsonl" if self.main else None,
+            total=cfg.train.steps,
+            desc=f"pretrain {cfg.method}",
+            start=self.start_step,
+            enabled=self.main,
+        )
+        self.session_start = time.perf_counter()
+        self.tick = (self.session_start, self.start_step)
+        self.pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        self.skipped_local, self.last_row = 0, {}
+        try:
+            with SignalFlag() as sig:
+                it = iter(loader)
+                while self.step < cfg.train.steps:
+                    self._one_step(it)
+                    stop = sig.signum is not None
+                    if self.dist.enabled:  # every process stops at the same step
+                        stop = D.any_process(stop, self.device)
+                    save_due = (
+                        self.step % cfg.train.save_every == 0
+                        or self.step == cfg.train.steps
+                        or stop
+                    )
+                    if self.step % cfg.train.log_every == 0 or save_due:
+                        self._flush()
+                    if save_due:
+                        self._save()
+                    if stop:
+                        raise TrainingInterrupted(
+                            sig.signum or signal.SIGTERM, self.step, self.run_dir
+                        )
+        finally:
+            self.logger.close()
+        if self.step > self.last_saved:  # nothing new when a finished run is resumed
+            self._save()
+        return self._finish()
+
+    def _one_step(self, it: Any) -> None:
+        cfg = self.cfg
+        try:
+            images, labels, n_bad = next(it)
+        except DatasetError as e:
+            raise _worker_error(e) from None
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
+        self.skipped_local += n_bad
+        if self.supervised:
+            m = supervised_step(
+                self.net,
+                self.opt,
+                images,
+                labels.to(self.device, non_blocking=True),
+                world_size=self.dist.world_size,
+                bf16=self.bf16,
+            )
+        else:
+            hole = batch_masks(
+                cfg.mask.kind,
+                size=cfg.model.input_size,
+                region=cfg.mask.region or cfg.model.input_size // 2,
+                overlap=cfg.mask.overlap,
+                coverage=cfg.mask.coverage,
+                step=self.step,
+                seed=cfg.train.seed,
+                global_batch=cfg.train.batch_size,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                device=self.device,
+                shapes=self.shapes,
+            )
+            m = context_encoder_step(
+                self.parts,
+                images,
+                hole,
+                self.fill,
+                autoencoder=cfg.method == "autoencoder",
+                world_size=self.dist.world_size,
+                bf16=self.bf16,
+            )
+        self.step += 1
+        self.pending.append((self.step, m))
+        if (
+            self.main
+            and not self.supervised
+            and cfg.train.sample_every
+            and self.step % cfg.train.sample_every == 0
+        ):
+            self._sample(images, hole)
+
+    def _sample(self, images: torch.Tensor, hole: torch.Tensor) -> None:
+        """Masked input / composited prediction / ground truth, 8 images, into samples/."""
+        self.net.eval()  # eval: no BatchNorm statistics update, no collective in synchronised BN
+        with torch.no_grad():
+            x, h = images[:8], hole[:8]
+            masked = torch.where(h, self.fill.view(1, 3, 1, 1), x)
+            pred = self.net(masked).float()
+        self.net.train()
+        save_grid(
+            self.run_dir / "samples" / f"step_{self.step:06d}.png",
+            [masked, composite(x, h, pred), x],
+        )
+
+    def _flush(self) -> None:
+        """Copy pending metrics to the host once, stop on a non-finite loss, log the last step."""
+        names = list(self.pending[0][1])
+        vals = torch.stack([torch.stack([m[k].float() for k in names]) for _, m in self.pending])
+        skipped = torch.tensor([float(self.skipped_local)], device=vals.device)
+        if self.dist.enabled:
+            vals, skipped = D.all_reduce_sum(vals) / self.dist.world_size, D.all_reduce_sum(skipped)
+        vals = vals.cpu()
+        for i, (s, _) in enumerate(self.pending):
+            for j, k in enumerate(names):
+                v = float(vals[i, j])
+                if math.isnan(v) or math.isinf(v):
+                    good = f"step {self.last_saved}" if self.last_saved else "none written yet"
+                    raise TrainingError(
+                        f"{k} became {v} at step {s}; training stopped. The last good checkpoint "
+                        f"({self.run_dir / CKPT}, {good}) is kept; lower optim.lr or check the data"
+                    )
+        self.skipped_total += int(skipped.item())
+        now = time.perf_counter()
+        row: dict[str, Any] = {k: float(vals[-1, j]) for j, k in enumerate(names)}
+        row["img_per_s"] = round(
+            (self.step - self.tick[1]) * self.cfg.train.batch_size / max(now - self.tick[0], 1e-9),
+            2,
+        )
+        row["lr"] = self.opt.param_groups[0]["lr"]
+        if self.skipped_total:
+            row["skipped_images"] = self.skipped_total
+        self.logger.update(self.step, **row)
+        self.tick, self.pending, self.skipped_local, self.last_row = (now, self.step), [], 0, row
+
+    def _save(self) -> None:
+        rngs = D.gather_objects(rng_state())
+        err = None
+        if self.main:
+            epoch, position = self.sampler.position(self.step)
+            ckpt = {
+                "step": self.step,
+                "epoch": epoch,
+                "position": position,
+                "config": to_dict(self.cfg),
+                "rng": rngs,
+                "fill_value": self.cfg.data.fill_value,
+                "world_size": self.dist.world_size,
+                "models": {
+                    "net": self.net.state_dict(),
+                    **({"disc": self.disc.state_dict()} if self.disc else {}),
+                },
+                "optims": {
+                    "net": self.opt.state_dict(),
+                    **({"disc": self.opt_d.state_dict()} if self.opt_d else {}),
+                },
+                "wall_time": self.wall_before + time.perf_counter() - self.session_start,
+                "skipped_images": self.skipped_total,
+            }
+            try:
+                save_training_checkpoint(self.run_dir, ckpt)
+            except CheckpointError as e:
+                prev = (
+                    f"the previous checkpoint ({self.run_dir / CKPT}, step {self.last_saved}) is intact"
+                    if self.last_saved
+                    else "no earlier checkpoint exists"
+                )
+                err = f"{e}; training stopped at step {self.step}, {prev}"
+        err = D.broadcast_object(err)  # every process stops if process 0 could not write
+        if err:
+            raise CheckpointError(str(err))
+        self.last_saved = self.step
+
+    def _finish(self) -> Path:
+        """encoder.pt and summary.json (process 0)."""
+        cfg = self.cfg
+        session = time.perf_counter() - self.session_start
+        wall = self.wall_before + session
+        if self.main:
+            meta = {
+                "method": cfg.method,
+                "mask": None if self.supervised else cfg.mask.kind,
+                "config": to_dict(cfg),
+                "steps": self.step,
+                "wall_time_s": round(wall, 2),
+                "device": describe(self.device),
+                "world_size": self.dist.world_size,
+                "data": str(cfg.data.path),
+                "fill_value": cfg.data.fill_value,
+                "git_commit": self.commit,
+                "run_dir": str(self.run_dir),
+                **({"classes": self.classes} if self.supervised else {}),
+            }
+            save_encoder(
+                self.run_dir / "encoder.pt", self.net.encoder, self.enc_name, self.enc_kwargs, meta
+            )
+            import json
+
+            summary = {
+                "method": cfg.method,
+                "mask": meta["mask"],
+                "steps": self.step,
+                "final": self.last_row,
+                "wall_time_s": round(wall, 2),
+                "img_per_s": round(
+                    (self.step - self.start_step) * cfg.train.batch_size / max(session, 1e-9), 2
+                ),
+                "device": describe(self.device),
+                "world_size": self.dist.world_size,
+                "amp": "bf16" if self.bf16 else "fp32",
+                "skipped_images": self.skipped_total,
+                "git_commit": self.commit,
+            }
+            atomic_write_text(
+                self.run_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n"
+            )
+        return self.run_dir
