@@ -28,7 +28,10 @@ TRANSFER_MODULES = {"classify": "transfer.classify", "detect": "transfer.detect"
 
 def transfer_config_class(kind: str) -> type:
     """The config dataclass of a transfer harness: the annotation of its `run(cfg)`."""
-    module = importlib.import_module(TRANSFER_MODULES[kind])
+    try:
+        module = importlib.import_module(TRANSFER_MODULES[kind])
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"transfer harness for '{kind}' is not available: {e}") from None
     hints = typing.get_type_hints(module.run)
     cls = next((v for k, v in hints.items() if k != "return" and dataclasses.is_dataclass(v)), None)
     if cls is None:
@@ -84,7 +87,13 @@ class CellExecutor:
 
             return to_dict(config_from_dict(cell.config, where="pretrain config"))
         if cell.kind == "inpaint":
-            self._inpaint_args(cell.config)  # unknown options fail here, before anything runs
+            from pretrain.inpaint import get_args_parser
+
+            argv = self._inpaint_args(cell.config)  # unknown options fail here, before anything runs
+            try:
+                get_args_parser().parse_args(argv)
+            except SystemExit:
+                raise ConfigError(f"inpaint options {argv} are not valid for `cebench inpaint`") from None
             return dict(cell.config)
         cls = transfer_config_class(cell.task_kind)
         return to_dict(from_dict(cls, _deep_merge(to_dict(cls()), cell.config)))
@@ -109,13 +118,17 @@ class CellExecutor:
         if not (run_dir / "encoder.pt").is_file():
             raise TrainingError(f"pretraining finished without {run_dir / 'encoder.pt'}")
         summary = _read_json(run_dir / "summary.json")
-        metrics = flatten_metrics(summary.get("metrics", summary))
+        final = {k: v for k, v in (summary.get("final") or {}).items() if k not in ("step", "time")}
+        metrics = flatten_metrics({**final, "img_per_s": summary.get("img_per_s")})
         return {"metrics": metrics, "device": summary.get("device"),
                 "artifacts": {"run_dir": str(run_dir), "samples_dir": str(run_dir / "samples")}}
 
     @staticmethod
     def _inpaint_args(config: dict[str, Any]) -> list[str]:
-        from pretrain.inpaint import get_args_parser
+        try:
+            from pretrain.inpaint import get_args_parser
+        except ModuleNotFoundError as e:
+            raise ConfigError(f"`cebench inpaint` is not available: {e}") from None
 
         parser = get_args_parser()
         known = {a.dest: a for a in parser._actions}

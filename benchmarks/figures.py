@@ -151,26 +151,26 @@ def _sample_images(rec: dict[str, Any]) -> list[Path]:
 
 def inpaint_grids(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path,
                   max_images: int = 8) -> list[Path]:
-    """One figure per masked arm (seed 0 or the lowest seed): the inpaint cell's images, else the
-    pretraining run's last samples."""
+    """One figure per masked arm (lowest seed): the pretraining run's last sample grid (masked
+    input / inpainted / original rows), else up to `max_images` outputs of the inpaint cell."""
     written = []
     for arm in meta["arms"]:
         if arm.get("method") not in ("context-encoder", "autoencoder"):
             continue
         recs = sorted((r for r in records if r["arm"] == arm["name"] and r.get("kind") in ("inpaint", "pretrain")),
-                      key=lambda r: (r["seed"], r["kind"] != "inpaint"))
-        imgs = next((im for r in recs if (im := _sample_images(r))), [])
+                      key=lambda r: (r["seed"], r["kind"] != "pretrain"))
+        rec, imgs = next(((r, im) for r in recs if (im := _sample_images(r))), (None, []))
         if not imgs:
             continue
-        imgs = imgs[-max_images:]
+        imgs = imgs[-1:] if rec["kind"] == "pretrain" else imgs[:max_images]
         cols = min(4, len(imgs))
         nrows = (len(imgs) + cols - 1) // cols
-        fig, axes = plt.subplots(nrows, cols, figsize=(3 * cols, 3 * nrows), squeeze=False)
+        fig, axes = plt.subplots(nrows, cols, figsize=(max(6.0, 3 * cols), 3 * nrows + 0.5), squeeze=False)
         for ax in axes.flat:
             ax.axis("off")
         for ax, p in zip(axes.flat, imgs, strict=False):
             ax.imshow(plt.imread(p))
             ax.set_title(p.stem, fontsize=7)
-        fig.suptitle(f"{arm['label']} (mask: {arm.get('mask', '?')})")
+        fig.suptitle(f"{arm['label']} (mask: {arm.get('mask', '?')}, seed {rec['seed']})", fontsize=9)
         written += _save(fig, out_dir / f"inpaint_{arm['name']}.png")
     return written

@@ -93,12 +93,14 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str) -> dict[str, Any]:
     """Run one cell and never raise: the result or the error comes back as data (worker-safe)."""
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     try:
         shutil.rmtree(work, ignore_errors=True)  # a cell killed half-way leaves a stale directory
         Path(work).mkdir(parents=True, exist_ok=True)
         result = executor.run(cell, resolved, Path(work))
-        return {"ok": True, "result": result, "wall_time_s": time.time() - t0}
+        # CPU time of this process (all its threads): the cell's cost without other jobs' contention
+        return {"ok": True, "result": result, "wall_time_s": time.time() - t0,
+                "cpu_time_s": time.process_time() - c0}
     except BaseException as e:  # noqa: B036 -- a cell's failure must not stop the suite
         if isinstance(e, KeyboardInterrupt):
             raise
@@ -172,6 +174,7 @@ class Runner:
             "config_hash": self.hashes[cell.id], "code_version": self.code_version,
             "device": result.get("device") or _default_device(),
             "wall_time_s": round(res["wall_time_s"], 3),
+            "cpu_time_s": round(res.get("cpu_time_s", 0.0), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items()},
             "artifacts": result.get("artifacts") or {},
@@ -249,11 +252,16 @@ class Runner:
 
     def _run_pool(self, todo: list[Cell], outcome: Outcome) -> None:
         """Worker processes (one torch thread each); a cell starts once its dependencies finished.
-        A worker that dies (segfault, out of memory) fails its cells and the pool is rebuilt."""
+        A worker that dies (segfault, out of memory) fails the cells it took down with it, and the
+        pool is rebuilt for the rest."""
         waiting = list(todo)
         ctx = multiprocessing.get_context("spawn")
-        pool = cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,))
-        running: dict[cf.Future, Cell] = {}
+
+        def new_pool() -> cf.ProcessPoolExecutor:
+            return cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,))
+
+        pool = new_pool()
+        running: dict[cf.Future, tuple[Cell, cf.ProcessPoolExecutor]] = {}
         try:
             while waiting or running:
                 finished = set(outcome.ran) | set(outcome.cached)
@@ -266,28 +274,27 @@ class Runner:
                         self._record(cell, {"ok": False, "error": reason, "wall_time_s": 0.0}, outcome)
                     elif all(d in finished for d in cell.depends):
                         waiting.remove(cell)
-                        fut = pool.submit(_execute, self.executor, cell, self.resolved[cell.id],
-                                          str(self.out / "runs" / cell.id))
-                        running[fut] = cell
+                        args = (_execute, self.executor, cell, self.resolved[cell.id], str(self.out / "runs" / cell.id))
+                        try:
+                            fut = pool.submit(*args)
+                        except cf.process.BrokenProcessPool:
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            pool = new_pool()
+                            fut = pool.submit(*args)
+                        running[fut] = (cell, pool)
                 if not running:
                     continue
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                broken = False
                 for fut in done:
-                    cell = running.pop(fut)
+                    cell, its_pool = running.pop(fut)
                     try:
                         res = fut.result()
                     except cf.process.BrokenProcessPool as e:
-                        res, broken = {"ok": False, "error": f"worker process died: {e}", "wall_time_s": 0.0}, True
+                        res = {"ok": False, "error": f"worker process died: {e}", "wall_time_s": 0.0}
+                        if its_pool is pool:
+                            pool.shutdown(wait=False, cancel_futures=True)
+                            pool = new_pool()
                     self._record(cell, res, outcome)
-                if broken:
-                    for fut, cell in list(running.items()):
-                        running.pop(fut)
-                        self._record(cell, {"ok": False, "error": "worker pool broken", "wall_time_s": 0.0},
-                                     outcome)
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    pool = cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker,
-                                                  initargs=(1,))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 

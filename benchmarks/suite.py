@@ -69,6 +69,7 @@ class ArmSpec:
     pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig overrides
     transfer: dict[str, Any] = field(default_factory=dict)  # overrides for every task of this arm
     inpaint: bool = False  # run `cebench inpaint` on held-out images after pretraining
+    inpaint_config: dict[str, Any] = field(default_factory=dict)  # this arm's `cebench inpaint` options
     paper: dict[str, float] = field(default_factory=dict)  # task name -> the paper's number
     paper_time: str = ""  # the paper's pretraining time for this row
 
@@ -86,6 +87,7 @@ class TaskSpec:
     label: str = ""  # column name in the tables; defaults to name
     metric: str = ""  # the metric shown in the table (a key of the harness's result)
     scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
+    digits: int = 1  # decimals shown in the table
     config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
     per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
 
@@ -247,7 +249,7 @@ def data_env(suite: Suite, out_dir: Path) -> dict[str, Any]:
     if suite.data.synth is not None:
         env["data.synth"] = str(out_dir / "data" / "synth")
     for name, p in suite.data.paths.items():
-        env[f"data.{name}"] = str(Path(substitute(p, env, f"data.paths.{name}")).expanduser())
+        env[f"data.{name}"] = str(Path(substitute(p, env, f"data.paths.{name}")).expanduser().resolve())
     return env
 
 
@@ -275,7 +277,8 @@ def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
                     iid = cell_id(arm.name, "inpaint", seed)
                     ienv = dict(env, work=str(out_dir / "runs" / iid), encoder=encoder)
                     inpaint.append(Cell(iid, "inpaint", arm.name, "inpaint", seed,
-                                        substitute(suite.inpaint.config, ienv, "inpaint.config"), deps))
+                                        substitute(_deep_merge(suite.inpaint.config, arm.inpaint_config),
+                                                   ienv, "inpaint.config"), deps))
             for task in suite.tasks:
                 tid = cell_id(arm.name, task.name, seed)
                 tenv = dict(env, work=str(out_dir / "runs" / tid), encoder=encoder,
@@ -293,5 +296,5 @@ def suite_meta(suite: Suite) -> dict[str, Any]:
         "arms": [{"name": a.name, "label": a.label or a.name, "method": a.method, "mask": a.mask,
                   "paper": a.paper, "paper_time": a.paper_time} for a in suite.arms],
         "tasks": [{"name": t.name, "label": t.label or t.name, "kind": t.kind, "metric": t.metric,
-                   "scale": t.scale, "per_layer": t.per_layer} for t in suite.tasks],
+                   "scale": t.scale, "digits": t.digits, "per_layer": t.per_layer} for t in suite.tasks],
     }

@@ -32,9 +32,12 @@ COLUMNS = ["suite", "arm", "task", "metric", "seed", "value", "config_hash", "co
            "wall_time_s"]
 # headline metric when suite.json does not name one: first of these present, else the first metric
 PREFERRED = ["map", "mAP", "accuracy", "acc", "top1", "miou", "mean_iou", "mIoU"]
-# (column label, metric names tried in order, lower is better)
-INPAINT_COLUMNS = [("inpaint L2", ("l2", "mean_l2", "L2"), True),
-                   ("inpaint PSNR", ("psnr", "mean_psnr", "PSNR"), False)]
+FROM = "<<from>>"  # joins a `cebench table` command and the `cebench bench` command it re-renders
+# `cebench inpaint` metrics: (column label, (metric, scale) tried in order, lower is better, digits);
+# PSNR as the mean of per-image values, the most likely reading of the paper's Table 1
+INPAINT_COLUMNS = [("inpaint L2 (%)", (("l2_percent", 1.0), ("l2", 100.0)), True, 2),
+                   ("inpaint PSNR (dB)", (("psnr_mean_per_image_db", 1.0), ("psnr_db", 1.0), ("psnr", 1.0)),
+                    False, 2)]
 
 
 def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -103,7 +106,7 @@ def _fill_meta(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
             names = [x["metric"] for x in rows if x["task"] == r["task"] and "@" not in x["metric"]]
             metric = next((m for m in PREFERRED if m in names), names[0] if names else r["metric"])
             meta["tasks"].append({"name": r["task"], "label": r["task"], "metric": metric, "scale": 1.0,
-                                  "per_layer": False})
+                                  "digits": 3, "per_layer": False})
 
 
 @dataclass
@@ -136,16 +139,15 @@ def build_columns(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Colu
     if any(a.get("paper_time") for a in meta["arms"]):
         cols.append(Column("time (paper)", "pretrain", "paper_time", paper=True))
     for t in meta["tasks"]:
-        digits = 1 if t.get("scale", 1.0) >= 100 else 3
         cols.append(Column(f"{t['label']} ({t['metric']})", t["name"], t["metric"], t.get("scale", 1.0),
-                           digits=digits))
+                           digits=t.get("digits", 1)))
         if any(t["name"] in a.get("paper", {}) for a in meta["arms"]):
             cols.append(Column(f"{t['label']} (paper)", t["name"], "paper", paper=True, digits=1))
     present = {r["metric"] for r in rows if r["task"] == "inpaint"}
-    for label, names, lower in INPAINT_COLUMNS:
-        name = next((n for n in names if n in present), None)
+    for label, names, lower, digits in INPAINT_COLUMNS:
+        name, scale = next(((n, s) for n, s in names if n in present), (None, 1.0))
         if name:
-            cols.append(Column(label, "inpaint", name, lower_better=lower, digits=4 if lower else 2))
+            cols.append(Column(label, "inpaint", name, scale, lower_better=lower, digits=digits))
     return cols
 
 
@@ -187,14 +189,14 @@ def table_cells(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[
 def _seeds_note(rows: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     return (f"mean ± sample std (n-1) over {len(seeds)} seed(s) {seeds}; best mean per column in bold; "
-            "scores in %, time in seconds, L2 per pixel in [0, 1], PSNR in dB")
+            "scores in %")
 
 
 def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str = "") -> str:
     cols, text, best = table_cells(rows, meta)
     lines = []
     if command:
-        lines += [f"Produced by: `{command}`", ""]
+        lines += ["Produced by: " + " from the results of ".join(f"`{c}`" for c in command.split(f" {FROM} ")), ""]
     lines.append("| pretraining | " + " | ".join(c.label for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     for arm, t_row, b_row in zip(meta["arms"], text, best, strict=True):
@@ -218,7 +220,7 @@ def render_latex(rows: list[dict[str, Any]], meta: dict[str, Any], command: str 
     cols, text, best = table_cells(rows, meta)
     out = []
     if command:
-        out.append(f"% produced by: {command}")
+        out.append("% produced by: " + command.replace(f" {FROM} ", " from the results of "))
     out += [r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
             "pretraining & " + " & ".join(_tex(c.label) for c in cols) + r" \\", r"\midrule"]
     for arm, t_row, b_row in zip(meta["arms"], text, best, strict=True):
@@ -263,6 +265,9 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent)
     command = "cebench table " + " ".join(args.results) + (f" --out {args.out}" if args.out else "") \
         + (" --latex" if args.latex else "")
+    origin = read_results(args.results)[1].get("command")
+    if origin:
+        command += f" {FROM} {origin}"
     path = render_all(args.results, out, command=command, latex=args.latex, figures=not args.no_figures)
     print(path.read_text())
     return 0

@@ -1,0 +1,69 @@
+"""The bench runner on the real parts: built-in suites resolve against the real config classes,
+the two-cell miniature runs end to end (and is cached on rerun), the paper suite's dry run."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from benchmarks.cells import CellExecutor, flatten_metrics
+from benchmarks.cli import main as cebench
+from benchmarks.runner import Runner
+from benchmarks.suite import load_suite
+
+
+@pytest.mark.parametrize("name,dry", [("default", False), ("paper", False), ("paper", True), ("mini", False)])
+def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
+    suite = load_suite(name, dry_run=dry)
+    runner = Runner(suite, tmp_path, CellExecutor(), log=lambda m: None)
+    runner.resolve_all()  # every cell's config built as PretrainConfig / <Task>Config / inpaint args
+    assert len(runner.hashes) == len(runner.cells) == len(set(runner.hashes.values()))
+    if name == "default":
+        kinds = {c.kind for c in runner.cells}
+        assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 15 + 12 + 84
+        cfg = runner.resolved["ce-region.pretrain.s2"]
+        assert cfg["mask"]["kind"] == "random-region" and cfg["train"]["seed"] == 2
+        assert runner.resolved["random.detection.s1"]["encoder"] == "random:tiny,width=16"
+
+
+def test_flatten_metrics_per_layer():
+    flat = flatten_metrics({"score": 40.0, "mAP": 40.0, "per_class_AP": [1.0], "layer": "conv3",
+                            "cache_hits": {"train": True}, "ok": True,
+                            "per_layer": {"conv1": {"mAP": 30.0, "per_class_AP": [1.0]}, "conv2": {"top1": 50}}})
+    assert flat == {"score": 40.0, "mAP": 40.0, "mAP@conv1": 30.0, "score@conv1": 30.0,
+                    "top1@conv2": 50.0, "score@conv2": 50.0}
+
+
+def test_mini_suite_end_to_end(tmp_path, capsys):
+    out = tmp_path / "mini"
+    assert cebench(["bench", "--suite", "mini", "--out", str(out)]) == 0
+    cells = {p.name for p in (out / "cells").iterdir()}
+    assert cells == {"ce-center.pretrain.s0.json", "ce-center.cls-linear.s0.json"}
+    rec = json.loads((out / "cells" / "ce-center.cls-linear.s0.json").read_text())
+    harness = json.loads((out / "runs" / "ce-center.cls-linear.s0" / "metrics.json").read_text())
+    assert rec["metrics"]["score"] == pytest.approx(harness["metrics"]["score"])
+    assert {"score@conv1", "score@conv2", "score@conv3"} <= set(rec["metrics"])
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    score = next(r for r in rows if r["task"] == "cls-linear" and r["metric"] == "score")
+    assert float(score["value"]) == pytest.approx(harness["metrics"]["score"])
+    assert score["config_hash"] == rec["config_hash"] and score["device"].startswith("cpu")
+    md = (out / "table.md").read_text()
+    assert f"**{harness['metrics']['score']:.1f}**" in md
+    for fig in ("bar_cls-linear.png", "per_layer_cls-linear.png", "pretrain_loss.png", "inpaint_ce-center.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    capsys.readouterr()
+    assert cebench(["bench", "--suite", "mini", "--out", str(out)]) == 0
+    assert "0 ran, 2 cached, 0 failed" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_paper_suite_dry_run(tmp_path):
+    """Every paper cell (AlexNet at 227 px) for a couple of steps on tiny generated VOC/ImageFolder data."""
+    out = tmp_path / "paper"
+    assert cebench(["bench", "--suite", "paper", "--dry-run", "--out", str(out)]) == 0
+    md = (out / "table.md").read_text()
+    assert "| Context encoder (random region) |" in md and "56.5" in md and "14 hours" in md
+    assert len(list((out / "cells").glob("*.json"))) == 5 + 4 + 4 * 7
