@@ -69,6 +69,18 @@ def test_loss_weights_hand_checked_8x8():
     assert torch.equal(loss_weights(hole, overlap=0)[0, 0], hole[0, 0].float())
 
 
+def test_loss_weights_match_naive_chebyshev_band():
+    hole = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) < 0.1
+    w = loss_weights(hole, overlap=2, border_weight=10.0)
+    ref = torch.zeros(2, 1, 12, 12)
+    for b in range(2):
+        for i in range(12):
+            for j in range(12):
+                near = hole[b, 0, max(0, i - 2) : i + 3, max(0, j - 2) : j + 3].any()
+                ref[b, 0, i, j] = 1.0 if hole[b, 0, i, j] else (10.0 if near else 0.0)
+    assert torch.equal(w, ref)
+
+
 def test_fill_holes_sets_only_dropped_pixels():
     x = torch.rand(2, 3, 8, 8)
     hole = center_masks(2, 8, region=4, overlap=0)
