@@ -256,3 +256,19 @@ def test_hub_weights_load_from_cache(tmp_path, monkeypatch):
     torch.save(full.state_dict(), ckpt_dir / "resnet18_a1_0-d63eafa0.pth")
     res = build_encoder("timm-resnet18", pretrained=True)
     assert torch.equal(res.stages["layer4"][0].conv1.weight, full.layer4[0].conv1.weight)
+
+
+def test_hub_weights_from_hugging_face_cache(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    repo = tmp_path / "hf" / "models--timm--resnet18.a1_in1k"
+    snap = repo / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    sd = {"conv1.weight": torch.randn(4, 3, 2, 2)}
+    save_file(sd, str(snap / "model.safetensors"))
+    got = load_hub_weights(hf_repo="timm/resnet18.a1_in1k", url="https://example.org/x.pth")
+    assert torch.equal(got["conv1.weight"], sd["conv1.weight"])
