@@ -244,3 +244,54 @@ def test_random_region_shapes_from_voc_masks(images, tmp_path, capsys):
     )
     run(cfg)
     assert "random-region shapes: 2 objects from 2 masks" in capsys.readouterr().err
+
+
+def test_cli_picks_the_config_from_the_image_size(tmp_path, capsys):
+    from pretrain.train import build_config, get_args_parser
+
+    small = write_images(tmp_path / "small", n=2, size=64)
+    big = write_images(tmp_path / "big", n=2, size=160)
+    parse = get_args_parser().parse_args
+    cfg = build_config(
+        parse(
+            ["--data", str(small), "--out", str(tmp_path / "o"), "--steps", "7", "optim.lr_d=1e-4"]
+        )
+    )
+    assert "config: small (chosen" in capsys.readouterr().err
+    assert (cfg.model_preset, cfg.train.steps, cfg.optim.lr_d, cfg.data.path) == (
+        "small-tiny",
+        7,
+        1e-4,
+        str(small),
+    )
+    cfg = build_config(
+        parse(["--data", str(big), "--out", str(tmp_path / "o"), "--mask", "center"])
+    )
+    assert cfg.model_preset == "paper-inpainting" and cfg.mask.kind == "center"
+    cfg = build_config(
+        parse(["--data", str(small), "--out", str(tmp_path / "o"), "--method", "autoencoder"])
+    )
+    assert (cfg.method, cfg.mask.kind) == ("autoencoder", "none")
+    with pytest.raises(ConfigError, match="autoencoder reconstructs the whole image"):
+        build_config(
+            parse(
+                ["--data", str(small), "--out", "o", "--method", "autoencoder", "--mask", "center"]
+            )
+        )
+    with pytest.raises(ConfigError, match="model.predict=region predicts the centre region"):
+        run(
+            build_config(
+                parse(
+                    [
+                        "--data",
+                        str(big),
+                        "--out",
+                        str(tmp_path / "p"),
+                        "--config",
+                        "paper-inpainting",
+                        "--mask",
+                        "random-block",
+                    ]
+                )
+            )
+        )
