@@ -89,7 +89,10 @@ def test_l2_only_builds_no_discriminator(images, tmp_path):
     )
     assert "disc" not in weights(run_dir)
     assert "loss_d" not in read_jsonl(run_dir / "metrics.jsonl")[-1]
-    assert safe_load(run_dir / "checkpoint.pt")["config"]["optim"]["lr"] == pytest.approx(2e-4)
+    saved = safe_load(run_dir / "checkpoint.pt")["config"]
+    assert saved["optim"]["lr"] == pytest.approx(2e-4)  # the released rule, written into the config
+    assert saved["data"]["fill"] == "dataset" and len(saved["data"]["fill_value"]) == 3
+    assert "fill_value" in (run_dir / "config.yaml").read_text()
 
 
 def test_supervised_loss_goes_down(tmp_path):
@@ -116,7 +119,11 @@ def test_resume_is_bit_exact(images, tmp_path):
     full = run(tiny_config(images, tmp_path / "full", ["train.steps=6"]))
     part = tiny_config(images, tmp_path / "part", ["train.steps=3"])
     run(part)
-    resumed = run(tiny_config(images, tmp_path / "part", ["train.steps=6", "train.resume=true"]))
+    # resume as the command line does: only --out, --resume and a longer --steps (config.yaml is the base)
+    from pretrain.train import build_config, get_args_parser
+
+    args = get_args_parser().parse_args(["--out", str(tmp_path / "part"), "--resume", "--steps", "6"])
+    resumed = run(build_config(args))
     assert losses(resumed) == losses(full)
     assert [r["step"] for r in losses(resumed)] == [1, 2, 3, 4, 5, 6]
     assert_same_weights(weights(resumed), weights(full))
