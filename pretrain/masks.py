@@ -145,8 +145,10 @@ def _noise_region_masks(
     k = int(math.floor(coverage * size * size))
     if k == 0:
         return torch.zeros(batch, 1, size, size, dtype=torch.bool, device=device)
-    kth = flat.kthvalue(k, dim=1, keepdim=True).values
-    return (flat <= kth).view(batch, 1, size, size)
+    # The k lowest values by index, not a threshold: ties could otherwise push a mask over k.
+    idx = flat.topk(k, dim=1, largest=False).indices
+    hole = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
+    return hole.view(batch, 1, size, size)
 
 
 def _shape_region_masks(

@@ -110,9 +110,10 @@ def test_random_block_coverage_statistics():
 
 def test_random_region_noise_covers_exactly_the_quantile():
     g = torch.Generator().manual_seed(2)
+    for size in (37, 128):  # exact count, also where bicubic values tie
+        c = _coverage(random_region_masks(64, size, coverage=0.25, generator=g))
+        assert torch.all(c == math.floor(0.25 * size * size) / (size * size))
     m = random_region_masks(500, 64, coverage=0.25, generator=g)
-    c = _coverage(m)
-    assert torch.all(c == math.floor(0.25 * 64 * 64) / (64 * 64))
     # blobs, not salt-and-pepper: most hole pixels have a hole pixel to their right
     right = (m[..., :, :-1] & m[..., :, 1:]).sum() / m[..., :, :-1].sum()
     assert float(right) > 0.8
