@@ -126,9 +126,10 @@ def _noise_region_masks(
     batch: int, size: int, coverage: float, generator: torch.Generator | None, device
 ) -> torch.Tensor:
     """Released code's random pattern: uniform noise at 6% resolution, bicubic upscaling, a random
-    crop, thresholded. The released trainer thresholds one big pattern at 0.25 and re-draws crops
-    until 20-30% is covered; here each sample is thresholded at its own `coverage` quantile, so
-    every mask covers floor(coverage * H * W) pixels, i.e. never more than `coverage`."""
+    crop, thresholded. The released trainer (train_random.lua) thresholds one big pattern at 0.25,
+    re-draws crops until 20-30% is covered and uses that one mask for the whole batch; here every
+    sample gets its own crop, whose floor(coverage * H * W) lowest values form the hole, so each
+    mask covers exactly that many pixels, never more than `coverage`."""
     cells = math.ceil(size * NOISE_RESOLUTION) + 4  # +4 cells: bicubic support and crop room
     big = round(cells / NOISE_RESOLUTION)
     noise = _uniform((batch, 1, cells, cells), generator, device)
