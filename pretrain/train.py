@@ -79,13 +79,16 @@ def _first_image_side(data: str) -> int:
         raise DatasetError(f"{path}: cannot read image ({e})") from None
 
 
-def auto_config_name(data: str, method: str) -> str:
-    """The preset for data of this size: 'small' (or 'small-supervised') for <= 96 px images,
-    else the paper's inpainting network (128 px)."""
+def auto_config_name(data: str, method: str, mask: str | None) -> str:
+    """The config for data of this size: 'small' (or 'small-supervised') for <= 96 px images; above,
+    the paper's inpainting network for the centre mask (its default), else its feature-learning
+    AlexNet (random masks, autoencoder, supervised)."""
     side = _first_image_side(data)
     if side <= 96:
         return "small-supervised" if method == "supervised" else "small"
-    return "paper-inpainting"
+    if method == "context-encoder" and mask in (None, "center"):
+        return "paper-inpainting"
+    return "paper-alexnet"
 
 
 def build_config(args: argparse.Namespace) -> PretrainConfig:
@@ -120,7 +123,7 @@ def build_config(args: argparse.Namespace) -> PretrainConfig:
     if name is None:
         if not args.data:
             raise ConfigError("--data is required (the training images)")
-        name = auto_config_name(args.data, args.method or "context-encoder")
+        name = auto_config_name(args.data, args.method or "context-encoder", args.mask)
         print(
             f"config: {name} (chosen for the image size of {args.data}; pass --config to choose)",
             file=sys.stderr,

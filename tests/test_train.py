@@ -122,7 +122,9 @@ def test_resume_is_bit_exact(images, tmp_path):
     # resume as the command line does: only --out, --resume and a longer --steps (config.yaml is the base)
     from pretrain.train import build_config, get_args_parser
 
-    args = get_args_parser().parse_args(["--out", str(tmp_path / "part"), "--resume", "--steps", "6"])
+    args = get_args_parser().parse_args(
+        ["--out", str(tmp_path / "part"), "--resume", "--steps", "6"]
+    )
     resumed = run(build_config(args))
     assert losses(resumed) == losses(full)
     assert [r["step"] for r in losses(resumed)] == [1, 2, 3, 4, 5, 6]
@@ -275,6 +277,10 @@ def test_cli_picks_the_config_from_the_image_size(tmp_path, capsys):
         parse(["--data", str(big), "--out", str(tmp_path / "o"), "--mask", "center"])
     )
     assert cfg.model_preset == "paper-inpainting" and cfg.mask.kind == "center"
+    cfg = build_config(
+        parse(["--data", str(big), "--out", str(tmp_path / "o"), "--mask", "random-region"])
+    )
+    assert cfg.model_preset == "paper-alexnet" and cfg.mask.kind == "random-region"
     cfg = build_config(
         parse(["--data", str(small), "--out", str(tmp_path / "o"), "--method", "autoencoder"])
     )
