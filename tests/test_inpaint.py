@@ -110,3 +110,50 @@ def test_model_needs_a_training_checkpoint(trained, tmp_path):
     )
     with pytest.raises(CheckpointError, match="encoder.pt holds only the encoder"):
         main(args)
+
+
+def test_region_predicting_model(tmp_path):
+    """The released inpainting layout: the net predicts only the centre region (16 of 32 px)."""
+    images = write_images(tmp_path / "imgs", n=8, size=32)
+    over = [
+        "mask.kind=center",
+        "mask.region=16",
+        "mask.overlap=2",
+        "model.predict=region",
+        "model.output_size=16",
+        "train.steps=3",
+        "train.sample_every=3",
+    ]
+    run_dir = run(tiny_config(images, tmp_path / "run", over))
+    assert (run_dir / "samples" / "step_000003.png").is_file()
+    args = get_args_parser().parse_args(
+        [
+            "--checkpoint",
+            str(run_dir / "checkpoint.pt"),
+            "--images",
+            str(images),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert main(args) == 0
+    out = np.asarray(Image.open(tmp_path / "o" / "img_000.png"))
+    src = np.asarray(Image.open(images / "img_000.png"))
+    hole = np.zeros((32, 32), bool)
+    hole[10:22, 10:22] = True
+    assert np.array_equal(out[~hole], src[~hole]) and not np.array_equal(out[hole], src[hole])
+    with pytest.raises(Exception, match="predicts the 16 px centre region only"):
+        main(
+            get_args_parser().parse_args(
+                [
+                    "--checkpoint",
+                    str(run_dir),
+                    "--images",
+                    str(images),
+                    "--out",
+                    str(tmp_path / "p"),
+                    "--mask",
+                    "random-block",
+                ]
+            )
+        )
