@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -308,3 +311,12 @@ def test_cli_picks_the_config_from_the_image_size(tmp_path, capsys):
                 )
             )
         )
+
+
+def test_bf16_autocast_and_channels_last_run(images, tmp_path):
+    cfg = tiny_config(
+        images, tmp_path / "r", ["train.amp=bf16", "train.channels_last=true", "train.steps=2"]
+    )
+    run_dir = run(cfg)
+    assert json.loads((run_dir / "summary.json").read_text())["amp"] == "bf16"
+    assert all(math.isfinite(r["loss"]) for r in read_jsonl(run_dir / "metrics.jsonl"))
