@@ -20,12 +20,53 @@ from pretrain.errors import ConfigError
 from pretrain.models.dcgan import dcgan_widths
 
 
+class FullMapConv2d(nn.Conv2d):
+    """An nn.Conv2d whose kernel covers its whole (unpadded) input map: [B,C,k,k] -> [B,D,1,1].
+
+    Same parameters, state_dict and result as nn.Conv2d, computed as one matrix product: on CPU
+    oneDNN runs this shape (4x4x512 -> 4000, the released bottleneck) about 3x slower than the
+    equivalent GEMM, forward and backward (measured: benchmarks/README.md). Any other input
+    shape falls back to the ordinary convolution."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            x.dim() != 4
+            or tuple(x.shape[-2:]) != self.kernel_size
+            or self.padding != (0, 0)
+            or self.groups != 1
+        ):
+            return super().forward(x)
+        y = F.linear(x.flatten(1), self.weight.flatten(1), self.bias)
+        return y.view(x.shape[0], self.out_channels, 1, 1)
+
+
+class PointUpconv(nn.ConvTranspose2d):
+    """An nn.ConvTranspose2d from a 1x1 code (stride 1, no padding): [B,C,1,1] -> [B,D,k,k] as one
+    matrix product (same parameters and result; see FullMapConv2d for why)."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if (
+            x.dim() != 4
+            or tuple(x.shape[-2:]) != (1, 1)
+            or output_size is not None
+            or self.stride != (1, 1)
+            or self.padding != (0, 0)
+            or self.output_padding != (0, 0)
+            or self.groups != 1
+        ):
+            return super().forward(x, output_size)
+        y = (x.flatten(1) @ self.weight.flatten(1)).view(
+            x.shape[0], self.out_channels, *self.kernel_size
+        )
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1).to(y.dtype)
+
+
 class ConvBottleneck(nn.Sequential):
     """A convolution with a kernel the size of the encoder's map: [B,C,s,s] -> [B,dim,1,1]."""
 
     def __init__(self, in_channels: int, in_size: int, dim: int) -> None:
         super().__init__(
-            nn.Conv2d(in_channels, dim, kernel_size=in_size, bias=False),
+            FullMapConv2d(in_channels, dim, kernel_size=in_size, bias=False),
             nn.BatchNorm2d(dim),
             nn.LeakyReLU(0.2, inplace=True),
         )
@@ -59,7 +100,7 @@ class UpconvDecoder(nn.Module):
         for i, w in enumerate(chans):
             last = i == len(chans) - 1
             if s == 1 and output_size >= 4:
-                layers.append(nn.ConvTranspose2d(c, w, 4, stride=1, padding=0, bias=last))
+                layers.append(PointUpconv(c, w, 4, stride=1, padding=0, bias=last))
                 s = 4
             elif 2 * s <= output_size:
                 layers.append(nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, bias=last))
@@ -106,7 +147,7 @@ class Discriminator(nn.Module):
                 layers.append(nn.BatchNorm2d(w))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             c = w
-        layers.append(nn.Conv2d(c, 1, kernel_size=s))
+        layers.append(FullMapConv2d(c, 1, kernel_size=s))
         self.layers = nn.Sequential(*layers)
         self.input_size = input_size
 
