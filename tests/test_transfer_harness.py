@@ -55,13 +55,28 @@ def _check_outputs(out, task):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_classify_every_family(family, synth, tmp_path):
     spec = FAMILIES[family]
-    lin = classify.run(classify.small_preset(encoder=spec, data=str(synth / "VOC"), protocol="linear",
-                                             probe_epochs=5, cache_dir="none", **_common(tmp_path, "lin")))
+    lin = classify.run(
+        classify.small_preset(
+            encoder=spec,
+            data=str(synth / "VOC"),
+            protocol="linear",
+            probe_epochs=5,
+            cache_dir="none",
+            **_common(tmp_path, "lin"),
+        )
+    )
     per_layer = lin["metrics"]["per_layer"]
-    assert list(per_layer) == lin["metrics"]["layers"] if "layers" in lin["metrics"] else per_layer
+    assert lin["metrics"]["layer"] == list(per_layer)[-1]  # the headline score is the last stage's
     assert all(0 <= v["mAP"] <= 100 for v in per_layer.values()) and len(per_layer) >= 3
-    ft = classify.run(classify.small_preset(encoder=spec, data=str(synth / "VOC"), protocol="finetune", epochs=1,
-                                            **_common(tmp_path, "ft")))
+    ft = classify.run(
+        classify.small_preset(
+            encoder=spec,
+            data=str(synth / "VOC"),
+            protocol="finetune",
+            epochs=1,
+            **_common(tmp_path, "ft"),
+        )
+    )
     assert 0 <= ft["metrics"]["score"] <= 100 and ft["metrics"]["score"] == ft["metrics"]["mAP"]
     _check_outputs(tmp_path / "ft", "classify")
     assert [r["step"] for r in read_jsonl(tmp_path / "ft" / "log.jsonl")] == [1]
@@ -69,8 +84,15 @@ def test_classify_every_family(family, synth, tmp_path):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_segment_every_family(family, synth, tmp_path):
-    r = segment.run(segment.small_preset(encoder=FAMILIES[family], data=str(synth), epochs=1, frozen=family == "dcgan",
-                                         **_common(tmp_path, "seg")))
+    r = segment.run(
+        segment.small_preset(
+            encoder=FAMILIES[family],
+            data=str(synth),
+            epochs=1,
+            frozen=family == "dcgan",
+            **_common(tmp_path, "seg"),
+        )
+    )
     m = r["metrics"]
     assert 0 <= m["mIoU"] <= 100 and 0 <= m["pixel_acc"] <= 100
     assert len(m["stages"]) == 3  # FCN-8s: the last stage + two finer skips
@@ -87,8 +109,10 @@ def test_every_family_builds_as_detection_backbone(family):
     model = detect.build_detector(enc, 3, 32, cfg, info["normalize"])
     assert model.backbone.out_channels == cfg.fpn_channels or len(model.backbone.levels) == 1
     images = [torch.rand(3, 32, 32), torch.rand(3, 32, 32)]
-    targets = [{"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1])},
-               {"boxes": torch.tensor([[10.0, 8.0, 30.0, 28.0]]), "labels": torch.tensor([3])}]
+    targets = [
+        {"boxes": torch.tensor([[4.0, 4.0, 20.0, 20.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 8.0, 30.0, 28.0]]), "labels": torch.tensor([3])},
+    ]
     model.train()
     losses = model(images, targets)
     sum(losses.values()).backward()
@@ -100,25 +124,50 @@ def test_every_family_builds_as_detection_backbone(family):
 
 
 def test_detect_voc_and_coco(synth, tmp_path):
-    r = detect.run(detect.small_preset(encoder=FAMILIES["tiny"], data=str(synth / "VOC"), epochs=2,
-                                       **_common(tmp_path, "det")))
+    r = detect.run(
+        detect.small_preset(
+            encoder=FAMILIES["tiny"], data=str(synth / "VOC"), epochs=2, **_common(tmp_path, "det")
+        )
+    )
     m = r["metrics"]
     assert {"AP", "AP50", "AP75"} <= set(m) and 0 <= m["AP75"] <= m["AP50"] <= 100
     assert set(m["per_class_AP50"]) <= set((synth / "VOC" / "classes.txt").read_text().split())
     _check_outputs(tmp_path / "det", "detect")
     assert len(read_jsonl(tmp_path / "det" / "log.jsonl")) == 2
-    coco = detect.run(detect.small_preset(
-        encoder=FAMILIES["dcgan"], frozen=True, epochs=1, coco_ann=str(synth / "coco/annotations/instances_train.json"),
-        coco_images=str(synth / "VOC/JPEGImages"), **_common(tmp_path, "coco")))
+    coco = detect.run(
+        detect.small_preset(
+            encoder=FAMILIES["dcgan"],
+            frozen=True,
+            epochs=1,
+            coco_ann=str(synth / "coco/annotations/instances_train.json"),
+            coco_images=str(synth / "VOC/JPEGImages"),
+            **_common(tmp_path, "coco"),
+        )
+    )
     assert coco["metrics"]["format"] == "coco" and 0 <= coco["metrics"]["AP50"] <= 100
 
 
 def test_same_seed_same_metrics(synth, tmp_path):
     def once(name, seed):
-        cls = classify.run(classify.small_preset(encoder="random-rescaled:tiny,width=8", data=str(synth / "VOC"),
-                                                 protocol="finetune", epochs=2, seed=seed, **_common(tmp_path, name)))
-        det = detect.run(detect.small_preset(encoder=FAMILIES["tiny"], data=str(synth / "VOC"), epochs=1, seed=seed,
-                                             **_common(tmp_path, name + "d")))
+        cls = classify.run(
+            classify.small_preset(
+                encoder="random-rescaled:tiny,width=8",
+                data=str(synth / "VOC"),
+                protocol="finetune",
+                epochs=2,
+                seed=seed,
+                **_common(tmp_path, name),
+            )
+        )
+        det = detect.run(
+            detect.small_preset(
+                encoder=FAMILIES["tiny"],
+                data=str(synth / "VOC"),
+                epochs=1,
+                seed=seed,
+                **_common(tmp_path, name + "d"),
+            )
+        )
         return cls["metrics"], det["metrics"]
 
     a, b, c = once("a", 0), once("b", 0), once("c", 1)
@@ -137,8 +186,14 @@ def test_feature_cache_hit_skips_the_encoder(synth, tmp_path, monkeypatch):
         return enc, info
 
     monkeypatch.setattr(classify, "resolve_encoder", counting)
-    cfg = classify.small_preset(encoder=FAMILIES["tiny"], data=str(synth / "imagefolder"), protocol="linear",
-                                probe_epochs=3, cache_dir=str(tmp_path / "cache"), **_common(tmp_path, "c1"))
+    cfg = classify.small_preset(
+        encoder=FAMILIES["tiny"],
+        data=str(synth / "imagefolder"),
+        protocol="linear",
+        probe_epochs=3,
+        cache_dir=str(tmp_path / "cache"),
+        **_common(tmp_path, "c1"),
+    )
     first = classify.run(cfg)
     assert calls and first["metrics"]["cache_hits"] == {"train": False, "val": False}
     calls.clear()
@@ -152,8 +207,13 @@ def test_feature_cache_hit_skips_the_encoder(synth, tmp_path, monkeypatch):
 
 
 def test_low_shot_and_top1(synth, tmp_path):
-    base = classify.small_preset(encoder=FAMILIES["tiny"], data=str(synth / "imagefolder"), protocol="knn",
-                                 cache_dir=str(tmp_path / "cache"), **_common(tmp_path, "k"))
+    base = classify.small_preset(
+        encoder=FAMILIES["tiny"],
+        data=str(synth / "imagefolder"),
+        protocol="knn",
+        cache_dir=str(tmp_path / "cache"),
+        **_common(tmp_path, "k"),
+    )
     r = classify.run(classify.replace_validated(base, shots=2))
     assert r["metrics"]["train_images"] == 2 * 6 and "top1" in r["metrics"]["per_layer"]["conv3"]
     r = classify.run(classify.replace_validated(base, label_fraction=0.5))
@@ -166,7 +226,9 @@ def test_knn_scores_match_a_naive_vote():
     train_x = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     train_y = torch.tensor([0, 0, 1, 1])
     s = classify.knn_scores(train_x, train_y, torch.tensor([[1.0, 0.2]]), 2, k=3, temperature=0.5)
-    sims = torch.nn.functional.normalize(train_x, dim=1) @ torch.nn.functional.normalize(torch.tensor([1.0, 0.2]), dim=0)
+    sims = torch.nn.functional.normalize(train_x, dim=1) @ torch.nn.functional.normalize(
+        torch.tensor([1.0, 0.2]), dim=0
+    )
     top = sims.topk(3).indices.tolist()
     votes = [sum(float(torch.exp(sims[i] / 0.5)) for i in top if train_y[i] == c) for c in (0, 1)]
     assert s[0].tolist() == pytest.approx([v / sum(votes) for v in votes], rel=1e-5)
@@ -176,12 +238,64 @@ def test_cli_writes_outputs_and_reports_errors(synth, tmp_path, capsys):
     from benchmarks.cli import main
 
     out = tmp_path / "cli"
-    rc = main(["transfer", "segment", "--encoder", FAMILIES["tiny"], "--data", str(synth), "--preset", "small",
-               "--epochs", "1", "--input-size", "32", "--device", "cpu", "--seed", "3", "--set", "skips=1", "--out", str(out)])
+    rc = main(
+        [
+            "transfer",
+            "segment",
+            "--encoder",
+            FAMILIES["tiny"],
+            "--data",
+            str(synth),
+            "--preset",
+            "small",
+            "--epochs",
+            "1",
+            "--input-size",
+            "32",
+            "--device",
+            "cpu",
+            "--seed",
+            "3",
+            "--set",
+            "skips=1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and "mIoU" in capsys.readouterr().out
     record = _check_outputs(out, "segment")
-    assert record["seed"] == 3 and record["config"]["skips"] == 1 and record["config"]["epochs"] == 1
-    assert main(["transfer", "classify", "--encoder", "nope:tiny", "--data", str(synth), "--out", str(tmp_path / "x")]) == 2
+    assert (
+        record["seed"] == 3 and record["config"]["skips"] == 1 and record["config"]["epochs"] == 1
+    )
+    assert (
+        main(
+            [
+                "transfer",
+                "classify",
+                "--encoder",
+                "nope:tiny",
+                "--data",
+                str(synth),
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
     assert "unknown encoder spec kind" in capsys.readouterr().err
-    assert main(["transfer", "detect", "--encoder", str(tmp_path / "missing"), "--data", str(synth), "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "transfer",
+                "detect",
+                "--encoder",
+                str(tmp_path / "missing"),
+                "--data",
+                str(synth),
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
     assert "encoder checkpoint not found" in capsys.readouterr().err

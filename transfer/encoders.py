@@ -163,7 +163,9 @@ def _load_hub(source: str, input_size: int | None) -> tuple[nn.Module, dict[str,
     from pretrain.models import build_encoder
 
     if source not in HUB_MODELS:
-        raise ConfigError(f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}")
+        raise ConfigError(
+            f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}"
+        )
     name, kwargs = HUB_MODELS[source]
     kwargs = {**kwargs, **({} if input_size is None else {"input_size": input_size})}
     encoder = build_encoder(name, **kwargs, pretrained=True)  # CheckpointError when not cached
