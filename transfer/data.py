@@ -96,21 +96,20 @@ class ClassificationView(torch.utils.data.Dataset):
             torch.stack([self.target(i) for i in range(len(self))]) if len(self) else torch.zeros(0)
         )
 
+    def image_path(self, i: int) -> Path:
+        j = self.indices[i]
+        return self.base.images[j] if self.multilabel else self.base.samples[j][0]
+
     def image_paths(self) -> list[Path]:
-        if self.multilabel:
-            return [self.base.images[j] for j in self.indices]
-        return [self.base.samples[j][0] for j in self.indices]
+        return [self.image_path(i) for i in range(len(self))]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from pretrain.data import load_rgb
 
-        img = load_rgb(self.image_paths_one(i))
         flip = self.train and random.random() < 0.5
-        return to_tensor(img, self.size, self.normalize, flip), self.target(i)
-
-    def image_paths_one(self, i: int) -> Path:
-        j = self.indices[i]
-        return self.base.images[j] if self.multilabel else self.base.samples[j][0]
+        return to_tensor(
+            load_rgb(self.image_path(i)), self.size, self.normalize, flip
+        ), self.target(i)
 
 
 def classification_splits(
