@@ -124,8 +124,13 @@ def test_mismatched_image_size(tmp_path):
 def test_hub_weights_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    for spec, where in (("hub:torchvision/alexnet", "alexnet-owt-7be5be79.pth"), ("hub:timm/resnet18", "timm/resnet18")):
-        with pytest.raises(CheckpointError, match=f"not found in the local cache .*{where}.*Nothing is downloaded"):
+    for spec, where in (
+        ("hub:torchvision/alexnet", "alexnet-owt-7be5be79.pth"),
+        ("hub:timm/resnet18", "timm/resnet18"),
+    ):
+        with pytest.raises(
+            CheckpointError, match=f"not found in the local cache .*{where}.*Nothing is downloaded"
+        ):
             resolve_encoder(spec)
 
 
