@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tiny models: one intra-op thread is fastest and avoids oversubscription when pytest, data
+# workers and DDP processes share 2 cores.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
