@@ -91,7 +91,7 @@ def per_layer_plot(rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[
                 layers.append(layer)
     if not layers:
         return []
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(7.5, 3.5))
     for arm in meta["arms"]:
         pts = [(i, mean_std(xs)[0] * task.get("scale", 1.0)) for i, layer in enumerate(layers)
                if (xs := values(rows, arm["name"], task["name"], prefix + layer))]
@@ -100,8 +100,8 @@ def per_layer_plot(rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlabel("layer")
     ax.set_ylabel(task["metric"])
-    ax.set_title(f"{task['label']}: linear probe per layer")
-    ax.legend(fontsize=7)
+    ax.set_title(f"{task['label']}: per layer (mean over seeds)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir / f"per_layer_{task['name']}.png")
 
 
@@ -114,7 +114,7 @@ def _loss_key(row: dict[str, Any]) -> str | None:
 
 def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
     labels = {a["name"]: a["label"] for a in meta["arms"]}
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     drawn = 0
     for rec in sorted((r for r in records if r.get("kind") == "pretrain"), key=lambda r: (r["arm"], r["seed"])):
         run_dir = rec.get("artifacts", {}).get("run_dir")
@@ -132,7 +132,7 @@ def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Pa
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.set_title("pretraining loss")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if drawn <= 16 else 2)
     return _save(fig, out_dir / "pretrain_loss.png")
 
 

@@ -52,6 +52,7 @@ class Outcome:
     cached: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # cell id -> one-line error
     wall_s: float = 0.0
+    cpu_s: float = 0.0  # CPU time of the cells that ran (their cost on otherwise idle cores)
 
 
 def code_version() -> str:
@@ -109,9 +110,20 @@ def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str
 
 
 def _init_worker(threads: int) -> None:
+    import os
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:  # a killed runner must not leave workers writing into OUT
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True).start()
 
 
 class Runner:
@@ -223,6 +235,7 @@ class Runner:
         if res["ok"]:
             self._write_cell(cell, res)
             outcome.ran.append(cell.id)
+            outcome.cpu_s += res.get("cpu_time_s", 0.0)
             self._times.setdefault(cell.kind, []).append(res["wall_time_s"])
         else:
             self._write_error(cell, res["error"], res.get("traceback", ""), res.get("wall_time_s", 0.0))
@@ -235,13 +248,13 @@ class Runner:
         left = self._total - done
         pending = [c for c in self.selected if c.id not in outcome.ran and c.id not in outcome.failed
                    and c.id not in outcome.cached]
-        all_times = [t for ts in self._times.values() for t in ts]
-        mean_all = sum(all_times) / len(all_times) if all_times else 0.0
-        eta = sum((sum(ts) / len(ts)) if (ts := self._times.get(c.kind)) else mean_all
-                  for c in pending) / self.jobs
+        # left-over time per kind from this session's mean; kinds not yet timed make it a lower bound
+        eta = sum(sum(ts) / len(ts) for c in pending if (ts := self._times.get(c.kind))) / self.jobs
+        untimed = sorted({c.kind for c in pending if c.kind not in self._times})
+        eta_text = _fmt(eta) + (f" + {'/'.join(untimed)} cells not yet timed" if untimed else "")
         status = "ok" if res["ok"] else f"FAILED ({res['error']})"
         self.log(f"[{done}/{self._total}] {cell.id} {status} {res.get('wall_time_s', 0.0):.1f}s | "
-                 f"left {left} | elapsed {_fmt(time.time() - self._progress_t0)} | eta {_fmt(eta)}")
+                 f"left {left} | elapsed {_fmt(time.time() - self._progress_t0)} | eta {eta_text}")
 
     def _run_serial(self, todo: list[Cell], outcome: Outcome) -> None:
         for cell in todo:
@@ -313,7 +326,7 @@ class Runner:
         rows = records_to_rows(self.records())
         write_csv(rows, self.out / "results.csv")
         if figures:
-            render_all([self.out], self.out, command=self.command, figures=True, log=self.log)
+            render_all([self.out], self.out, command=self.command, latex=True, figures=True, log=self.log)
 
 
 def _default_device() -> str:
@@ -362,7 +375,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     outcome = runner.run()
     print(f"bench {suite.name}: {len(outcome.ran)} ran, {len(outcome.cached)} cached, "
-          f"{len(outcome.failed)} failed in {_fmt(outcome.wall_s)}; results in {runner.out}/results.csv, "
+          f"{len(outcome.failed)} failed in {_fmt(outcome.wall_s)} (cells' CPU time {_fmt(outcome.cpu_s)}); results in {runner.out}/results.csv, "
           f"{runner.out}/table.md", file=sys.stderr)
     for cid, err in outcome.failed.items():
         print(f"  FAILED {cid}: {err}  (see {runner.out}/cells/{cid}.error.json)", file=sys.stderr)

@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,17 @@ def test_csv_and_markdown_match_cell_metrics(tmp_path):
     assert rand_row.split("|")[2].strip() == "-"  # no pretraining time for the random arm
 
 
+class SleepExecutor(FakeExecutor):
+    """Writes its worker's pid, then sleeps: stands for a long cell when the runner is killed."""
+
+    def run(self, cell, resolved: dict, work: Path) -> dict:
+        (work.parent.parent / f"pid.{os.getpid()}").write_text(cell.id)
+        import time
+
+        time.sleep(60)
+        return {}
+
+
 class KillExecutor(FakeExecutor):
     def __init__(self) -> None:
         super().__init__(kill="ce.cls.s0")
@@ -206,3 +218,41 @@ def test_worker_pool_runs_and_survives_a_dying_worker(tmp_path):
     # cells in flight beside the dead worker may fail with it; everything else ran
     assert set(out.ran) | set(out.failed) == {c.id for c in runner.cells}
     assert len(out.failed) <= 2
+
+
+def test_killed_runner_leaves_no_worker_behind(tmp_path):
+    suite_file = _suite_file(tmp_path)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_bench_runner import SleepExecutor
+        from benchmarks.runner import Runner
+        from benchmarks.suite import load_suite
+        Runner(load_suite({str(suite_file)!r}), {str(tmp_path / 'out')!r}, SleepExecutor(), jobs=2).run()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    out = tmp_path / "out"
+    deadline = time.time() + 60
+    while len(list(out.glob("pid.*"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    pids = [int(p.name.split(".")[1]) for p in out.glob("pid.*")]
+    assert len(pids) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 10
+    while pids and time.time() < deadline:
+        pids = [p for p in pids if _alive(p)]
+        time.sleep(0.2)
+    assert not pids, "pool workers outlived the killed runner"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped by init) is gone too
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
