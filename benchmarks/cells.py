@@ -23,7 +23,11 @@ from pretrain.checkpoint import atomic_write_text
 from pretrain.config import _deep_merge, from_dict, to_dict
 from pretrain.errors import ConfigError, TrainingError
 
-TRANSFER_MODULES = {"classify": "transfer.classify", "detect": "transfer.detect", "segment": "transfer.segment"}
+TRANSFER_MODULES = {
+    "classify": "transfer.classify",
+    "detect": "transfer.detect",
+    "segment": "transfer.segment",
+}
 
 
 def transfer_config_class(kind: str) -> type:
@@ -52,7 +56,14 @@ def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         for k, v in layer_metrics.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 flat[f"{k}@{layer}"] = float(v)
-        score = next((layer_metrics[k] for k in ("score", "mAP", "top1", "mIoU", "miou") if k in layer_metrics), None)
+        score = next(
+            (
+                layer_metrics[k]
+                for k in ("score", "mAP", "top1", "mIoU", "miou")
+                if k in layer_metrics
+            ),
+            None,
+        )
         if isinstance(score, (int, float)):
             flat[f"score@{layer}"] = float(score)
     return flat
@@ -66,12 +77,23 @@ def ensure_synth(suite: Suite, out_dir: Path) -> None:
     root = Path(data_env(suite, out_dir)["data.synth"])
     stamp = root.parent / "synth.spec.json"
     want = dataclasses.asdict(spec)
-    if (root / "synth.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == want:
+    if (
+        (root / "synth.json").is_file()
+        and stamp.is_file()
+        and json.loads(stamp.read_text()) == want
+    ):
         return
     from pretrain.data.synth import generate
 
-    generate(root, seed=spec.seed, size=spec.size, images=spec.images, unlabelled=spec.unlabelled,
-             folder_images=spec.folder_images, force=True)
+    generate(
+        root,
+        seed=spec.seed,
+        size=spec.size,
+        images=spec.images,
+        unlabelled=spec.unlabelled,
+        folder_images=spec.folder_images,
+        force=True,
+    )
     atomic_write_text(stamp, json.dumps(want))
 
 
@@ -89,11 +111,14 @@ class CellExecutor:
         if cell.kind == "inpaint":
             from pretrain.inpaint import get_args_parser
 
-            argv = self._inpaint_args(cell.config)  # unknown options fail here, before anything runs
+            # unknown options fail here, before anything runs
+            argv = self._inpaint_args(cell.config)
             try:
                 get_args_parser().parse_args(argv)
             except SystemExit:
-                raise ConfigError(f"inpaint options {argv} are not valid for `cebench inpaint`") from None
+                raise ConfigError(
+                    f"inpaint options {argv} are not valid for `cebench inpaint`"
+                ) from None
             return dict(cell.config)
         cls = transfer_config_class(cell.task_kind)
         return to_dict(from_dict(cls, _deep_merge(to_dict(cls()), cell.config)))
@@ -106,8 +131,11 @@ class CellExecutor:
         module = importlib.import_module(TRANSFER_MODULES[cell.task_kind])
         cfg = from_dict(transfer_config_class(cell.task_kind), resolved)
         record = module.run(cfg)
-        return {"metrics": flatten_metrics(record.get("metrics", {})), "device": record.get("device"),
-                "artifacts": {"out_dir": str(getattr(cfg, "out", work))}}
+        return {
+            "metrics": flatten_metrics(record.get("metrics", {})),
+            "device": record.get("device"),
+            "artifacts": {"out_dir": str(getattr(cfg, "out", work))},
+        }
 
     def _pretrain(self, resolved: dict[str, Any]) -> dict[str, Any]:
         from pretrain.pretrain_config import PretrainConfig
@@ -120,8 +148,11 @@ class CellExecutor:
         summary = _read_json(run_dir / "summary.json")
         final = {k: v for k, v in (summary.get("final") or {}).items() if k not in ("step", "time")}
         metrics = flatten_metrics({**final, "img_per_s": summary.get("img_per_s")})
-        return {"metrics": metrics, "device": summary.get("device"),
-                "artifacts": {"run_dir": str(run_dir), "samples_dir": str(run_dir / "samples")}}
+        return {
+            "metrics": metrics,
+            "device": summary.get("device"),
+            "artifacts": {"run_dir": str(run_dir), "samples_dir": str(run_dir / "samples")},
+        }
 
     @staticmethod
     def _inpaint_args(config: dict[str, Any]) -> list[str]:
@@ -156,8 +187,11 @@ class CellExecutor:
             raise TrainingError(f"cebench inpaint exited with status {rc}")
         out = Path(getattr(args, "out", work))
         record = _read_json(out / "metrics.json")
-        return {"metrics": flatten_metrics(record.get("metrics", record)), "device": record.get("device"),
-                "artifacts": {"out_dir": str(out)}}
+        return {
+            "metrics": flatten_metrics(record.get("metrics", record)),
+            "device": record.get("device"),
+            "artifacts": {"out_dir": str(out)},
+        }
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -26,8 +26,9 @@ from pretrain.logger import read_jsonl  # noqa: E402
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def render_figures(rows: list[dict[str, Any]], meta: dict[str, Any], results_dirs: list[Path],
-                   out_dir: Path) -> list[Path]:
+def render_figures(
+    rows: list[dict[str, Any]], meta: dict[str, Any], results_dirs: list[Path], out_dir: Path
+) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     records = _cell_records(results_dirs)
     written = []
@@ -61,7 +62,9 @@ def _save(fig, path: Path) -> list[Path]:
     return [path]
 
 
-def bar_chart(rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[str, Any], out_dir: Path) -> list[Path]:
+def bar_chart(
+    rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[str, Any], out_dir: Path
+) -> list[Path]:
     labels, means, stds = [], [], []
     for arm in meta["arms"]:
         xs = values(rows, arm["name"], task["name"], task["metric"])
@@ -80,21 +83,25 @@ def bar_chart(rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[str, 
     return _save(fig, out_dir / f"bar_{task['name']}.png")
 
 
-def per_layer_plot(rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[str, Any],
-                   out_dir: Path) -> list[Path]:
+def per_layer_plot(
+    rows: list[dict[str, Any]], meta: dict[str, Any], task: dict[str, Any], out_dir: Path
+) -> list[Path]:
     prefix = f"{task['metric']}@"
     layers: list[str] = []
     for r in rows:  # harness order = network order
         if r["task"] == task["name"] and r["metric"].startswith(prefix):
-            layer = r["metric"][len(prefix):]
+            layer = r["metric"][len(prefix) :]
             if layer not in layers:
                 layers.append(layer)
     if not layers:
         return []
     fig, ax = plt.subplots(figsize=(7.5, 3.5))
     for arm in meta["arms"]:
-        pts = [(i, mean_std(xs)[0] * task.get("scale", 1.0)) for i, layer in enumerate(layers)
-               if (xs := values(rows, arm["name"], task["name"], prefix + layer))]
+        pts = [
+            (i, mean_std(xs)[0] * task.get("scale", 1.0))
+            for i, layer in enumerate(layers)
+            if (xs := values(rows, arm["name"], task["name"], prefix + layer))
+        ]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=arm["label"])
     ax.set_xticks(range(len(layers)), layers)
@@ -109,21 +116,32 @@ def _loss_key(row: dict[str, Any]) -> str | None:
     for key in ("loss", "loss_rec", "rec_loss", "loss_ce"):
         if isinstance(row.get(key), (int, float)):
             return key
-    return next((k for k, v in row.items() if k.startswith("loss") and isinstance(v, (int, float))), None)
+    return next(
+        (k for k, v in row.items() if k.startswith("loss") and isinstance(v, (int, float))), None
+    )
 
 
 def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
     labels = {a["name"]: a["label"] for a in meta["arms"]}
     fig, ax = plt.subplots(figsize=(9, 4.5))
     drawn = 0
-    for rec in sorted((r for r in records if r.get("kind") == "pretrain"), key=lambda r: (r["arm"], r["seed"])):
+    for rec in sorted(
+        (r for r in records if r.get("kind") == "pretrain"), key=lambda r: (r["arm"], r["seed"])
+    ):
         run_dir = rec.get("artifacts", {}).get("run_dir")
         log = read_jsonl(Path(run_dir) / "metrics.jsonl") if run_dir else []
         key = next((k for r in log if (k := _loss_key(r))), None)
-        pts = [(r["step"], r[key]) for r in log if key and isinstance(r.get(key), (int, float)) and "step" in r]
+        pts = [
+            (r["step"], r[key])
+            for r in log
+            if key and isinstance(r.get(key), (int, float)) and "step" in r
+        ]
         if pts:
-            ax.plot(*zip(*pts, strict=True), label=f"{labels.get(rec['arm'], rec['arm'])} s{rec['seed']}",
-                    linewidth=1)
+            ax.plot(
+                *zip(*pts, strict=True),
+                label=f"{labels.get(rec['arm'], rec['arm'])} s{rec['seed']}",
+                linewidth=1,
+            )
             drawn += 1
     if not drawn:
         plt.close(fig)
@@ -132,7 +150,9 @@ def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Pa
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     ax.set_title("pretraining loss")
-    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if drawn <= 16 else 2)
+    ax.legend(
+        fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if drawn <= 16 else 2
+    )
     return _save(fig, out_dir / "pretrain_loss.png")
 
 
@@ -149,28 +169,39 @@ def _sample_images(rec: dict[str, Any]) -> list[Path]:
     return []
 
 
-def inpaint_grids(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path,
-                  max_images: int = 8) -> list[Path]:
+def inpaint_grids(
+    records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path, max_images: int = 8
+) -> list[Path]:
     """One figure per masked arm (lowest seed): the pretraining run's last sample grid (masked
     input / inpainted / original rows), else up to `max_images` outputs of the inpaint cell."""
     written = []
     for arm in meta["arms"]:
         if arm.get("method") not in ("context-encoder", "autoencoder"):
             continue
-        recs = sorted((r for r in records if r["arm"] == arm["name"] and r.get("kind") in ("inpaint", "pretrain")),
-                      key=lambda r: (r["seed"], r["kind"] != "pretrain"))
+        recs = sorted(
+            (
+                r
+                for r in records
+                if r["arm"] == arm["name"] and r.get("kind") in ("inpaint", "pretrain")
+            ),
+            key=lambda r: (r["seed"], r["kind"] != "pretrain"),
+        )
         rec, imgs = next(((r, im) for r in recs if (im := _sample_images(r))), (None, []))
         if not imgs:
             continue
         imgs = imgs[-1:] if rec["kind"] == "pretrain" else imgs[:max_images]
         cols = min(4, len(imgs))
         nrows = (len(imgs) + cols - 1) // cols
-        fig, axes = plt.subplots(nrows, cols, figsize=(max(6.0, 3 * cols), 3 * nrows + 0.5), squeeze=False)
+        fig, axes = plt.subplots(
+            nrows, cols, figsize=(max(6.0, 3 * cols), 3 * nrows + 0.5), squeeze=False
+        )
         for ax in axes.flat:
             ax.axis("off")
         for ax, p in zip(axes.flat, imgs, strict=False):
             ax.imshow(plt.imread(p))
             ax.set_title(p.stem, fontsize=7)
-        fig.suptitle(f"{arm['label']} (mask: {arm.get('mask', '?')}, seed {rec['seed']})", fontsize=9)
+        fig.suptitle(
+            f"{arm['label']} (mask: {arm.get('mask', '?')}, seed {rec['seed']})", fontsize=9
+        )
         written += _save(fig, out_dir / f"inpaint_{arm['name']}.png")
     return written

@@ -59,10 +59,19 @@ def code_version() -> str:
     """The git commit of the checkout (+dirty when tracked files changed), else the package version."""
     root = Path(__file__).resolve().parent.parent
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         from pretrain import __version__
@@ -100,13 +109,21 @@ def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str
         Path(work).mkdir(parents=True, exist_ok=True)
         result = executor.run(cell, resolved, Path(work))
         # CPU time of this process (all its threads): the cell's cost without other jobs' contention
-        return {"ok": True, "result": result, "wall_time_s": time.time() - t0,
-                "cpu_time_s": time.process_time() - c0}
+        return {
+            "ok": True,
+            "result": result,
+            "wall_time_s": time.time() - t0,
+            "cpu_time_s": time.process_time() - c0,
+        }
     except BaseException as e:  # noqa: B036 -- a cell's failure must not stop the suite
         if isinstance(e, KeyboardInterrupt):
             raise
-        return {"ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
-                "traceback": traceback.format_exc(), "wall_time_s": time.time() - t0}
+        return {
+            "ok": False,
+            "error": f"{type(e).__name__}: {e}".splitlines()[0][:500],
+            "traceback": traceback.format_exc(),
+            "wall_time_s": time.time() - t0,
+        }
 
 
 def _init_worker(threads: int) -> None:
@@ -127,8 +144,17 @@ def _init_worker(threads: int) -> None:
 
 
 class Runner:
-    def __init__(self, suite: Suite, out_dir: str | Path, executor: Executor, *, jobs: int = 1,
-                 only: list[str] | None = None, command: str = "", log=print) -> None:
+    def __init__(
+        self,
+        suite: Suite,
+        out_dir: str | Path,
+        executor: Executor,
+        *,
+        jobs: int = 1,
+        only: list[str] | None = None,
+        command: str = "",
+        log=print,
+    ) -> None:
         self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
         self.out = Path(out_dir).resolve()
         self.cells_dir = self.out / "cells"
@@ -146,8 +172,10 @@ class Runner:
             return list(self.cells)
         wanted = {c.id for c in self.cells if _matches(c.id, patterns)}
         if not wanted:
-            raise ConfigError(f"--only {patterns} matches no cell; cells look like "
-                              f"{self.cells[0].id}, {self.cells[-1].id}")
+            raise ConfigError(
+                f"--only {patterns} matches no cell; cells look like "
+                f"{self.cells[0].id}, {self.cells[-1].id}"
+            )
         stack = list(wanted)  # a selected cell brings the cells it needs
         while stack:
             for dep in self.by_id[stack.pop()].depends:
@@ -164,11 +192,15 @@ class Runner:
             except CebenchError as e:
                 raise ConfigError(f"cell {cell.id}: {e}") from None
             self.resolved[cell.id] = resolved
-            self.hashes[cell.id] = config_hash({
-                "kind": cell.kind, "task_kind": cell.task_kind, "seed": cell.seed,
-                "config": _portable(resolved, str(self.out)),
-                "depends": [self.hashes[d] for d in cell.depends],
-            })
+            self.hashes[cell.id] = config_hash(
+                {
+                    "kind": cell.kind,
+                    "task_kind": cell.task_kind,
+                    "seed": cell.seed,
+                    "config": _portable(resolved, str(self.out)),
+                    "depends": [self.hashes[d] for d in cell.depends],
+                }
+            )
 
     def state(self, cell: Cell) -> str:
         rec = _read_json(self.cells_dir / f"{cell.id}.json")
@@ -181,24 +213,39 @@ class Runner:
     def _write_cell(self, cell: Cell, res: dict[str, Any]) -> None:
         result = res["result"] or {}
         rec = {
-            "cell": cell.id, "suite": self.suite.name, "kind": cell.kind, "arm": cell.arm,
-            "task": cell.task, "task_kind": cell.task_kind, "seed": cell.seed,
-            "config_hash": self.hashes[cell.id], "code_version": self.code_version,
+            "cell": cell.id,
+            "suite": self.suite.name,
+            "kind": cell.kind,
+            "arm": cell.arm,
+            "task": cell.task,
+            "task_kind": cell.task_kind,
+            "seed": cell.seed,
+            "config_hash": self.hashes[cell.id],
+            "code_version": self.code_version,
             "device": result.get("device") or _default_device(),
             "wall_time_s": round(res["wall_time_s"], 3),
             "cpu_time_s": round(res.get("cpu_time_s", 0.0), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "metrics": {k: float(v) for k, v in (result.get("metrics") or {}).items()},
             "artifacts": result.get("artifacts") or {},
-            "config": self.resolved[cell.id], "depends": list(cell.depends),
+            "config": self.resolved[cell.id],
+            "depends": list(cell.depends),
         }
-        atomic_write_text(self.cells_dir / f"{cell.id}.json", json.dumps(rec, indent=1, default=str))
+        atomic_write_text(
+            self.cells_dir / f"{cell.id}.json", json.dumps(rec, indent=1, default=str)
+        )
         (self.cells_dir / f"{cell.id}.error.json").unlink(missing_ok=True)
 
     def _write_error(self, cell: Cell, error: str, tb: str = "", wall: float = 0.0) -> None:
-        rec = {"cell": cell.id, "config_hash": self.hashes[cell.id], "error": error, "traceback": tb,
-               "wall_time_s": round(wall, 3), "code_version": self.code_version,
-               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        rec = {
+            "cell": cell.id,
+            "config_hash": self.hashes[cell.id],
+            "error": error,
+            "traceback": tb,
+            "wall_time_s": round(wall, 3),
+            "code_version": self.code_version,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         atomic_write_text(self.cells_dir / f"{cell.id}.error.json", json.dumps(rec, indent=1))
 
     def run(self) -> Outcome:
@@ -206,8 +253,10 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.executor.prepare(self.suite, self.out)
         self.resolve_all()
-        atomic_write_text(self.out / "suite.json", json.dumps(
-            dict(suite_meta(self.suite), command=self.command), indent=1))
+        atomic_write_text(
+            self.out / "suite.json",
+            json.dumps(dict(suite_meta(self.suite), command=self.command), indent=1),
+        )
         outcome = Outcome()
         todo = []
         for cell in self.selected:
@@ -215,8 +264,10 @@ class Runner:
                 outcome.cached.append(cell.id)
             else:
                 todo.append(cell)
-        self.log(f"bench {self.suite.name}: {len(self.selected)} cells, {len(outcome.cached)} cached, "
-                 f"{len(todo)} to run -> {self.out}")
+        self.log(
+            f"bench {self.suite.name}: {len(self.selected)} cells, {len(outcome.cached)} cached, "
+            f"{len(todo)} to run -> {self.out}"
+        )
         self._progress_t0, self._times = time.time(), {}
         self._total = len(todo)
         if self.jobs == 1:
@@ -238,7 +289,9 @@ class Runner:
             outcome.cpu_s += res.get("cpu_time_s", 0.0)
             self._times.setdefault(cell.kind, []).append(res["wall_time_s"])
         else:
-            self._write_error(cell, res["error"], res.get("traceback", ""), res.get("wall_time_s", 0.0))
+            self._write_error(
+                cell, res["error"], res.get("traceback", ""), res.get("wall_time_s", 0.0)
+            )
             outcome.failed[cell.id] = res["error"]
         self.write_outputs(figures=False)  # results.csv always mirrors the finished cells
         self._progress(cell, res, outcome)
@@ -246,21 +299,31 @@ class Runner:
     def _progress(self, cell: Cell, res: dict[str, Any], outcome: Outcome) -> None:
         done = len(outcome.ran) + len(outcome.failed)
         left = self._total - done
-        pending = [c for c in self.selected if c.id not in outcome.ran and c.id not in outcome.failed
-                   and c.id not in outcome.cached]
+        pending = [
+            c
+            for c in self.selected
+            if c.id not in outcome.ran and c.id not in outcome.failed and c.id not in outcome.cached
+        ]
         # left-over time per kind from this session's mean; kinds not yet timed make it a lower bound
         eta = sum(sum(ts) / len(ts) for c in pending if (ts := self._times.get(c.kind))) / self.jobs
         untimed = sorted({c.kind for c in pending if c.kind not in self._times})
         eta_text = _fmt(eta) + (f" + {'/'.join(untimed)} cells not yet timed" if untimed else "")
         status = "ok" if res["ok"] else f"FAILED ({res['error']})"
-        self.log(f"[{done}/{self._total}] {cell.id} {status} {res.get('wall_time_s', 0.0):.1f}s | "
-                 f"left {left} | elapsed {_fmt(time.time() - self._progress_t0)} | eta {eta_text}")
+        self.log(
+            f"[{done}/{self._total}] {cell.id} {status} {res.get('wall_time_s', 0.0):.1f}s | "
+            f"left {left} | elapsed {_fmt(time.time() - self._progress_t0)} | eta {eta_text}"
+        )
 
     def _run_serial(self, todo: list[Cell], outcome: Outcome) -> None:
         for cell in todo:
             reason = self._blocked(cell, outcome)
-            res = ({"ok": False, "error": reason, "wall_time_s": 0.0} if reason else
-                   _execute(self.executor, cell, self.resolved[cell.id], str(self.out / "runs" / cell.id)))
+            res = (
+                {"ok": False, "error": reason, "wall_time_s": 0.0}
+                if reason
+                else _execute(
+                    self.executor, cell, self.resolved[cell.id], str(self.out / "runs" / cell.id)
+                )
+            )
             self._record(cell, res, outcome)
 
     def _run_pool(self, todo: list[Cell], outcome: Outcome) -> None:
@@ -271,7 +334,9 @@ class Runner:
         ctx = multiprocessing.get_context("spawn")
 
         def new_pool() -> cf.ProcessPoolExecutor:
-            return cf.ProcessPoolExecutor(self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,))
+            return cf.ProcessPoolExecutor(
+                self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,)
+            )
 
         pool = new_pool()
         running: dict[cf.Future, tuple[Cell, cf.ProcessPoolExecutor]] = {}
@@ -284,10 +349,18 @@ class Runner:
                     reason = self._blocked(cell, outcome)
                     if reason:
                         waiting.remove(cell)
-                        self._record(cell, {"ok": False, "error": reason, "wall_time_s": 0.0}, outcome)
+                        self._record(
+                            cell, {"ok": False, "error": reason, "wall_time_s": 0.0}, outcome
+                        )
                     elif all(d in finished for d in cell.depends):
                         waiting.remove(cell)
-                        args = (_execute, self.executor, cell, self.resolved[cell.id], str(self.out / "runs" / cell.id))
+                        args = (
+                            _execute,
+                            self.executor,
+                            cell,
+                            self.resolved[cell.id],
+                            str(self.out / "runs" / cell.id),
+                        )
                         try:
                             fut = pool.submit(*args)
                         except cf.process.BrokenProcessPool:
@@ -303,7 +376,11 @@ class Runner:
                     try:
                         res = fut.result()
                     except cf.process.BrokenProcessPool as e:
-                        res = {"ok": False, "error": f"worker process died: {e}", "wall_time_s": 0.0}
+                        res = {
+                            "ok": False,
+                            "error": f"worker process died: {e}",
+                            "wall_time_s": 0.0,
+                        }
                         if its_pool is pool:
                             pool.shutdown(wait=False, cancel_futures=True)
                             pool = new_pool()
@@ -326,7 +403,9 @@ class Runner:
         rows = records_to_rows(self.records())
         write_csv(rows, self.out / "results.csv")
         if figures:
-            render_all([self.out], self.out, command=self.command, latex=True, figures=True, log=self.log)
+            render_all(
+                [self.out], self.out, command=self.command, latex=True, figures=True, log=self.log
+            )
 
 
 def _default_device() -> str:
@@ -341,20 +420,46 @@ def _fmt(seconds: float) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--suite", required=True, help="built-in suite name (default, paper, mini) or a YAML file")
-    p.add_argument("--out", default=None, help="results directory (default results/<suite>[-dry-run])")
-    p.add_argument("--dry-run", action="store_true",
-                   help="apply the suite's dry_run section (tiny generated data, minimal budgets)")
-    p.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                   help="run only cells whose id matches (glob, or substring; repeatable); "
-                        "ids are ARM.TASK.sSEED, TASK = pretrain | inpaint | a transfer task")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a suite key, e.g. seeds=[0,1], budgets.pretrain_steps=50, "
-                        "arms.ce-center.pretrain.lr=1e-3, data.paths.voc2007=/data/VOC2007")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="worker processes (default: the suite's 'jobs', else 1 = in-process)")
-    p.add_argument("--list", action="store_true", help="list the cells and their state, run nothing")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--suite", required=True, help="built-in suite name (default, paper, mini) or a YAML file"
+    )
+    p.add_argument(
+        "--out", default=None, help="results directory (default results/<suite>[-dry-run])"
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="apply the suite's dry_run section (tiny generated data, minimal budgets)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only cells whose id matches (glob, or substring; repeatable); "
+        "ids are ARM.TASK.sSEED, TASK = pretrain | inpaint | a transfer task",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="override a suite key, e.g. seeds=[0,1], budgets.pretrain_steps=50, "
+        "arms.ce-center.pretrain.lr=1e-3, data.paths.voc2007=/data/VOC2007",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes (default: the suite's 'jobs', else 1 = in-process)",
+    )
+    p.add_argument(
+        "--list", action="store_true", help="list the cells and their state, run nothing"
+    )
     return p
 
 
@@ -363,20 +468,33 @@ def main(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite, args.overrides, dry_run=args.dry_run)
     out = Path(args.out or f"results/{suite.name}{'-dry-run' if args.dry_run else ''}")
-    command = "cebench bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
+    command = (
+        "cebench bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+        if sys.argv[1:2] == ["bench"]
         else f"cebench bench --suite {args.suite}"
+    )
     jobs = args.jobs if args.jobs is not None else suite.jobs
-    runner = Runner(suite, out, CellExecutor(), jobs=jobs, only=args.only, command=command,
-                    log=lambda m: print(m, file=sys.stderr, flush=True))
+    runner = Runner(
+        suite,
+        out,
+        CellExecutor(),
+        jobs=jobs,
+        only=args.only,
+        command=command,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
     if args.list:
         runner.resolve_all()
         for cell in runner.selected:
             print(f"{runner.state(cell):6s} {cell.id}  {runner.hashes[cell.id]}")
         return 0
     outcome = runner.run()
-    print(f"bench {suite.name}: {len(outcome.ran)} ran, {len(outcome.cached)} cached, "
-          f"{len(outcome.failed)} failed in {_fmt(outcome.wall_s)} (cells' CPU time {_fmt(outcome.cpu_s)}); results in {runner.out}/results.csv, "
-          f"{runner.out}/table.md", file=sys.stderr)
+    print(
+        f"bench {suite.name}: {len(outcome.ran)} ran, {len(outcome.cached)} cached, "
+        f"{len(outcome.failed)} failed in {_fmt(outcome.wall_s)} (cells' CPU time {_fmt(outcome.cpu_s)}); results in {runner.out}/results.csv, "
+        f"{runner.out}/table.md",
+        file=sys.stderr,
+    )
     for cid, err in outcome.failed.items():
         print(f"  FAILED {cid}: {err}  (see {runner.out}/cells/{cid}.error.json)", file=sys.stderr)
     return 1 if outcome.failed else 0

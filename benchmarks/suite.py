@@ -69,7 +69,8 @@ class ArmSpec:
     pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig overrides
     transfer: dict[str, Any] = field(default_factory=dict)  # overrides for every task of this arm
     inpaint: bool = False  # run `cebench inpaint` on held-out images after pretraining
-    inpaint_config: dict[str, Any] = field(default_factory=dict)  # this arm's `cebench inpaint` options
+    # this arm's `cebench inpaint` options (over the suite's inpaint.config)
+    inpaint_config: dict[str, Any] = field(default_factory=dict)
     paper: dict[str, float] = field(default_factory=dict)  # task name -> the paper's number
     paper_time: str = ""  # the paper's pretraining time for this row
 
@@ -77,7 +78,9 @@ class ArmSpec:
         if not _NAME.match(self.name):
             raise ConfigError(f"arm name {self.name!r} must be lower-case letters, digits and '-'")
         if self.method in NO_PRETRAINING and (self.pretrain or self.inpaint):
-            raise ConfigError(f"arm '{self.name}': method {self.method} has no pretraining or inpainting")
+            raise ConfigError(
+                f"arm '{self.name}': method {self.method} has no pretraining or inpainting"
+            )
 
 
 @dataclass
@@ -93,10 +96,14 @@ class TaskSpec:
 
     def validate(self) -> None:
         if not _NAME.match(self.name) or self.name in RESERVED_TASKS:
-            raise ConfigError(f"task name {self.name!r} must be lower-case letters, digits and '-', "
-                              f"and not one of {list(RESERVED_TASKS)}")
+            raise ConfigError(
+                f"task name {self.name!r} must be lower-case letters, digits and '-', "
+                f"and not one of {list(RESERVED_TASKS)}"
+            )
         if not self.metric:
-            raise ConfigError(f"task '{self.name}' needs 'metric' (the result key shown in the table)")
+            raise ConfigError(
+                f"task '{self.name}' needs 'metric' (the result key shown in the table)"
+            )
 
 
 @dataclass
@@ -165,7 +172,9 @@ def suite_path(name_or_file: str | Path) -> Path:
     return builtin
 
 
-def load_suite(name_or_file: str | Path, overrides: list[str] | None = None, dry_run: bool = False) -> Suite:
+def load_suite(
+    name_or_file: str | Path, overrides: list[str] | None = None, dry_run: bool = False
+) -> Suite:
     """Read a suite, apply its `dry_run` section (when asked) and then `key=value` overrides."""
     path = suite_path(name_or_file)
     raw = load_yaml(path)
@@ -196,7 +205,9 @@ def _set_path(raw: dict[str, Any], key: str, value: Any) -> None:
             match = [x for x in node if isinstance(x, dict) and x.get("name") == part]
             if not match:
                 names = [x.get("name") for x in node if isinstance(x, dict)]
-                raise ConfigError(f"'{'.'.join(parts[:i])}' has no item named '{part}'; names: {names}")
+                raise ConfigError(
+                    f"'{'.'.join(parts[:i])}' has no item named '{part}'; names: {names}"
+                )
             node = match[0]
         else:
             if node.get(part) is None:
@@ -228,8 +239,10 @@ def substitute(value: Any, env: dict[str, Any], where: str = "") -> Any:
 
     def lookup(name: str) -> Any:
         if name not in env:
-            raise ConfigError(f"'{where}': unknown placeholder {{{name}}}; known: "
-                              + ", ".join("{" + k + "}" for k in sorted(env)))
+            raise ConfigError(
+                f"'{where}': unknown placeholder {{{name}}}; known: "
+                + ", ".join("{" + k + "}" for k in sorted(env))
+            )
         return env[name]
 
     whole = _PLACEHOLDER.fullmatch(value)
@@ -249,7 +262,9 @@ def data_env(suite: Suite, out_dir: Path) -> dict[str, Any]:
     if suite.data.synth is not None:
         env["data.synth"] = str(out_dir / "data" / "synth")
     for name, p in suite.data.paths.items():
-        env[f"data.{name}"] = str(Path(substitute(p, env, f"data.paths.{name}")).expanduser().resolve())
+        env[f"data.{name}"] = str(
+            Path(substitute(p, env, f"data.paths.{name}")).expanduser().resolve()
+        )
     return env
 
 
@@ -261,8 +276,16 @@ def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
     pretrain, inpaint, transfer = [], [], []
     for seed in suite.seeds:
         for arm in suite.arms:
-            env = dict(base, seed=seed, **{"arm.name": arm.name, "arm.method": arm.method,
-                                           "arm.mask": arm.mask, "arm.encoder": arm.encoder})
+            env = dict(
+                base,
+                seed=seed,
+                **{
+                    "arm.name": arm.name,
+                    "arm.method": arm.method,
+                    "arm.mask": arm.mask,
+                    "arm.encoder": arm.encoder,
+                },
+            )
             deps: tuple[str, ...] = ()
             if arm.method in NO_PRETRAINING:
                 encoder = f"{arm.method}:{arm.encoder}"
@@ -270,22 +293,56 @@ def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
                 pid = cell_id(arm.name, "pretrain", seed)
                 work = out_dir / "runs" / pid
                 cfg = _deep_merge(suite.pretrain, arm.pretrain)
-                pretrain.append(Cell(pid, "pretrain", arm.name, "pretrain", seed,
-                                     substitute(cfg, dict(env, work=str(work)), "pretrain")))
+                pretrain.append(
+                    Cell(
+                        pid,
+                        "pretrain",
+                        arm.name,
+                        "pretrain",
+                        seed,
+                        substitute(cfg, dict(env, work=str(work)), "pretrain"),
+                    )
+                )
                 deps, encoder = (pid,), str(work)
                 if arm.inpaint:
                     iid = cell_id(arm.name, "inpaint", seed)
                     ienv = dict(env, work=str(out_dir / "runs" / iid), encoder=encoder)
-                    inpaint.append(Cell(iid, "inpaint", arm.name, "inpaint", seed,
-                                        substitute(_deep_merge(suite.inpaint.config, arm.inpaint_config),
-                                                   ienv, "inpaint.config"), deps))
+                    inpaint.append(
+                        Cell(
+                            iid,
+                            "inpaint",
+                            arm.name,
+                            "inpaint",
+                            seed,
+                            substitute(
+                                _deep_merge(suite.inpaint.config, arm.inpaint_config),
+                                ienv,
+                                "inpaint.config",
+                            ),
+                            deps,
+                        )
+                    )
             for task in suite.tasks:
                 tid = cell_id(arm.name, task.name, seed)
-                tenv = dict(env, work=str(out_dir / "runs" / tid), encoder=encoder,
-                            **{"task.name": task.name, "task.kind": task.kind})
+                tenv = dict(
+                    env,
+                    work=str(out_dir / "runs" / tid),
+                    encoder=encoder,
+                    **{"task.name": task.name, "task.kind": task.kind},
+                )
                 cfg = _deep_merge(_deep_merge(suite.transfer, task.config), arm.transfer)
-                transfer.append(Cell(tid, "transfer", arm.name, task.name, seed,
-                                     substitute(cfg, tenv, f"tasks.{task.name}.config"), deps, task.kind))
+                transfer.append(
+                    Cell(
+                        tid,
+                        "transfer",
+                        arm.name,
+                        task.name,
+                        seed,
+                        substitute(cfg, tenv, f"tasks.{task.name}.config"),
+                        deps,
+                        task.kind,
+                    )
+                )
     return pretrain + inpaint + transfer
 
 
@@ -293,8 +350,27 @@ def suite_meta(suite: Suite) -> dict[str, Any]:
     """What the tables need besides the CSV: labels, order, primary metrics, the paper's numbers."""
     return {
         "name": suite.name,
-        "arms": [{"name": a.name, "label": a.label or a.name, "method": a.method, "mask": a.mask,
-                  "paper": a.paper, "paper_time": a.paper_time} for a in suite.arms],
-        "tasks": [{"name": t.name, "label": t.label or t.name, "kind": t.kind, "metric": t.metric,
-                   "scale": t.scale, "digits": t.digits, "per_layer": t.per_layer} for t in suite.tasks],
+        "arms": [
+            {
+                "name": a.name,
+                "label": a.label or a.name,
+                "method": a.method,
+                "mask": a.mask,
+                "paper": a.paper,
+                "paper_time": a.paper_time,
+            }
+            for a in suite.arms
+        ],
+        "tasks": [
+            {
+                "name": t.name,
+                "label": t.label or t.name,
+                "kind": t.kind,
+                "metric": t.metric,
+                "scale": t.scale,
+                "digits": t.digits,
+                "per_layer": t.per_layer,
+            }
+            for t in suite.tasks
+        ],
     }

@@ -28,16 +28,32 @@ from typing import Any
 from pretrain.checkpoint import atomic_write_text
 from pretrain.errors import DatasetError
 
-COLUMNS = ["suite", "arm", "task", "metric", "seed", "value", "config_hash", "code_version", "device",
-           "wall_time_s"]
+COLUMNS = [
+    "suite",
+    "arm",
+    "task",
+    "metric",
+    "seed",
+    "value",
+    "config_hash",
+    "code_version",
+    "device",
+    "wall_time_s",
+]
 # headline metric when suite.json does not name one: first of these present, else the first metric
 PREFERRED = ["map", "mAP", "accuracy", "acc", "top1", "miou", "mean_iou", "mIoU"]
 FROM = "<<from>>"  # joins a `cebench table` command and the `cebench bench` command it re-renders
 # `cebench inpaint` metrics: (column label, (metric, scale) tried in order, lower is better, digits);
 # PSNR as the mean of per-image values, the most likely reading of the paper's Table 1
-INPAINT_COLUMNS = [("inpaint L2 (%)", (("l2_percent", 1.0), ("l2", 100.0)), True, 2),
-                   ("inpaint PSNR (dB)", (("psnr_mean_per_image_db", 1.0), ("psnr_db", 1.0), ("psnr", 1.0)),
-                    False, 2)]
+INPAINT_COLUMNS = [
+    ("inpaint L2 (%)", (("l2_percent", 1.0), ("l2", 100.0)), True, 2),
+    (
+        "inpaint PSNR (dB)",
+        (("psnr_mean_per_image_db", 1.0), ("psnr_db", 1.0), ("psnr", 1.0)),
+        False,
+        2,
+    ),
+]
 
 
 def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -48,10 +64,20 @@ def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if rec["kind"] == "pretrain":
             metrics.setdefault("time_s", rec["wall_time_s"])
         for name, value in metrics.items():
-            rows.append({"suite": rec["suite"], "arm": rec["arm"], "task": rec["task"], "metric": name,
-                         "seed": rec["seed"], "value": value, "config_hash": rec["config_hash"],
-                         "code_version": rec["code_version"], "device": rec["device"],
-                         "wall_time_s": rec["wall_time_s"]})
+            rows.append(
+                {
+                    "suite": rec["suite"],
+                    "arm": rec["arm"],
+                    "task": rec["task"],
+                    "metric": name,
+                    "seed": rec["seed"],
+                    "value": value,
+                    "config_hash": rec["config_hash"],
+                    "code_version": rec["code_version"],
+                    "device": rec["device"],
+                    "wall_time_s": rec["wall_time_s"],
+                }
+            )
     return rows
 
 
@@ -100,13 +126,23 @@ def _fill_meta(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     for r in rows:
         if r["arm"] not in arms:
             arms.add(r["arm"])
-            meta["arms"].append({"name": r["arm"], "label": r["arm"], "paper": {}, "paper_time": ""})
+            meta["arms"].append(
+                {"name": r["arm"], "label": r["arm"], "paper": {}, "paper_time": ""}
+            )
         if r["task"] not in tasks and r["task"] not in ("pretrain", "inpaint"):
             tasks.add(r["task"])
             names = [x["metric"] for x in rows if x["task"] == r["task"] and "@" not in x["metric"]]
             metric = next((m for m in PREFERRED if m in names), names[0] if names else r["metric"])
-            meta["tasks"].append({"name": r["task"], "label": r["task"], "metric": metric, "scale": 1.0,
-                                  "digits": 3, "per_layer": False})
+            meta["tasks"].append(
+                {
+                    "name": r["task"],
+                    "label": r["task"],
+                    "metric": metric,
+                    "scale": 1.0,
+                    "digits": 3,
+                    "per_layer": False,
+                }
+            )
 
 
 @dataclass
@@ -122,8 +158,10 @@ class Column:
 
 def values(rows: list[dict[str, Any]], arm: str, task: str, metric: str) -> list[float]:
     """One value per seed (sorted by seed)."""
-    sel = sorted((r for r in rows if r["arm"] == arm and r["task"] == task and r["metric"] == metric),
-                 key=lambda r: r["seed"])
+    sel = sorted(
+        (r for r in rows if r["arm"] == arm and r["task"] == task and r["metric"] == metric),
+        key=lambda r: r["seed"],
+    )
     return [r["value"] for r in sel]
 
 
@@ -135,12 +173,21 @@ def mean_std(xs: list[float]) -> tuple[float, float | None]:
 def build_columns(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Column]:
     cols = []
     if any(r["task"] == "pretrain" and r["metric"] == "time_s" for r in rows):
-        cols.append(Column("pretraining time (s)", "pretrain", "time_s", lower_better=True, digits=0))
+        cols.append(
+            Column("pretraining time (s)", "pretrain", "time_s", lower_better=True, digits=0)
+        )
     if any(a.get("paper_time") for a in meta["arms"]):
         cols.append(Column("time (paper)", "pretrain", "paper_time", paper=True))
     for t in meta["tasks"]:
-        cols.append(Column(f"{t['label']} ({t['metric']})", t["name"], t["metric"], t.get("scale", 1.0),
-                           digits=t.get("digits", 1)))
+        cols.append(
+            Column(
+                f"{t['label']} ({t['metric']})",
+                t["name"],
+                t["metric"],
+                t.get("scale", 1.0),
+                digits=t.get("digits", 1),
+            )
+        )
         if any(t["name"] in a.get("paper", {}) for a in meta["arms"]):
             cols.append(Column(f"{t['label']} (paper)", t["name"], "paper", paper=True, digits=1))
     present = {r["metric"] for r in rows if r["task"] == "inpaint"}
@@ -151,8 +198,9 @@ def build_columns(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Colu
     return cols
 
 
-def table_cells(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[Column], list[list[str]],
-                                                                           list[list[bool]]]:
+def table_cells(
+    rows: list[dict[str, Any]], meta: dict[str, Any]
+) -> tuple[list[Column], list[list[str]], list[list[bool]]]:
     """Formatted cells (one list per arm) and which of them are the best of their column."""
     cols = build_columns(rows, meta)
     text, means = [], []
@@ -160,9 +208,16 @@ def table_cells(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[
         t_row, m_row = [], []
         for c in cols:
             if c.paper:
-                v = arm.get("paper_time") if c.metric == "paper_time" else arm.get("paper", {}).get(c.task)
-                t_row.append("-" if v in (None, "") else (f"{v:.{c.digits}f}" if isinstance(v, (int, float))
-                                                          else str(v)))
+                v = (
+                    arm.get("paper_time")
+                    if c.metric == "paper_time"
+                    else arm.get("paper", {}).get(c.task)
+                )
+                t_row.append(
+                    "-"
+                    if v in (None, "")
+                    else (f"{v:.{c.digits}f}" if isinstance(v, (int, float)) else str(v))
+                )
                 m_row.append(None)
                 continue
             xs = values(rows, arm["name"], c.task, c.metric)
@@ -188,15 +243,21 @@ def table_cells(rows: list[dict[str, Any]], meta: dict[str, Any]) -> tuple[list[
 
 def _seeds_note(rows: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
-    return (f"mean ± sample std (n-1) over {len(seeds)} seed(s) {seeds}; best mean per column in bold; "
-            "scores in %")
+    return (
+        f"mean ± sample std (n-1) over {len(seeds)} seed(s) {seeds}; best mean per column in bold; "
+        "scores in %"
+    )
 
 
 def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str = "") -> str:
     cols, text, best = table_cells(rows, meta)
     lines = []
     if command:
-        lines += ["Produced by: " + " from the results of ".join(f"`{c}`" for c in command.split(f" {FROM} ")), ""]
+        lines += [
+            "Produced by: "
+            + " from the results of ".join(f"`{c}`" for c in command.split(f" {FROM} ")),
+            "",
+        ]
     lines.append("| pretraining | " + " | ".join(c.label for c in cols) + " |")
     lines.append("|---|" + "---|" * len(cols))
     for arm, t_row, b_row in zip(meta["arms"], text, best, strict=True):
@@ -208,8 +269,15 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: s
 
 def _tex(s: str) -> str:
     s = s.replace("\\", "\0")  # backslashes first, so the braces added below stay intact
-    for a, b in (("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"), ("$", r"\$"), ("{", r"\{"),
-                 ("}", r"\}")):
+    for a, b in (
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("_", r"\_"),
+        ("#", r"\#"),
+        ("$", r"\$"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+    ):
         s = s.replace(a, b)
     s = s.replace("\0", r"\textbackslash{}")
     return s.replace("±", r"$\pm$").replace("<", r"$<$")
@@ -221,17 +289,30 @@ def render_latex(rows: list[dict[str, Any]], meta: dict[str, Any], command: str 
     out = []
     if command:
         out.append("% produced by: " + command.replace(f" {FROM} ", " from the results of "))
-    out += [r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\toprule",
-            "pretraining & " + " & ".join(_tex(c.label) for c in cols) + r" \\", r"\midrule"]
+    out += [
+        r"\begin{tabular}{l" + "r" * len(cols) + "}",
+        r"\toprule",
+        "pretraining & " + " & ".join(_tex(c.label) for c in cols) + r" \\",
+        r"\midrule",
+    ]
     for arm, t_row, b_row in zip(meta["arms"], text, best, strict=True):
-        cells = [rf"\textbf{{{_tex(t)}}}" if b else _tex(t) for t, b in zip(t_row, b_row, strict=True)]
+        cells = [
+            rf"\textbf{{{_tex(t)}}}" if b else _tex(t) for t, b in zip(t_row, b_row, strict=True)
+        ]
         out.append(_tex(arm["label"]) + " & " + " & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", ""]
     return "\n".join(out)
 
 
-def render_all(paths: list[str | Path], out: str | Path, *, command: str = "", latex: bool = False,
-               figures: bool = True, log=print) -> Path:
+def render_all(
+    paths: list[str | Path],
+    out: str | Path,
+    *,
+    command: str = "",
+    latex: bool = False,
+    figures: bool = True,
+    log=print,
+) -> Path:
     """results.csv of every path -> OUT/table.md (+ table.tex, + figures/); returns table.md's path."""
     rows, meta = read_results(paths)
     out = Path(out)
@@ -252,7 +333,9 @@ def render_all(paths: list[str | Path], out: str | Path, *, command: str = "", l
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("results", nargs="+", help="results directories (or results.csv files) to merge")
     p.add_argument("--out", default=None, help="output directory (default: the first results dir)")
     p.add_argument("--latex", action="store_true", help="also write table.tex")
@@ -263,11 +346,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     first = Path(args.results[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent)
-    command = "cebench table " + " ".join(args.results) + (f" --out {args.out}" if args.out else "") \
+    command = (
+        "cebench table "
+        + " ".join(args.results)
+        + (f" --out {args.out}" if args.out else "")
         + (" --latex" if args.latex else "")
+    )
     origin = read_results(args.results)[1].get("command")
     if origin:
         command += f" {FROM} {origin}"
-    path = render_all(args.results, out, command=command, latex=args.latex, figures=not args.no_figures)
+    path = render_all(
+        args.results, out, command=command, latex=args.latex, figures=not args.no_figures
+    )
     print(path.read_text())
     return 0

@@ -14,7 +14,9 @@ from benchmarks.runner import Runner
 from benchmarks.suite import load_suite
 
 
-@pytest.mark.parametrize("name,dry", [("default", False), ("paper", False), ("paper", True), ("mini", False)])
+@pytest.mark.parametrize(
+    "name,dry", [("default", False), ("paper", False), ("paper", True), ("mini", False)]
+)
 def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
     suite = load_suite(name, dry_run=dry)
     runner = Runner(suite, tmp_path, CellExecutor(), log=lambda m: None)
@@ -29,11 +31,25 @@ def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
 
 
 def test_flatten_metrics_per_layer():
-    flat = flatten_metrics({"score": 40.0, "mAP": 40.0, "per_class_AP": [1.0], "layer": "conv3",
-                            "cache_hits": {"train": True}, "ok": True,
-                            "per_layer": {"conv1": {"mAP": 30.0, "per_class_AP": [1.0]}, "conv2": {"top1": 50}}})
-    assert flat == {"score": 40.0, "mAP": 40.0, "mAP@conv1": 30.0, "score@conv1": 30.0,
-                    "top1@conv2": 50.0, "score@conv2": 50.0}
+    flat = flatten_metrics(
+        {
+            "score": 40.0,
+            "mAP": 40.0,
+            "per_class_AP": [1.0],
+            "layer": "conv3",
+            "cache_hits": {"train": True},
+            "ok": True,
+            "per_layer": {"conv1": {"mAP": 30.0, "per_class_AP": [1.0]}, "conv2": {"top1": 50}},
+        }
+    )
+    assert flat == {
+        "score": 40.0,
+        "mAP": 40.0,
+        "mAP@conv1": 30.0,
+        "score@conv1": 30.0,
+        "top1@conv2": 50.0,
+        "score@conv2": 50.0,
+    }
 
 
 def test_mini_suite_end_to_end(tmp_path, capsys):
@@ -52,7 +68,12 @@ def test_mini_suite_end_to_end(tmp_path, capsys):
     assert score["config_hash"] == rec["config_hash"] and score["device"].startswith("cpu")
     md = (out / "table.md").read_text()
     assert f"**{harness['metrics']['score']:.1f}**" in md
-    for fig in ("bar_cls-linear.png", "per_layer_cls-linear.png", "pretrain_loss.png", "inpaint_ce-center.png"):
+    for fig in (
+        "bar_cls-linear.png",
+        "per_layer_cls-linear.png",
+        "pretrain_loss.png",
+        "inpaint_ce-center.png",
+    ):
         assert (out / "figures" / fig).stat().st_size > 1000
     capsys.readouterr()
     assert cebench(["bench", "--suite", "mini", "--out", str(out)]) == 0

@@ -34,8 +34,12 @@ SUITE = textwrap.dedent("""
       - {name: seg, label: Seg, kind: segment, metric: miou, config: {lr: 0.02}}
 """)
 # hand-chosen metric values: (arm, task) -> per seed
-VALUES = {("rand", "cls"): [40.0, 42.0, 44.0], ("ce", "cls"): [50.0, 53.0, 56.0],
-          ("rand", "seg"): [10.0, 10.0, 13.0], ("ce", "seg"): [20.0, 21.0, 25.0]}
+VALUES = {
+    ("rand", "cls"): [40.0, 42.0, 44.0],
+    ("ce", "cls"): [50.0, 53.0, 56.0],
+    ("rand", "seg"): [10.0, 10.0, 13.0],
+    ("ce", "seg"): [20.0, 21.0, 25.0],
+}
 
 
 class FakeExecutor:
@@ -59,7 +63,11 @@ class FakeExecutor:
             raise RuntimeError(f"synthetic failure in {cell.id}")
         if cell.kind == "pretrain":
             (work / "encoder.pt").write_text("weights")
-            return {"metrics": {"loss": 0.5}, "device": "cpu:test", "artifacts": {"run_dir": str(work)}}
+            return {
+                "metrics": {"loss": 0.5},
+                "device": "cpu:test",
+                "artifacts": {"run_dir": str(work)},
+            }
         metric = "score" if cell.task == "cls" else "miou"
         vals = VALUES[(cell.arm, cell.task)]
         return {"metrics": {metric: vals[cell.seed % len(vals)]}, "device": "cpu:test"}
@@ -73,7 +81,9 @@ def _suite_file(tmp_path: Path, text: str = SUITE) -> Path:
 
 def _run(tmp_path, overrides=(), executor=None, only=None):
     suite = load_suite(_suite_file(tmp_path), list(overrides))
-    runner = Runner(suite, tmp_path / "out", executor or FakeExecutor(), only=only, log=lambda m: None)
+    runner = Runner(
+        suite, tmp_path / "out", executor or FakeExecutor(), only=only, log=lambda m: None
+    )
     return runner, runner.run()
 
 
@@ -88,8 +98,11 @@ def test_plan_dependencies_and_placeholders(tmp_path):
     assert len(cells) == 3 + 2 * 2 * 3  # ce pretraining x 3 seeds + arms x tasks x seeds
     t = cells["ce.cls.s1"]
     assert t.depends == ("ce.pretrain.s1",)
-    assert t.config == {"encoder": str((tmp_path / "out" / "runs" / "ce.pretrain.s1").resolve()),
-                        "seed": 1, "lr": 0.01}
+    assert t.config == {
+        "encoder": str((tmp_path / "out" / "runs" / "ce.pretrain.s1").resolve()),
+        "seed": 1,
+        "lr": 0.01,
+    }
     assert cells["rand.seg.s2"].config["encoder"] == "random:tiny"
     assert cells["ce.pretrain.s0"].config["steps"] == 5  # a whole placeholder keeps its type
 
@@ -122,17 +135,25 @@ def test_failed_cell_reported_and_rest_go_on(tmp_path):
 def test_edited_config_reruns_only_affected_cells(tmp_path):
     _run(tmp_path)
     _, task_edit = _run(tmp_path, ["tasks.seg.config.lr=0.5"])
-    assert sorted(task_edit.ran) == sorted(f"{a}.seg.s{s}" for a in ("rand", "ce") for s in range(3))
+    assert sorted(task_edit.ran) == sorted(
+        f"{a}.seg.s{s}" for a in ("rand", "ce") for s in range(3)
+    )
     _, arm_edit = _run(tmp_path, ["tasks.seg.config.lr=0.5", "arms.ce.pretrain.lr=0.2"])
     # pretraining changed -> its transfer cells too (their hash includes the dependency's)
-    assert sorted(arm_edit.ran) == sorted(f"ce.{t}.s{s}" for t in ("pretrain", "cls", "seg") for s in range(3))
-    _, extended = _run(tmp_path, ["tasks.seg.config.lr=0.5", "arms.ce.pretrain.lr=0.2", "seeds=[0,1,2,3]"])
+    assert sorted(arm_edit.ran) == sorted(
+        f"ce.{t}.s{s}" for t in ("pretrain", "cls", "seg") for s in range(3)
+    )
+    _, extended = _run(
+        tmp_path, ["tasks.seg.config.lr=0.5", "arms.ce.pretrain.lr=0.2", "seeds=[0,1,2,3]"]
+    )
     assert all(c.endswith(".s3") for c in extended.ran) and len(extended.ran) == 5
 
 
 def test_only_pattern_brings_dependencies(tmp_path):
     _, out = _run(tmp_path, only=["ce.seg.*"])
-    assert sorted(out.ran) == sorted([f"ce.seg.s{s}" for s in range(3)] + [f"ce.pretrain.s{s}" for s in range(3)])
+    assert sorted(out.ran) == sorted(
+        [f"ce.seg.s{s}" for s in range(3)] + [f"ce.pretrain.s{s}" for s in range(3)]
+    )
     with pytest.raises(ConfigError, match="matches no cell"):
         _run(tmp_path, only=["nothing-like-this"])
 
@@ -142,10 +163,24 @@ def test_csv_and_markdown_match_cell_metrics(tmp_path):
     out = tmp_path / "out"
     with open(out / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["suite", "arm", "task", "metric", "seed", "value", "config_hash",
-                             "code_version", "device", "wall_time_s"]
+    assert list(rows[0]) == [
+        "suite",
+        "arm",
+        "task",
+        "metric",
+        "seed",
+        "value",
+        "config_hash",
+        "code_version",
+        "device",
+        "wall_time_s",
+    ]
     for (arm, task), vals in VALUES.items():
-        got = sorted((int(r["seed"]), float(r["value"])) for r in rows if r["arm"] == arm and r["task"] == task)
+        got = sorted(
+            (int(r["seed"]), float(r["value"]))
+            for r in rows
+            if r["arm"] == arm and r["task"] == task
+        )
         assert got == list(enumerate(vals))
     assert sum(r["task"] == "pretrain" and r["metric"] == "time_s" for r in rows) == 3
     md = (out / "table.md").read_text()
@@ -181,12 +216,15 @@ def test_sigkill_mid_suite_then_resume(tmp_path):
         from test_bench_runner import KillExecutor
         from benchmarks.runner import Runner
         from benchmarks.suite import load_suite
-        Runner(load_suite({str(suite_file)!r}), {str(tmp_path / 'out')!r}, KillExecutor(), log=print).run()
+        Runner(load_suite({str(suite_file)!r}), {str(tmp_path / "out")!r}, KillExecutor(), log=print).run()
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     done_before = sorted(p.name for p in (tmp_path / "out" / "cells").glob("*.json"))
-    assert "ce.cls.s0.json" not in done_before and len(done_before) == 5  # 3 pretrain + rand.* of s0
+    # 3 pretraining cells + rand.* of seed 0; the killed cell left no record
+    assert "ce.cls.s0.json" not in done_before and len(done_before) == 5
     with open(tmp_path / "out" / "results.csv") as f:
         assert all(len(line.split(",")) == 10 for line in f.read().splitlines())
     open(tmp_path / "out" / "calls.log", "w").close()
@@ -196,23 +234,34 @@ def test_sigkill_mid_suite_then_resume(tmp_path):
 
 
 def test_suite_yaml_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"unknown config key 'arms\[1\].maks'.*valid keys here: .*arms\[1\].mask"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'arms\[1\].maks'.*valid keys here: .*arms\[1\].mask"
+    ):
         load_suite(_suite_file(tmp_path, SUITE.replace("mask: center", "maks: center")))
-    with pytest.raises(ConfigError, match=r"arms\[1\].method' must be one of \['random', 'random-rescaled'"):
-        load_suite(_suite_file(tmp_path, SUITE.replace("method: context-encoder", "method: jigsaw")))
+    with pytest.raises(
+        ConfigError, match=r"arms\[1\].method' must be one of \['random', 'random-rescaled'"
+    ):
+        load_suite(
+            _suite_file(tmp_path, SUITE.replace("method: context-encoder", "method: jigsaw"))
+        )
     with pytest.raises(ConfigError, match="unknown suite key 'sedes'; valid keys: .*seeds"):
         load_suite(_suite_file(tmp_path), ["sedes=[1]"])
     with pytest.raises(ConfigError, match="has no item named 'nope'"):
         load_suite(_suite_file(tmp_path), ["arms.nope.pretrain.lr=1"])
     with pytest.raises(ConfigError, match="unknown placeholder {budget.steps}"):
-        plan_cells(load_suite(_suite_file(tmp_path, SUITE.replace("{budgets.steps}", "{budget.steps}"))), tmp_path)
+        plan_cells(
+            load_suite(_suite_file(tmp_path, SUITE.replace("{budgets.steps}", "{budget.steps}"))),
+            tmp_path,
+        )
     with pytest.raises(ConfigError, match="unknown suite 'nosuch'; built-in suites: .*default"):
         load_suite("nosuch")
 
 
 def test_worker_pool_runs_and_survives_a_dying_worker(tmp_path):
     suite = load_suite(_suite_file(tmp_path), ["seeds=[0]"])
-    runner = Runner(suite, tmp_path / "out", FakeExecutor(kill="rand.seg.s0"), jobs=2, log=lambda m: None)
+    runner = Runner(
+        suite, tmp_path / "out", FakeExecutor(kill="rand.seg.s0"), jobs=2, log=lambda m: None
+    )
     out = runner.run()
     assert "rand.seg.s0" in out.failed and "worker process died" in out.failed["rand.seg.s0"]
     # cells in flight beside the dead worker may fail with it; everything else ran
@@ -228,7 +277,7 @@ def test_killed_runner_leaves_no_worker_behind(tmp_path):
         from test_bench_runner import SleepExecutor
         from benchmarks.runner import Runner
         from benchmarks.suite import load_suite
-        Runner(load_suite({str(suite_file)!r}), {str(tmp_path / 'out')!r}, SleepExecutor(), jobs=2).run()
+        Runner(load_suite({str(suite_file)!r}), {str(tmp_path / "out")!r}, SleepExecutor(), jobs=2).run()
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])
     out = tmp_path / "out"
@@ -251,8 +300,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:  # a zombie (exited, not yet reaped by init) is gone too
+    try:  # a zombie (exited, not yet reaped by init) is gone too
+        with open(f"/proc/{pid}/stat") as f:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False

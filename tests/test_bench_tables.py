@@ -24,13 +24,39 @@ t,ce,inpaint,l2,1,0.0300,h4,v,cpu,1.0
 t,ce,inpaint,psnr,0,18.5,h4,v,cpu,1.0
 t,ce,inpaint,psnr,1,17.5,h4,v,cpu,1.0
 """
-META = {"name": "t", "command": "cebench bench --suite t",
-        "arms": [{"name": "random", "label": "Random", "method": "random", "mask": "none",
-                  "paper": {"cls": 53.3}, "paper_time": "< 1 min"},
-                 {"name": "ce", "label": "Context encoder", "method": "context-encoder",
-                  "mask": "random-region", "paper": {"cls": 56.5}, "paper_time": "14 hours"}],
-        "tasks": [{"name": "cls", "label": "VOC07 cls", "kind": "classify", "metric": "score",
-                   "scale": 1.0, "digits": 1, "per_layer": True}]}
+META = {
+    "name": "t",
+    "command": "cebench bench --suite t",
+    "arms": [
+        {
+            "name": "random",
+            "label": "Random",
+            "method": "random",
+            "mask": "none",
+            "paper": {"cls": 53.3},
+            "paper_time": "< 1 min",
+        },
+        {
+            "name": "ce",
+            "label": "Context encoder",
+            "method": "context-encoder",
+            "mask": "random-region",
+            "paper": {"cls": 56.5},
+            "paper_time": "14 hours",
+        },
+    ],
+    "tasks": [
+        {
+            "name": "cls",
+            "label": "VOC07 cls",
+            "kind": "classify",
+            "metric": "score",
+            "scale": 1.0,
+            "digits": 1,
+            "per_layer": True,
+        }
+    ],
+}
 
 EXPECTED_MD = """Produced by: `cebench bench --suite t`
 
@@ -71,8 +97,16 @@ def test_markdown_and_latex_exact(tmp_path):
 def test_cli_merges_dirs_and_writes_files(tmp_path, capsys):
     a = _results_dir(tmp_path / "a")
     # a second run: a third seed for the random arm, and seed 1 of the random arm re-measured
-    extra = "\n".join([",".join(COLUMNS), "t,random,cls,score,2,66.0,h1,v,cpu,1.0",
-                       "t,random,cls,score,1,55.0,h1,v,cpu,1.0"]) + "\n"
+    extra = (
+        "\n".join(
+            [
+                ",".join(COLUMNS),
+                "t,random,cls,score,2,66.0,h1,v,cpu,1.0",
+                "t,random,cls,score,1,55.0,h1,v,cpu,1.0",
+            ]
+        )
+        + "\n"
+    )
     b = _results_dir(tmp_path / "b", extra, meta=None)
     out = tmp_path / "merged"
     assert cebench(["table", str(a), str(b), "--out", str(out), "--latex"]) == 0
@@ -80,8 +114,10 @@ def test_cli_merges_dirs_and_writes_files(tmp_path, capsys):
     # random cls seeds 0,1,2 = 50, 55 (later dir wins), 66 -> 57.0 +- sqrt(67), now the best
     assert "| Random | - | < 1 min | **57.0 ± 8.2** | 53.3 | - | - |" in md
     assert "| 56.5 ± 2.1 |" in md
-    assert md.startswith(f"Produced by: `cebench table {a} {b} --out {out} --latex` from the results of "
-                         "`cebench bench --suite t`")
+    assert md.startswith(
+        f"Produced by: `cebench table {a} {b} --out {out} --latex` from the results of "
+        "`cebench bench --suite t`"
+    )
     assert (out / "table.tex").read_text().count(r"\textbf{") == 4
     assert (out / "results.csv").read_text().count("\n") == 1 + 11 + 1
     assert (out / "figures" / "bar_cls.png").stat().st_size > 0
