@@ -20,7 +20,9 @@ from pretrain.train import run
 from tests._train_helpers import tiny_config, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT)}
+# subprocesses use the test process's thread count: bit-exact comparisons need the same float
+# reduction order as the in-process reference runs
+ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="module")
