@@ -3,6 +3,7 @@
     cebench speed                                   # both paper configurations, table on stdout
     cebench speed --json                            # + one final JSON line (keys below)
     cebench speed --configs paper-inpainting --steps 5 --warmup 1
+    cebench speed --threads 1                       # stable ratios on a shared, busy CPU
     cebench speed --json --steps 1 --warmup 0 --configs small --batch-size 4   # seconds (tests)
 
 For each configuration (named pretraining configs: "paper-inpainting" = 128 px, batch 64, 4000-d
@@ -75,6 +76,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plain", action="store_true", help="skip the plain reference")
     p.add_argument("--probe-epochs", type=int, default=10)
     p.add_argument("--json", action="store_true", help="also print one JSON line at the end")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch intra-op threads (default: torch's); 1 gives stable ratios on a busy machine",
+    )
     return p
 
 
@@ -232,8 +238,13 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     ours_s = statistics.median(t_ours)
     plain_s = statistics.median(t_plain) if t_plain else None
 
-    # data loading alone: loader batches + the masks and hole filling the step does on the device
-    n_data = max(2, args.steps)
+    # data loading alone: loader batches + the masks and hole filling the step does on the device.
+    # A fresh loader (the first one's workers prefetched during the timed steps); its first batch
+    # starts the workers, then 8+ batches in a row: the prefetch head start is at most ~1 batch.
+    del it, loader
+    it = iter(trainer._loader())
+    next(it)
+    n_data = max(8, args.steps)
     fill = trainer.fill
     t = time.perf_counter()
     for k in range(n_data):
@@ -255,7 +266,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         fill_holes(imgs, hole, fill)
     _sync(device)
     data_rate = n_data * b / (time.perf_counter() - t)
-    del it, loader
+    del it
     workers = cfg.data.workers if cfg.data.workers >= 0 else min(4, os.cpu_count() or 1)
 
     feat_rate, probe_s = _transfer(trainer.net.encoder, images, device, args.probe_epochs)
@@ -342,6 +353,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
         )
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = pick_device(args.device)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="cebench-speed-") as tmp:

@@ -168,3 +168,16 @@ def test_speed_cli_json_keys(capsys):
     assert r["ratio"] == pytest.approx(r["plain_step_s"] / r["ours_step_s"], rel=1e-2)
     assert r["flops_per_step"] > 0 and r["data_img_per_s"] > 0 and r["probe_s"] > 0
     assert 0 < r["ours_peak_mem_gib"] < 8
+
+
+@pytest.mark.needs_cuda
+def test_speed_cli_on_cuda(capsys):
+    """The same measurement on a GPU: CUDA memory counters, synchronised timings, bf16 where set."""
+    args = speed.get_args_parser().parse_args(
+        ["--json", "--steps", "1", "--warmup", "1", "--configs", "small", "--batch-size", "8",
+         "--device", "cuda", "--probe-epochs", "1"]
+    )  # fmt: skip
+    assert speed.main(args) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["configs"]["small"]
+    assert r["mem_kind"] == "cuda_allocated" and r["ours_peak_mem_gib"] > 0
+    assert r["ratio"] > 0 and r["ours_tflops"] > 0
