@@ -122,12 +122,18 @@ def _loss_key(row: dict[str, Any]) -> str | None:
 
 
 def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Training loss per pretraining run: one colour per arm, one line style per seed."""
+    order = [a["name"] for a in meta["arms"]]
     labels = {a["name"]: a["label"] for a in meta["arms"]}
+    colours = plt.get_cmap("tab10")
+    styles = ["-", "--", ":", "-."]
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    drawn = 0
-    for rec in sorted(
-        (r for r in records if r.get("kind") == "pretrain"), key=lambda r: (r["arm"], r["seed"])
-    ):
+    drawn, labelled = 0, set()
+    runs = sorted(
+        (r for r in records if r.get("kind") == "pretrain"),
+        key=lambda r: (order.index(r["arm"]) if r["arm"] in order else len(order), r["seed"]),
+    )
+    for rec in runs:
         run_dir = rec.get("artifacts", {}).get("run_dir")
         log = read_jsonl(Path(run_dir) / "metrics.jsonl") if run_dir else []
         key = next((k for r in log if (k := _loss_key(r))), None)
@@ -136,23 +142,27 @@ def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Pa
             for r in log
             if key and isinstance(r.get(key), (int, float)) and "step" in r
         ]
-        if pts:
-            ax.plot(
-                *zip(*pts, strict=True),
-                label=f"{labels.get(rec['arm'], rec['arm'])} s{rec['seed']}",
-                linewidth=1,
-            )
-            drawn += 1
+        if not pts:
+            continue
+        i = order.index(rec["arm"]) if rec["arm"] in order else len(order)
+        label = None if rec["arm"] in labelled else labels.get(rec["arm"], rec["arm"])
+        labelled.add(rec["arm"])
+        ax.plot(
+            *zip(*pts, strict=True),
+            color=colours(i % 10),
+            linestyle=styles[rec["seed"] % len(styles)],
+            linewidth=1,
+            label=label,
+        )
+        drawn += 1
     if not drawn:
         plt.close(fig)
         return []
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
-    ax.set_title("pretraining loss")
-    ax.legend(
-        fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 if drawn <= 16 else 2
-    )
+    ax.set_title("pretraining loss (line style = seed)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out_dir / "pretrain_loss.png")
 
 
