@@ -449,7 +449,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         dest="overrides",
         help="override a suite key, e.g. seeds=[0,1], budgets.pretrain_steps=50, "
-        "arms.ce-center.pretrain.lr=1e-3, data.paths.voc2007=/data/VOC2007",
+        "arms.ce-center.pretrain.optim.lr=1e-3, data.paths.voc2007=/data/VOC2007",
     )
     p.add_argument(
         "--jobs",
