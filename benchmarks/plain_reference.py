@@ -10,7 +10,8 @@ made per sample on the CPU in a Python loop and then copied to the device, the h
 by channel, `torch.optim.Adam` with its default implementation, a sigmoid + `BCELoss`
 discriminator loss, and the generator's adversarial backward running through the discriminator's
 weights too (the ports only zero those gradients at the next step). Same architecture (the suite's
-networks with stock `nn.Conv2d` / `nn.ConvTranspose2d` layers, see `plain_layers`), same losses,
+networks with stock `nn.Conv2d` / `nn.ConvTranspose2d` / `nn.LocalResponseNorm` layers, see
+`plain_layers`), same losses,
 same optimizer hyper-parameters, same order of updates (D on the detached prediction, then G on
 lambda_rec * L_rec + lambda_adv * L_adv through the updated D): given the same weights, images and
 holes it computes the same losses as `pretrain.engine.context_encoder_step` in float32
@@ -28,20 +29,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.alexnet import ChannelLRN
 from pretrain.models.context_encoder import build_context_encoder, build_discriminator
 from pretrain.models.decoder import FullMapConv2d, PointUpconv
 from pretrain.pretrain_config import PretrainConfig
 
 
 def plain_layers(module: nn.Module) -> nn.Module:
-    """A deep copy of `module` with the stock torch layer in place of the suite's GEMM forms of the
-    full-map convolution and the 1x1 up-convolution (same parameters, same state_dict)."""
+    """A deep copy of `module` with the stock torch layer in place of the suite's fast forms of the
+    full-map convolution, the 1x1 up-convolution (GEMMs) and LRN (same parameters, same results)."""
     m = copy.deepcopy(module)
     for sub in m.modules():
         if isinstance(sub, FullMapConv2d):
             sub.__class__ = nn.Conv2d
         elif isinstance(sub, PointUpconv):
             sub.__class__ = nn.ConvTranspose2d
+        elif isinstance(sub, ChannelLRN):
+            sub.__class__ = nn.LocalResponseNorm
     return m
 
 

@@ -168,8 +168,8 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     b, size = probe.train.batch_size, probe.model.input_size
     load = probe.data.load_size or size
     data = workdir / f"images-{load}"
-    if not data.is_dir():  # landscape photos: the shorter side is the load size
-        write_images(data, max(2 * b, 16), round(load * 4 / 3), load)
+    if not data.is_dir():  # landscape photos larger than the load size (Paris: 936x537)
+        write_images(data, max(2 * b, 16), round(load * 2), round(load * 1.5))
     cfg = _config(name, data, workdir / f"run-{name}", args.batch_size, args.device)
     from pretrain.device import pick_device
 

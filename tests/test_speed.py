@@ -11,6 +11,7 @@ from torch import nn
 from benchmarks import speed
 from benchmarks.plain_reference import PlainStep, plain_layers
 from pretrain.engine import GANParts, batch_masks, context_encoder_step
+from pretrain.models.alexnet import ChannelLRN
 from pretrain.models.context_encoder import ModelConfig, build_context_encoder, build_discriminator
 from pretrain.models.decoder import FullMapConv2d, PointUpconv
 from pretrain.pretrain_config import load_pretrain_config
@@ -62,11 +63,25 @@ def test_gemm_layers_equal_stock_layers(bias):
     assert up(torch.randn(1, 24, 2, 2)).shape == (1, 8, 5, 5)
 
 
+@pytest.mark.parametrize("size", [5, 4])
+def test_channel_lrn_equals_torch_lrn(size):
+    fast = ChannelLRN(size, alpha=1e-3, beta=0.75, k=2.0)
+    stock = nn.LocalResponseNorm(size, alpha=1e-3, beta=0.75, k=2.0)
+    x = (torch.randn(2, 9, 5, 5) * 5).requires_grad_()
+    a, b = fast(x), stock(x)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ga, gb = (torch.autograd.grad(y.square().sum(), x)[0] for y in (a, b))
+    torch.testing.assert_close(ga, gb, atol=1e-4, rtol=1e-5)
+
+
 def test_plain_layers_are_stock():
     net = plain_layers(build_context_encoder(TINY))
     kinds = {type(m) for m in net.modules()}
     assert FullMapConv2d not in kinds and PointUpconv not in kinds
     assert nn.Conv2d in kinds and nn.ConvTranspose2d in kinds
+    alex = plain_layers(build_context_encoder(ModelConfig(encoder="alexnet", input_size=227)))
+    kinds = {type(m) for m in alex.modules()}
+    assert ChannelLRN not in kinds and nn.LocalResponseNorm in kinds
 
 
 @pytest.mark.parametrize("kind", ["center", "random-region"])
