@@ -23,8 +23,8 @@ bottleneck, joint loss; "paper-alexnet" = 227 px AlexNet, random-region masks; "
 - peak memory of a step (CUDA: max_memory_allocated; CPU: the process's peak RSS, VmHWM, reset
   before each step) and FLOPs per step (FlopCounterMode), so TFLOP/s / device peak = utilisation.
 
-Images are synthetic (smooth random JPEGs the size the config resizes from), written to a
-temporary directory: nothing is downloaded.
+Images are synthetic (smooth random JPEGs, 2 x 1.5 times the config's load size, so the data path
+decodes and resizes as on real photos), written to a temporary directory: nothing is downloaded.
 
 JSON (last line with --json): {"date", "device", "torch", "threads", "git_commit",
 "configs": {NAME: {"batch_size", "input_size", "amp", "channels_last", "steps", "ours_step_s",
