@@ -13,14 +13,13 @@ so the saved config says exactly what ran.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pretrain.config import _deep_merge, apply_overrides, from_dict, load_yaml, to_dict
 from pretrain.errors import ConfigError
-from pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig
+from pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).
@@ -149,7 +148,7 @@ class PretrainConfig:
     method: Method = "context-encoder"
     model_preset: str = "small-tiny"
     model: ModelConfig = field(
-        default_factory=lambda: dataclasses.replace(MODEL_PRESETS["small-tiny"])
+        default_factory=lambda: model_config("small-tiny")
     )
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)

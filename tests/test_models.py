@@ -272,3 +272,16 @@ def test_hub_weights_from_hugging_face_cache(tmp_path, monkeypatch):
     save_file(sd, str(snap / "model.safetensors"))
     got = load_hub_weights(hf_repo="timm/resnet18.a1_in1k", url="https://example.org/x.pth")
     assert torch.equal(got["conv1.weight"], sd["conv1.weight"])
+
+
+def test_model_config_overrides_copy_and_never_touch_the_preset():
+    from pretrain.models.context_encoder import MODEL_PRESETS, model_config
+
+    before = dict(MODEL_PRESETS["small-dcgan"].encoder_kwargs)
+    cfg = model_config("small-dcgan", encoder_kwargs={"width": 8}, decoder_widths=[32, 16])
+    assert cfg.encoder_kwargs == {"width": 8} and cfg.decoder_widths == [32, 16]
+    plain = model_config("small-dcgan")
+    plain.encoder_kwargs["width"] = 999
+    plain.decoder_widths.append(1)
+    assert MODEL_PRESETS["small-dcgan"].encoder_kwargs == before
+    assert 1 not in MODEL_PRESETS["small-dcgan"].decoder_widths

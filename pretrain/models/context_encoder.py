@@ -181,12 +181,10 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
             f"unknown model config key {bad[0]!r}; valid keys: {', '.join(sorted(names))}"
         )
     base = MODEL_PRESETS[preset]
-    cfg = dataclasses.replace(
-        base,
-        encoder_kwargs=dict(base.encoder_kwargs),
-        decoder_widths=list(base.decoder_widths),
-        **overrides,
-    )
+    # copies, so that editing the result never changes the shared preset
+    fields = {"encoder_kwargs": dict(base.encoder_kwargs), "decoder_widths": list(base.decoder_widths)}
+    fields.update(overrides)
+    cfg = dataclasses.replace(base, **fields)
     cfg.validate()
     return cfg
 
