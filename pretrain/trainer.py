@@ -154,6 +154,24 @@ def _worker_error(e: Exception) -> DatasetError:
     return DatasetError(last[len(prefix) :] if last.startswith(prefix) else last)
 
 
+def next_batch(it: Any, step: int, last_saved: int) -> Any:
+    """The next batch, with the two ways a data loader fails turned into one-line errors: an image
+    that fails to decode (DatasetError naming it) and a worker process that died (killed, out of
+    memory), which torch reports as a RuntimeError from its worker watchdog instead of hanging."""
+    try:
+        return next(it)
+    except DatasetError as e:
+        raise _worker_error(e) from None
+    except RuntimeError as e:
+        if "DataLoader worker" not in str(e):
+            raise
+        raise TrainingError(
+            f"a data-loader worker died at step {step} ({str(e).splitlines()[0]}); the last "
+            f"checkpoint (step {last_saved}) is kept: rerun with --resume, or data.workers=0 to "
+            "load in the main process"
+        ) from None
+
+
 def run(cfg: PretrainConfig) -> Path:
     """Run (or, with cfg.train.resume, continue) one pretraining job; returns the run directory.
 
@@ -394,10 +412,7 @@ class Trainer:
 
     def _one_step(self, it: Any) -> None:
         cfg = self.cfg
-        try:
-            images, labels, n_bad = next(it)
-        except DatasetError as e:
-            raise _worker_error(e) from None
+        images, labels, n_bad = next_batch(it, self.step, self.last_saved)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         self.skipped_local += n_bad
         if self.supervised:
