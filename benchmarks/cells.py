@@ -100,10 +100,32 @@ def ensure_synth(suite: Suite, out_dir: Path) -> None:
 class CellExecutor:
     """Executor used by `cebench bench` (see `benchmarks.runner.Executor`)."""
 
+    out_dir: Path | None = None
+
     def prepare(self, suite: Suite, out_dir: Path) -> None:
+        self.out_dir = Path(out_dir).resolve()
         ensure_synth(suite, out_dir)
 
+    def _confined(self, cell: Cell, key: str, path: Any) -> None:
+        """A suite's configs may only write inside the results directory (`{work}` and below)."""
+        if self.out_dir is None or not path:
+            return
+        target = Path(str(path)).expanduser().resolve()
+        if not target.is_relative_to(self.out_dir):
+            raise ConfigError(
+                f"cell {cell.id}: {key}={path} would write outside the results directory "
+                f"{self.out_dir}; use '{{work}}'"
+            )
+
     def resolve(self, cell: Cell) -> dict[str, Any]:
+        resolved = self._resolve(cell)
+        if cell.kind == "pretrain":
+            self._confined(cell, "train.out", resolved["train"]["out"])
+        else:
+            self._confined(cell, "out", resolved.get("out"))
+        return resolved
+
+    def _resolve(self, cell: Cell) -> dict[str, Any]:
         if cell.kind == "pretrain":
             from pretrain.pretrain_config import config_from_dict
 

@@ -88,3 +88,15 @@ def test_paper_suite_dry_run(tmp_path):
     md = (out / "table.md").read_text()
     assert "| Context encoder (random region) |" in md and "56.5" in md and "14 hours" in md
     assert len(list((out / "cells").glob("*.json"))) == 5 + 4 + 4 * 7
+
+
+@pytest.mark.parametrize("key", ["pretrain.train.out", "transfer.out"])
+def test_suite_configs_cannot_write_outside_the_results_dir(tmp_path, key):
+    from pretrain.errors import ConfigError
+
+    suite = load_suite("mini", [f"{key}={tmp_path.parent / 'escaped'}"])
+    executor = CellExecutor()
+    executor.out_dir = (tmp_path / "out").resolve()  # what prepare() records
+    runner = Runner(suite, tmp_path / "out", executor, log=lambda m: None)
+    with pytest.raises(ConfigError, match="would write outside the results directory"):
+        runner.resolve_all()
