@@ -12,7 +12,8 @@ so every method sees exactly the same holes. Methods:
              colour of the evaluated images)
   telea, ns  OpenCV's cv2.inpaint, Telea (2004) fast marching / Navier-Stokes, radius 3 px
 
-Outputs: OUT/<image stem>.png (the composited result: context kept, hole filled) and
+Outputs: OUT/<path below --images, "/" as "__">.png (the composited result: context kept, hole
+filled) and
 OUT/metrics.json. Metrics are computed from the written 8-bit results with pixel values in [0, 1],
 over the dropped pixels (the hole, all 3 channels) only:
   l1 = mean |x - y|, l2 = mean (x - y)^2  (per image, then averaged over images; *_percent = x100,
@@ -204,6 +205,17 @@ def inpaint_model(
     return out
 
 
+def output_names(paths: list[Path], root: Path) -> list[str]:
+    """One PNG name per input, unique even when subfolders repeat a file name: the path below
+    `root` with '/' written as '__' (never a path that could leave the output folder)."""
+    base = root if root.is_dir() else root.parent
+    names = []
+    for p in paths:
+        rel = Path(p).relative_to(base) if Path(p).is_relative_to(base) else Path(Path(p).name)
+        names.append("__".join(rel.with_suffix("").parts) + ".png")
+    return names
+
+
 def main(args: argparse.Namespace) -> int:
     from pretrain.device import pick_device
     from pretrain.samples import save_png
@@ -249,8 +261,10 @@ def main(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     per_image = []
-    for p, res, img, hole in zip(paths, results, images, holes, strict=True):
-        save_png(out / f"{p.stem}.png", res)
+    for p, name, res, img, hole in zip(
+        paths, output_names(paths, Path(args.images)), results, images, holes, strict=True
+    ):
+        save_png(out / name, res)
         per_image.append({"image": str(p), **inpaint_metrics(res, img, hole)})
     report = {
         "method": args.method,

@@ -157,3 +157,15 @@ def test_region_predicting_model(tmp_path):
                 ]
             )
         )
+
+
+def test_output_names_unique_across_subfolders(tmp_path):
+    from pretrain.inpaint import output_names
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = [tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", tmp_path / "y.png"]
+    for p in paths:
+        p.touch()
+    assert output_names(paths, tmp_path) == ["a__x.png", "b__x.png", "y.png"]
+    assert output_names([paths[0]], paths[0]) == ["x.png"]
