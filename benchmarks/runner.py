@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -34,6 +33,7 @@ from benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
 from pretrain.checkpoint import atomic_write_text
 from pretrain.config import config_hash
 from pretrain.errors import CebenchError, ConfigError
+from pretrain.provenance import git_commit
 
 
 class Executor(Protocol):
@@ -56,27 +56,10 @@ class Outcome:
 
 
 def code_version() -> str:
-    """The git commit of the checkout (+dirty when tracked files changed), else the package version."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=10", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        from pretrain import __version__
+    """The git commit of the checkout (-dirty with local changes), else the package version."""
+    from pretrain import __version__
 
-        return f"cebench-{__version__}"
+    return git_commit() or f"cebench-{__version__}"
 
 
 def _portable(value: Any, out_dir: str) -> Any:

@@ -347,7 +347,7 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 def main(args: argparse.Namespace) -> int:
     from pretrain.device import describe, pick_device
     from pretrain.errors import ConfigError
-    from pretrain.trainer import git_commit
+    from pretrain.provenance import git_commit
 
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError(

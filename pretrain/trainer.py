@@ -22,7 +22,6 @@ import math
 import os
 import random
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +46,7 @@ from pretrain.pretrain_config import (
     check_consistency,
     resumed_config,
 )
+from pretrain.provenance import git_commit
 from pretrain.resume import (
     CKPT,
     NEXT,
@@ -100,30 +100,6 @@ class SignalFlag:
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
-
-
-def git_commit() -> str | None:
-    """HEAD of the repository holding this package (+ '-dirty' with local changes), if any."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def shape_bank(cfg: PretrainConfig, device: torch.device) -> torch.Tensor:

@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import random
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ from pretrain.checkpoint import atomic_write_text
 from pretrain.config import save_resolved
 from pretrain.device import describe
 from pretrain.errors import TrainingError
+from pretrain.provenance import git_commit
 
 
 def set_seed(seed: int) -> None:
@@ -83,20 +83,6 @@ def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def write_run(
