@@ -27,7 +27,11 @@ def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
         assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 15 + 12 + 84
         cfg = runner.resolved["ce-region.pretrain.s2"]
         assert cfg["mask"]["kind"] == "random-region" and cfg["train"]["seed"] == 2
-        assert runner.resolved["random.detection.s1"]["encoder"] == "random:tiny,width=16"
+        assert runner.resolved["random.detection.s1"]["encoder"] == "random:tiny,width=16,depth=5"
+        # the random baselines are the same architecture as every pretrained encoder
+        for arm in ("supervised", "autoencoder", "ce-center", "ce-block", "ce-region"):
+            model = runner.resolved[f"{arm}.pretrain.s0"]["model"]
+            assert (model["encoder"], model["encoder_kwargs"]) == ("tiny", {"width": 16, "depth": 5})
 
 
 def test_flatten_metrics_per_layer():
