@@ -31,7 +31,8 @@ def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
         # the random baselines are the same architecture as every pretrained encoder
         for arm in ("supervised", "autoencoder", "ce-center", "ce-block", "ce-region"):
             model = runner.resolved[f"{arm}.pretrain.s0"]["model"]
-            assert (model["encoder"], model["encoder_kwargs"]) == ("tiny", {"width": 16, "depth": 5})
+            assert model["encoder"] == "tiny"
+            assert model["encoder_kwargs"] == {"width": 16, "depth": 5}
 
 
 def test_flatten_metrics_per_layer():
