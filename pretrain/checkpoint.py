@@ -21,6 +21,8 @@ import torch
 from pretrain.errors import CheckpointError
 
 ENCODER_FORMAT = "cebench-encoder/1"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -28,6 +30,7 @@ def _atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file open()'s usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

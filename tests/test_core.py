@@ -117,3 +117,10 @@ def test_cli_help_lists_subcommands():
     assert out.returncode == 0
     for name in ("data", "pretrain", "transfer", "bench", "speed"):
         assert name in out.stdout
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_save({"step": 1}, tmp_path / "a.pt")
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o666 & ~umask
