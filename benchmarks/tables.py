@@ -181,7 +181,8 @@ def build_columns(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Colu
     for t in meta["tasks"]:
         cols.append(
             Column(
-                f"{t['label']} ({t['metric']})",
+                # 'score' is each harness's headline metric: the task label names it
+                t["label"] if t["metric"] == "score" else f"{t['label']} ({t['metric']})",
                 t["name"],
                 t["metric"],
                 t.get("scale", 1.0),

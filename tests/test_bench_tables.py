@@ -60,7 +60,7 @@ META = {
 
 EXPECTED_MD = """Produced by: `cebench bench --suite t`
 
-| pretraining | pretraining time (s) | time (paper) | VOC07 cls (score) | VOC07 cls (paper) | inpaint L2 (%) | inpaint PSNR (dB) |
+| pretraining | pretraining time (s) | time (paper) | VOC07 cls | VOC07 cls (paper) | inpaint L2 (%) | inpaint PSNR (dB) |
 |---|---|---|---|---|---|---|
 | Random | - | < 1 min | 51.0 ± 1.4 | 53.3 | - | - |
 | Context encoder | **110 ± 14** | 14 hours | **56.5 ± 2.1** | 56.5 | **2.50 ± 0.71** | **18.00 ± 0.71** |
@@ -71,7 +71,7 @@ mean ± sample std (n-1) over 2 seed(s) [0, 1]; best mean per column in bold; sc
 EXPECTED_TEX = r"""% produced by: cebench bench --suite t
 \begin{tabular}{lrrrrrr}
 \toprule
-pretraining & pretraining time (s) & time (paper) & VOC07 cls (score) & VOC07 cls (paper) & inpaint L2 (\%) & inpaint PSNR (dB) \\
+pretraining & pretraining time (s) & time (paper) & VOC07 cls & VOC07 cls (paper) & inpaint L2 (\%) & inpaint PSNR (dB) \\
 \midrule
 Random & - & $<$ 1 min & 51.0 $\pm$ 1.4 & 53.3 & - & - \\
 Context encoder & \textbf{110 $\pm$ 14} & 14 hours & \textbf{56.5 $\pm$ 2.1} & 56.5 & \textbf{2.50 $\pm$ 0.71} & \textbf{18.00 $\pm$ 0.71} \\
