@@ -11,11 +11,49 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from pretrain.config import apply_overrides, validate
+from pretrain.errors import ConfigError
 
 T = TypeVar("T")
+
+
+@dataclass
+class HarnessConfig:
+    """The keys every transfer harness takes. Each harness's config subclasses this and sets its
+    protocol's own defaults (epochs, lr, batch size, ...)."""
+
+    encoder: str = ""
+    data: str = ""
+    out: str = ""
+    frozen: bool = False
+    train_split: str = "train"
+    val_split: str = "val"
+    input_size: int | None = None  # None: the encoder's own input_size
+    epochs: int = 30
+    lr: float = 0.01
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 8
+    calibration_images: int = 64  # batch for random-rescaled encoders
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+
+    def validate(self) -> None:
+        require_at_least(self, 1, "epochs", "batch_size")
+        if self.lr <= 0:
+            raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
+
+
+def require_at_least(cfg: Any, minimum: int, *keys: str) -> None:
+    """ConfigError naming the first of `keys` whose value is below `minimum`."""
+    for k in keys:
+        if getattr(cfg, k) < minimum:
+            raise ConfigError(f"config key '{k}' must be >= {minimum}, got {getattr(cfg, k)}")
 
 
 def common_parser(add_help: bool = True, **kwargs: Any) -> argparse.ArgumentParser:

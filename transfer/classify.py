@@ -42,7 +42,13 @@ from pretrain.config import validate
 from pretrain.device import pick_device
 from pretrain.errors import ConfigError
 from pretrain.logger import MetricLogger
-from transfer.args import common_parser, config_from_args, replace_validated
+from transfer.args import (
+    HarnessConfig,
+    common_parser,
+    config_from_args,
+    replace_validated,
+    require_at_least,
+)
 from transfer.data import (
     ClassificationView,
     calibration_batch,
@@ -59,15 +65,9 @@ from transfer.metrics import top1, voc_mean_ap
 
 
 @dataclass
-class ClassifyConfig:
-    encoder: str = ""
-    data: str = ""
-    out: str = ""
+class ClassifyConfig(HarnessConfig):
     protocol: Literal["linear", "knn", "finetune"] = "finetune"
-    frozen: bool = False  # finetune only: train the head alone on a frozen encoder
-    train_split: str = "train"
-    val_split: str = "val"
-    input_size: int | None = None  # None: the encoder's own input_size
+    # `frozen` (finetune only): train the head alone on a frozen encoder
     layers: list[str] = field(default_factory=list)  # linear/knn: stages to probe; empty = all
     probe_dims: int = 9216
     probe_epochs: int = 100
@@ -78,31 +78,17 @@ class ClassifyConfig:
     knn_temperature: float = 0.07
     epochs: int = 60
     lr: float = 0.001
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
     weight_decay: float = 5e-4
     batch_size: int = 32
     shots: int | None = None
     label_fraction: float | None = None
-    calibration_images: int = 64  # batch for random-rescaled encoders
-    seed: int = 0
-    device: str = "auto"
     cache_dir: str | None = None  # None: <out>/../feature-cache; "none": no cache
-    num_workers: int = 0
 
     def validate(self) -> None:
-        for k in (
-            "epochs",
-            "probe_epochs",
-            "batch_size",
-            "probe_batch_size",
-            "knn_k",
-            "probe_dims",
-        ):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(self, k)}")
-        if self.lr <= 0 or self.probe_lr <= 0:
-            raise ConfigError("config keys 'lr' and 'probe_lr' must be > 0")
+        super().validate()
+        require_at_least(self, 1, "probe_epochs", "probe_batch_size", "knn_k", "probe_dims")
+        if self.probe_lr <= 0:
+            raise ConfigError(f"config key 'probe_lr' must be > 0, got {self.probe_lr}")
 
 
 def paper_preset(**overrides: Any) -> ClassifyConfig:

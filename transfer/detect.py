@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,7 +46,13 @@ from pretrain.config import validate
 from pretrain.device import pick_device
 from pretrain.errors import ConfigError, DatasetError
 from pretrain.logger import MetricLogger
-from transfer.args import common_parser, config_from_args, replace_validated
+from transfer.args import (
+    HarnessConfig,
+    common_parser,
+    config_from_args,
+    replace_validated,
+    require_at_least,
+)
 from transfer.data import calibration_batch, find_format, seeded_loader
 from transfer.encoders import resolve_encoder
 from transfer.engine import freeze, make_optimizer, set_seed, train_one_epoch, write_run
@@ -54,17 +60,11 @@ from transfer.metrics import DetectionEvaluator, coco_gt_from_targets
 
 
 @dataclass
-class DetectConfig:
-    encoder: str = ""
-    data: str = ""  # a VOC root (or the built-in data's root)
-    coco_ann: str = ""  # or COCO json: training annotations
+class DetectConfig(HarnessConfig):
+    # `data`: a VOC root (or the built-in data's root), or else COCO json:
+    coco_ann: str = ""  # training annotations
     coco_images: str = ""  # ... and their image folder
     coco_val_ann: str = ""  # evaluation json (default: coco_ann with 'train' -> 'val')
-    out: str = ""
-    frozen: bool = False
-    train_split: str = "train"
-    val_split: str = "val"
-    input_size: int | None = None
     fpn: bool = True
     fpn_channels: int = 256
     max_levels: int = 3
@@ -76,28 +76,11 @@ class DetectConfig:
     box_score_thresh: float = 0.05
     epochs: int = 20
     lr: float = 0.01
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
     batch_size: int = 4
-    calibration_images: int = 64
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
 
     def validate(self) -> None:
-        for k in (
-            "epochs",
-            "batch_size",
-            "max_levels",
-            "roi_size",
-            "fpn_channels",
-            "representation_size",
-        ):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(self, k)}")
-        if self.lr <= 0:
-            raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
+        super().validate()
+        require_at_least(self, 1, "max_levels", "roi_size", "fpn_channels", "representation_size")
 
 
 def paper_preset(**overrides: Any) -> DetectConfig:

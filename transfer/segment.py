@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +39,13 @@ from pretrain.config import validate
 from pretrain.device import pick_device
 from pretrain.errors import ConfigError, DatasetError
 from pretrain.logger import MetricLogger
-from transfer.args import common_parser, config_from_args, replace_validated
+from transfer.args import (
+    HarnessConfig,
+    common_parser,
+    config_from_args,
+    replace_validated,
+    require_at_least,
+)
 from transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from transfer.detect import select_levels
 from transfer.encoders import resolve_encoder
@@ -48,34 +54,15 @@ from transfer.metrics import ConfusionMatrix
 
 
 @dataclass
-class SegmentConfig:
-    encoder: str = ""
-    data: str = ""
-    out: str = ""
-    frozen: bool = False
-    train_split: str = "train"
-    val_split: str = "val"
-    input_size: int | None = None
+class SegmentConfig(HarnessConfig):
     skips: int = 2  # 0: FCN-32s, 1: FCN-16s, 2: FCN-8s
     epochs: int = 30
     lr: float = 0.01
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
     batch_size: int = 8
-    calibration_images: int = 64
-    seed: int = 0
-    device: str = "auto"
-    num_workers: int = 0
 
     def validate(self) -> None:
-        for k in ("epochs", "batch_size"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"config key '{k}' must be >= 1, got {getattr(self, k)}")
-        if self.skips < 0:
-            raise ConfigError(f"config key 'skips' must be >= 0, got {self.skips}")
-        if self.lr <= 0:
-            raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
+        super().validate()
+        require_at_least(self, 0, "skips")
 
 
 def paper_preset(**overrides: Any) -> SegmentConfig:
