@@ -19,12 +19,27 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data": ("pretrain.data.cli", "generate the built-in dataset (synth) or validate a dataset (check)"),
-    "pretrain": ("pretrain.train", "pretrain an encoder: context encoder, autoencoder or supervised"),
-    "inpaint": ("pretrain.inpaint", "inpaint images with a trained context encoder or a baseline; L1/L2/PSNR"),
+    "data": (
+        "pretrain.data.cli",
+        "generate the built-in dataset (synth) or validate a dataset (check)",
+    ),
+    "pretrain": (
+        "pretrain.train",
+        "pretrain an encoder: context encoder, autoencoder or supervised",
+    ),
+    "inpaint": (
+        "pretrain.inpaint",
+        "inpaint images with a trained context encoder or a baseline; L1/L2/PSNR",
+    ),
     "transfer": ("transfer.cli", "transfer an encoder: classify | detect | segment"),
-    "bench": ("benchmarks.runner", "run a benchmark suite (pretraining x transfer x seeds) and tabulate it"),
-    "table": ("benchmarks.tables", "re-render tables and figures from results CSVs (Markdown, LaTeX)"),
+    "bench": (
+        "benchmarks.runner",
+        "run a benchmark suite (pretraining x transfer x seeds) and tabulate it",
+    ),
+    "table": (
+        "benchmarks.tables",
+        "re-render tables and figures from results CSVs (Markdown, LaTeX)",
+    ),
     "speed": ("benchmarks.speed", "measure pretraining, data-loading and transfer throughput"),
 }
 

@@ -71,27 +71,43 @@ def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle of a forbidden type, ...
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a weights-only file: {e}") from None
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or not a weights-only file: {e}"
+        ) from None
 
 
 def save_encoder(
-    path: str | Path, encoder: torch.nn.Module, name: str, kwargs: dict[str, Any], meta: dict[str, Any]
+    path: str | Path,
+    encoder: torch.nn.Module,
+    name: str,
+    kwargs: dict[str, Any],
+    meta: dict[str, Any],
 ) -> None:
     """Write `encoder.pt`: the registry name and kwargs rebuild the module, then its weights load."""
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
     atomic_save(
-        {"format": ENCODER_FORMAT, "name": name, "kwargs": dict(kwargs), "state_dict": state, "meta": dict(meta)},
+        {
+            "format": ENCODER_FORMAT,
+            "name": name,
+            "kwargs": dict(kwargs),
+            "state_dict": state,
+            "meta": dict(meta),
+        },
         path,
     )
 
 
-def load_encoder(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_encoder(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild an encoder from `encoder.pt`; returns (encoder, info) with info = name, kwargs, meta."""
     from pretrain.models import build_encoder
 
     ckpt = safe_load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != ENCODER_FORMAT:
-        raise CheckpointError(f"{path} is not a cebench encoder checkpoint (expected format {ENCODER_FORMAT})")
+        raise CheckpointError(
+            f"{path} is not a cebench encoder checkpoint (expected format {ENCODER_FORMAT})"
+        )
     encoder = build_encoder(ckpt["name"], **ckpt["kwargs"])
     try:
         encoder.load_state_dict(ckpt["state_dict"])

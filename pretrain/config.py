@@ -44,7 +44,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
         if optional:
             return None
-        raise ConfigError(f"config key '{key}' may not be empty (expected {getattr(tp, '__name__', tp)})")
+        raise ConfigError(
+            f"config key '{key}' may not be empty (expected {getattr(tp, '__name__', tp)})"
+        )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
@@ -53,9 +55,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (list, tuple):
         (inner, *_rest) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [
-                v for v in value.split(",") if v.strip()
-            ]
+            value = (
+                yaml.safe_load(value)
+                if value.strip().startswith("[")
+                else [v for v in value.split(",") if v.strip()]
+            )
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
         out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -90,9 +94,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return int(as_float)
             return tp(value)
         except (TypeError, ValueError):
-            raise ConfigError(
-                f"config key '{key}' must be {tp.__name__}, got {value!r}"
-            ) from None
+            raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}") from None
     if tp is dict or typing.get_origin(tp) is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
@@ -178,7 +180,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
     """Defaults of `cls`, then the YAML file at `path` (if any), then `overrides`."""
     cfg = cls()
     if path is not None:

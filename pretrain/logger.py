@@ -36,7 +36,10 @@ class MetricLogger:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a", buffering=1)
         self._bar = tqdm(
-            total=total, initial=start, desc=desc, disable=not enabled or not sys.stderr.isatty(),
+            total=total,
+            initial=start,
+            desc=desc,
+            disable=not enabled or not sys.stderr.isatty(),
             dynamic_ncols=True,
         )
         self._last = start

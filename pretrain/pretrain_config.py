@@ -147,9 +147,7 @@ class TrainConfig:
 class PretrainConfig:
     method: Method = "context-encoder"
     model_preset: str = "small-tiny"
-    model: ModelConfig = field(
-        default_factory=lambda: model_config("small-tiny")
-    )
+    model: ModelConfig = field(default_factory=lambda: model_config("small-tiny"))
     data: DataConfig = field(default_factory=DataConfig)
     mask: MaskConfig = field(default_factory=MaskConfig)
     loss: LossConfig = field(default_factory=LossConfig)

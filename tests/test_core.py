@@ -35,7 +35,9 @@ class Cfg:
 
 
 def test_overrides_convert_types_and_nest():
-    cfg = apply_overrides(Cfg(), ["steps=20", "optim.lr=1e-3", "flag=true", "name=123", "optim.betas=[0.9,0.99]"])
+    cfg = apply_overrides(
+        Cfg(), ["steps=20", "optim.lr=1e-3", "flag=true", "name=123", "optim.betas=[0.9,0.99]"]
+    )
     assert cfg.steps == 20 and cfg.optim.lr == pytest.approx(1e-3) and cfg.flag is True
     assert cfg.name == "123" and cfg.optim.betas == (0.9, 0.99)
 
@@ -81,7 +83,9 @@ def test_tiny_feature_api():
 
 def test_encoder_roundtrip_and_bad_files(tmp_path):
     enc = build_encoder("tiny", input_size=32, width=4)
-    save_encoder(tmp_path / "encoder.pt", enc, "tiny", {"input_size": 32, "width": 4}, {"method": "test"})
+    save_encoder(
+        tmp_path / "encoder.pt", enc, "tiny", {"input_size": 32, "width": 4}, {"method": "test"}
+    )
     enc2, info = load_encoder(tmp_path / "encoder.pt")
     assert info["meta"]["method"] == "test"
     x = torch.randn(1, 3, 32, 32)
@@ -113,7 +117,9 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_cli_help_lists_subcommands():
-    out = subprocess.run([sys.executable, "-m", "benchmarks.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cli", "--help"], capture_output=True, text=True
+    )
     assert out.returncode == 0
     for name in ("data", "pretrain", "transfer", "bench", "speed"):
         assert name in out.stdout

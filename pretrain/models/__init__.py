@@ -1,11 +1,11 @@
 """Encoders (one file per family), the context-encoder parts, and the registry.
 
-    from pretrain.models import build_encoder, list_encoders
-    enc = build_encoder("tiny", input_size=64)
-    feats = enc.forward_features(images)   # {"conv1": ..., "conv2": ..., "conv3": ...}
+from pretrain.models import build_encoder, list_encoders
+enc = build_encoder("tiny", input_size=64)
+feats = enc.forward_features(images)   # {"conv1": ..., "conv2": ..., "conv3": ...}
 
-    from pretrain.models import build_context_encoder, build_discriminator, model_config
-    G = build_context_encoder(model_config("small-tiny"))
+from pretrain.models import build_context_encoder, build_discriminator, model_config
+G = build_context_encoder(model_config("small-tiny"))
 """
 
 from pretrain.models import alexnet, dcgan, timm_encoder, tiny  # noqa: F401  (register encoders)

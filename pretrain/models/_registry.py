@@ -38,7 +38,9 @@ def list_encoders() -> list[str]:
 def build_encoder(name: str, **kwargs: Any):
     """Build a registered encoder; unknown names and keyword arguments are clear errors."""
     if name not in _ENCODERS:
-        raise ConfigError(f"unknown encoder '{name}'; registered encoders: {', '.join(list_encoders())}")
+        raise ConfigError(
+            f"unknown encoder '{name}'; registered encoders: {', '.join(list_encoders())}"
+        )
     try:
         return _ENCODERS[name](**kwargs)
     except TypeError as e:

@@ -182,7 +182,10 @@ def model_config(preset: str, **overrides: Any) -> ModelConfig:
         )
     base = MODEL_PRESETS[preset]
     # copies, so that editing the result never changes the shared preset
-    fields = {"encoder_kwargs": dict(base.encoder_kwargs), "decoder_widths": list(base.decoder_widths)}
+    fields = {
+        "encoder_kwargs": dict(base.encoder_kwargs),
+        "decoder_widths": list(base.decoder_widths),
+    }
     fields.update(overrides)
     cfg = dataclasses.replace(base, **fields)
     cfg.validate()

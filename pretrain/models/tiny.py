@@ -12,7 +12,9 @@ from pretrain.models.base import Encoder, FeatureInfo
 
 
 class TinyEncoder(Encoder):
-    def __init__(self, input_size: int = 64, width: int = 16, depth: int = 3, in_chans: int = 3) -> None:
+    def __init__(
+        self, input_size: int = 64, width: int = 16, depth: int = 3, in_chans: int = 3
+    ) -> None:
         super().__init__(input_size)
         c_in = in_chans
         for i in range(depth):
