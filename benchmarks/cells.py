@@ -94,6 +94,16 @@ def ensure_synth(suite: Suite, out_dir: Path) -> None:
         folder_images=spec.folder_images,
         force=True,
     )
+    # validate it as `cebench data check` does before any cell trusts it
+    from pretrain.data.check import check
+    from pretrain.errors import DatasetError
+
+    report = check(root)
+    if report.problems:
+        raise DatasetError(
+            f"generated data {root} failed its check: " + "; ".join(report.problems[:5])
+        )
+    print(f"built-in data {root}: {', '.join(report.formats)}; {report.summary()}", flush=True)
     atomic_write_text(stamp, json.dumps(want))
 
 
