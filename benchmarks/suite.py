@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pretrain.config import from_dict, load_yaml
+from pretrain.config import from_dict, load_yaml, named_yaml
 from pretrain.errors import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
@@ -160,16 +160,7 @@ class Cell:
 
 def suite_path(name_or_file: str | Path) -> Path:
     """A built-in suite name (benchmarks/suites/<name>.yaml) or a YAML file path."""
-    p = Path(name_or_file)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"suite file not found: {p}")
-        return p
-    builtin = SUITES_DIR / f"{name_or_file}.yaml"
-    if not builtin.is_file():
-        names = sorted(f.stem for f in SUITES_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown suite '{name_or_file}'; built-in suites: {', '.join(names)}")
-    return builtin
+    return named_yaml(name_or_file, SUITES_DIR, "suite", "built-in suites")
 
 
 def load_suite(

@@ -180,6 +180,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: str) -> Path:
+    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`).
+
+    Errors name the missing file, or the unknown name with the `listing` of the known ones."""
+    p = Path(name_or_file)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{kind} file not found: {p}")
+        return p
+    named = directory / f"{name_or_file}.yaml"
+    if not named.is_file():
+        names = sorted(f.stem for f in directory.glob("*.yaml"))
+        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}")
+    return named
+
+
 def load_config(
     cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
 ) -> T:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pretrain.config import _deep_merge, apply_overrides, from_dict, load_yaml, to_dict
+from pretrain.config import _deep_merge, apply_overrides, from_dict, load_yaml, named_yaml, to_dict
 from pretrain.errors import ConfigError
 from pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
 
@@ -187,17 +187,7 @@ def named_configs() -> list[str]:
 
 def config_path(name_or_file: str) -> Path:
     """A named config (`small`, `paper-inpainting`) or a path to a YAML file."""
-    p = Path(name_or_file)
-    if p.suffix in (".yaml", ".yml") or p.is_file():
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        return p
-    named = CONFIG_DIR / f"{name_or_file}.yaml"
-    if not named.is_file():
-        raise ConfigError(
-            f"unknown config '{name_or_file}'; named configs: {', '.join(named_configs())}"
-        )
-    return named
+    return named_yaml(name_or_file, CONFIG_DIR, "config", "named configs")
 
 
 def _preset_base(preset: str) -> dict[str, Any]:

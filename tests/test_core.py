@@ -130,3 +130,15 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     atomic_save({"step": 1}, tmp_path / "a.pt")
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_named_yaml_resolves_names_and_paths(tmp_path):
+    from pretrain.config import named_yaml
+
+    (tmp_path / "small.yaml").write_text("a: 1\n")
+    assert named_yaml("small", tmp_path, "config", "named configs") == tmp_path / "small.yaml"
+    assert named_yaml(tmp_path / "small.yaml", tmp_path, "config", "named") == tmp_path / "small.yaml"
+    with pytest.raises(ConfigError, match="unknown config 'big'; named configs: small"):
+        named_yaml("big", tmp_path, "config", "named configs")
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        named_yaml(tmp_path / "nope.yaml", tmp_path, "config", "named configs")
