@@ -29,4 +29,4 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pretrain transfer benchmarks tests
+	$(VENV)/bin/ruff check cebench pretrain transfer benchmarks tests

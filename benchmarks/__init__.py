@@ -1,1 +1,2 @@
-"""cebench benchmarks: the suite runner, result tables and figures, speed benchmarks, and the CLI."""
+"""cebench.benchmarks: the suite runner, result tables and figures, and speed benchmarks.
+Installed as `cebench.benchmarks`."""

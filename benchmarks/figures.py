@@ -1,6 +1,6 @@
 """Figures of a benchmark run (matplotlib, Agg backend), drawn from results.csv and the run dirs.
 
-    from benchmarks.figures import render_figures       # called by `cebench bench` / `cebench table`
+    from cebench.benchmarks.figures import render_figures       # called by `cebench bench` / `cebench table`
     render_figures(rows, meta, [Path("results/default")], Path("results/default/figures"))
 
 - bar_<task>.png     headline metric per pretraining method, mean with sample-std error bars
@@ -20,8 +20,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.tables import mean_std, values  # noqa: E402
-from pretrain.logger import read_jsonl  # noqa: E402
+from cebench.benchmarks.tables import mean_std, values  # noqa: E402
+from cebench.core.logger import read_jsonl  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -1,6 +1,6 @@
 """The plain reference training step that `cebench speed` compares the suite's own step against.
 
-    from benchmarks.plain_reference import PlainStep
+    from cebench.benchmarks.plain_reference import PlainStep
     plain = PlainStep.from_config(cfg, device)      # cfg: a resolved PretrainConfig
     metrics = plain.step(images)                    # {"loss_d", "loss_adv_g", "loss_rec", "loss"}
 
@@ -14,7 +14,7 @@ networks with stock `nn.Conv2d` / `nn.ConvTranspose2d` / `nn.LocalResponseNorm` 
 `plain_layers`), same losses,
 same optimizer hyper-parameters, same order of updates (D on the detached prediction, then G on
 lambda_rec * L_rec + lambda_adv * L_adv through the updated D): given the same weights, images and
-holes it computes the same losses as `pretrain.engine.context_encoder_step` in float32
+holes it computes the same losses as `cebench.pretrain.steps.context_encoder_step` in float32
 (tests/test_speed.py checks this to 1e-5), so the speed ratio compares like with like.
 """
 
@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models.alexnet import ChannelLRN
-from pretrain.models.context_encoder import build_context_encoder, build_discriminator
-from pretrain.models.decoder import FullMapConv2d, PointUpconv
-from pretrain.pretrain_config import PretrainConfig
+from cebench.pretrain.config import PretrainConfig
+from cebench.pretrain.models.alexnet import ChannelLRN
+from cebench.pretrain.models.context_encoder import build_context_encoder, build_discriminator
+from cebench.pretrain.models.decoder import FullMapConv2d, PointUpconv
 
 
 def plain_layers(module: nn.Module) -> nn.Module:

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
-from pretrain.checkpoint import atomic_write_text
-from pretrain.config import config_hash
-from pretrain.errors import CebenchError, ConfigError
-from pretrain.provenance import git_commit
+from cebench.benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
+from cebench.core.config import config_hash
+from cebench.core.errors import CebenchError, ConfigError
+from cebench.core.io import atomic_write_text
+from cebench.core.provenance import git_commit
 
 
 class Executor(Protocol):
@@ -57,9 +57,9 @@ class Outcome:
 
 def code_version() -> str:
     """The git commit of the checkout (-dirty with local changes), else the package version."""
-    from pretrain import __version__
+    from cebench.core.provenance import package_version
 
-    return git_commit() or f"cebench-{__version__}"
+    return git_commit() or f"cebench-{package_version()}"
 
 
 def _portable(value: Any, out_dir: str) -> Any:
@@ -381,7 +381,8 @@ class Runner:
         return out
 
     def write_outputs(self, figures: bool = True) -> None:
-        from benchmarks.tables import records_to_rows, render_all, write_csv
+        from cebench.benchmarks.render import render_all
+        from cebench.benchmarks.tables import records_to_rows, write_csv
 
         rows = records_to_rows(self.records())
         write_csv(rows, self.out / "results.csv")
@@ -392,7 +393,7 @@ class Runner:
 
 
 def _default_device() -> str:
-    from pretrain.device import describe, pick_device
+    from cebench.core.device import describe, pick_device
 
     return describe(pick_device("auto"))
 
@@ -447,7 +448,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    from benchmarks.cells import CellExecutor
+    from cebench.benchmarks.cells import CellExecutor
 
     suite = load_suite(args.suite, args.overrides, dry_run=args.dry_run)
     out = Path(args.out or f"results/{suite.name}{'-dry-run' if args.dry_run else ''}")

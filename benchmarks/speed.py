@@ -11,15 +11,15 @@ bottleneck, joint loss; "paper-alexnet" = 227 px AlexNet, random-region masks; "
 64 px small-dcgan config) it measures, in one process:
 
 - ours: full training steps (masks, discriminator and generator forward, backward, Adam) through
-  `pretrain.trainer.Trainer._one_step`, the code `cebench pretrain` runs, with the config's own
+  `cebench.pretrain.trainer.Trainer._one_step`, the code `cebench pretrain` runs, with the config's own
   precision/layout options (resolved `train.amp`);
-- plain: the same step written plainly (`benchmarks.plain_reference.PlainStep`: eager fp32, masks
+- plain: the same step written plainly (`cebench.benchmarks.plain_reference.PlainStep`: eager fp32, masks
   per sample in a Python loop on the CPU, default layouts, default Adam), from the same initial
   weights on the same batch. Repetitions alternate ours / plain so machine noise hits both; the
   ratio is the median of the per-repetition ratios plain_time / ours_time;
 - data: the training DataLoader (default workers) + on-device masks and hole filling, alone;
-- transfer: frozen feature extraction (`transfer.features.compute_features`) and the linear probe
-  on cached features (`transfer.classify.train_linear_probe`);
+- transfer: frozen feature extraction (`cebench.transfer.features.compute_features`) and the linear probe
+  on cached features (`cebench.transfer.classify.train_linear_probe`);
 - peak memory of a step (CUDA: max_memory_allocated; CPU: the process's peak RSS, VmHWM, reset
   before each step) and FLOPs per step (FlopCounterMode), so TFLOP/s / device peak = utilisation.
 
@@ -141,7 +141,7 @@ class _Repeat:
 
 
 def _config(name: str, data: Path, out: Path, batch: int | None, device: str) -> Any:
-    from pretrain.pretrain_config import load_pretrain_config
+    from cebench.pretrain.config import load_pretrain_config
 
     over = [
         f"data.path={data}",
@@ -158,11 +158,11 @@ def _config(name: str, data: Path, out: Path, batch: int | None, device: str) ->
 def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from benchmarks.plain_reference import PlainStep
-    from pretrain.distributed import DistInfo
-    from pretrain.engine import batch_masks
-    from pretrain.masks import fill_holes
-    from pretrain.trainer import Trainer
+    from cebench.benchmarks.plain_reference import PlainStep
+    from cebench.core.distributed import DistInfo
+    from cebench.pretrain.masks import fill_holes
+    from cebench.pretrain.steps import batch_masks
+    from cebench.pretrain.trainer import Trainer
 
     probe = _config(name, workdir / "none", workdir / f"run-{name}", args.batch_size, args.device)
     b, size = probe.train.batch_size, probe.model.input_size
@@ -171,7 +171,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     if not data.is_dir():  # landscape photos larger than the load size (Paris: 936x537)
         write_images(data, max(2 * b, 16), round(load * 2), round(load * 1.5))
     cfg = _config(name, data, workdir / f"run-{name}", args.batch_size, args.device)
-    from pretrain.device import pick_device
+    from cebench.core.device import pick_device
 
     device = pick_device(cfg.train.device)
     trainer = Trainer(cfg, device, DistInfo())
@@ -304,8 +304,8 @@ def _transfer(
 ) -> tuple[float, float]:
     """(feature extraction images/s of the frozen encoder's last stage, linear-probe seconds on
     the cached features of 4 batches with 5 random classes)."""
-    from transfer.classify import ClassifyConfig, train_linear_probe
-    from transfer.features import compute_features
+    from cebench.transfer.classify import ClassifyConfig, train_linear_probe
+    from cebench.transfer.features import compute_features
 
     enc = copy.deepcopy(encoder)
     layer = enc.feature_info[-1].name
@@ -345,9 +345,9 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pretrain.device import describe, pick_device
-    from pretrain.errors import ConfigError
-    from pretrain.provenance import git_commit
+    from cebench.core.device import describe, pick_device
+    from cebench.core.errors import ConfigError
+    from cebench.core.provenance import git_commit
 
     if args.steps < 1 or args.warmup < 0:
         raise ConfigError(

@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import yaml
 
-from pretrain.config import from_dict, load_yaml, named_yaml
-from pretrain.errors import ConfigError
+from cebench.core.config import from_dict, load_yaml, named_yaml
+from cebench.core.errors import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
 Method = Literal["random", "random-rescaled", "supervised", "autoencoder", "context-encoder"]

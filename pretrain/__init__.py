@@ -1,8 +1,5 @@
-"""cebench pretraining: context-encoder models, masks, losses, data readers and the training loop.
+"""cebench.pretrain: context-encoder models, masks, losses, the training loop, inpainting.
 
-Everything that both pretraining and the transfer harnesses need (encoders, the encoder checkpoint
-format, dataset readers) lives here, so that dependencies flow one way:
-benchmarks -> transfer -> pretrain.
+Installed as `cebench.pretrain` (this folder is mapped in pyproject.toml). It builds on
+`cebench.core` and `cebench.data`; `cebench.transfer` and `cebench.benchmarks` build on it.
 """
-
-__version__ = "0.1.0"

@@ -1,234 +1,302 @@
-"""Typed configs: dataclasses with one set of defaults, YAML files, and `key=value` overrides.
+"""Typed configuration of one pretraining run (`cebench pretrain`), with one set of defaults.
 
-    cfg = load_config(PretrainConfig, "pretrain/configs/paper-inpainting.yaml", ["optim.lr=1e-3"])
+    from cebench.pretrain.config import load_pretrain_config
+    cfg = load_pretrain_config("small", ["train.steps=200", "mask.kind=center"])
 
-Nothing is changed silently: an unknown key is an error that lists the valid keys, a value that
-does not parse as the field's type is an error naming the key, and `validate()` hooks on the
-dataclasses reject out-of-range values.
+A config is `PretrainConfig` with sections data / model / mask / loss / optim / train. The model
+section is a `cebench.pretrain.models.context_encoder.ModelConfig`; its starting values come from the named
+preset `model_preset` (MODEL_PRESETS), then the YAML file, then `key=value` overrides. Named
+configs live in `pretrain/configs/<name>.yaml`. Values that are resolved at run time (`optim.lr`
+left empty, `data.fill_value` computed from the data) are written back into the run's config.yaml,
+so the saved config says exactly what ran.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import types
-import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal
 
-import yaml
+from cebench.core.config import (
+    _deep_merge,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    named_yaml,
+    to_dict,
+)
+from cebench.core.errors import ConfigError
+from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
 
-from pretrain.errors import ConfigError
+CONFIG_DIR = Path(__file__).parent / "configs"
+# The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).
+RELEASED_MEAN_RGB = (117 / 255, 104 / 255, 123 / 255)
 
-T = TypeVar("T")
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0], True
-    return tp, False
+Method = Literal["context-encoder", "autoencoder", "supervised"]
+MaskKind = Literal["center", "random-block", "random-region", "none"]
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert `value` (from YAML or the command line) to the annotated type `tp`."""
-    tp, optional = _unwrap_optional(tp)
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ConfigError(
-            f"config key '{key}' may not be empty (expected {getattr(tp, '__name__', tp)})"
-        )
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return from_dict(tp, value, prefix=f"{key}.")
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        (inner, *_rest) = typing.get_args(tp) or (Any,)
-        if isinstance(value, str):
-            value = (
-                yaml.safe_load(value)
-                if value.strip().startswith("[")
-                else [v for v in value.split(",") if v.strip()]
+@dataclass
+class DataConfig:
+    path: str = ""  # training images (any folder tree); an ImageFolder tree for --method supervised
+    load_size: int = 0  # resize the shorter side to this before cropping; 0 = keep the size
+    crop: Literal["random", "center"] = "random"
+    flip: bool = True  # random horizontal flip
+    fill: Literal["dataset", "released", "value"] = "dataset"  # how the hole fill is chosen
+    fill_value: list[float] | None = (
+        None  # RGB in [0, 1]; filled in at run time for "dataset"/"released"
+    )
+    fill_samples: int = 256  # images averaged for fill="dataset"
+    workers: int = -1  # DataLoader workers; -1 = min(4, cpus)
+    skip_bad_images: bool = (
+        False  # replace an undecodable image by the next one (counted) instead of stopping
+    )
+
+    def validate(self) -> None:
+        if self.load_size < 0:
+            raise ConfigError(f"data.load_size must be >= 0, got {self.load_size}")
+        if self.fill_samples < 1:
+            raise ConfigError(f"data.fill_samples must be >= 1, got {self.fill_samples}")
+        if self.fill_value is not None and (
+            len(self.fill_value) != 3 or not all(0.0 <= v <= 1.0 for v in self.fill_value)
+        ):
+            raise ConfigError(f"data.fill_value must be 3 numbers in [0, 1], got {self.fill_value}")
+        if self.fill == "value" and self.fill_value is None:
+            raise ConfigError("data.fill=value needs data.fill_value=[r,g,b] (in [0, 1])")
+
+
+@dataclass
+class MaskConfig:
+    kind: MaskKind = "random-region"
+    region: int = 0  # centre mask: side of the predicted region; 0 = half the input side (1/4 area)
+    overlap: int = (
+        4  # the hole is `overlap` px smaller on each side; that band is weighted border_weight
+    )
+    coverage: float = 0.25  # random masks: fraction of the image dropped (at most)
+    border_weight: float = 10.0
+    # random-region shapes: a VOC root whose SegmentationClass objects are deformed and pasted (the
+    # paper's method); empty = the released code's thresholded-noise regions
+    shapes: str = ""
+    shapes_split: str = "train"
+    shapes_max_images: int = 500
+
+    def validate(self) -> None:
+        if self.shapes_max_images < 1:
+            raise ConfigError(f"mask.shapes_max_images must be >= 1, got {self.shapes_max_images}")
+        if self.region < 0:
+            raise ConfigError(f"mask.region must be >= 0, got {self.region}")
+        if self.overlap < 0:
+            raise ConfigError(f"mask.overlap must be >= 0, got {self.overlap}")
+        if not 0.0 < self.coverage <= 1.0:
+            raise ConfigError(f"mask.coverage must be in (0, 1], got {self.coverage}")
+        if self.border_weight < 0:
+            raise ConfigError(f"mask.border_weight must be >= 0, got {self.border_weight}")
+
+
+@dataclass
+class LossConfig:
+    lambda_rec: float = 0.999
+    lambda_adv: float = 0.001  # 0 = L2 only: no discriminator is built or stepped
+
+    def validate(self) -> None:
+        if self.lambda_rec < 0 or self.lambda_adv < 0 or self.lambda_rec + self.lambda_adv == 0:
+            raise ConfigError(
+                f"loss.lambda_rec and loss.lambda_adv must be >= 0 and not both 0, "
+                f"got {self.lambda_rec}, {self.lambda_adv}"
             )
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
-    if origin is typing.Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if tp in (int, float, str):
-        if tp is int and isinstance(value, float) and not value.is_integer():
-            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-        if tp in (int, float) and isinstance(value, bool):
-            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-        try:
-            if tp is int and isinstance(value, str):
-                as_float = float(value)  # accepts "1e3"
-                if not as_float.is_integer():
-                    raise ValueError
-                return int(as_float)
-            return tp(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}") from None
-    if tp is dict or typing.get_origin(tp) is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-        return dict(value)
-    return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors."""
-    types_ = _field_types(cls)
-    unknown = sorted(set(data) - set(types_))
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: "
-            + ", ".join(prefix + k for k in types_)
-        )
-    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
-    obj = cls(**kwargs)
-    validate(obj)
-    return obj
+@dataclass
+class OptimConfig:
+    lr: float | None = (
+        None  # context encoder / supervised net; empty = 10 x lr_d under the joint loss, else lr_d
+    )
+    lr_d: float = 2e-4  # discriminator (released code)
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+    def validate(self) -> None:
+        for name in ("lr", "lr_d"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"optim.{name} must be > 0, got {v}")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optim.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+@dataclass
+class TrainConfig:
+    out: str = ""  # run directory
+    steps: int = 1000
+    batch_size: int = 64  # global batch: per-process batch x number of processes
+    seed: int = 0
+    device: str = "auto"
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
+    channels_last: bool = False
+    log_every: int = 10
+    save_every: int = 500
+    sample_every: int = 500  # PNG grid into samples/; 0 = never
+    resume: bool = False
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.sample_every < 0:
+            raise ConfigError(f"train.sample_every must be >= 0, got {self.sample_every}")
 
 
-def validate(cfg: Any) -> None:
-    """Run every nested dataclass's optional `validate()` method."""
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(v):
-            validate(v)
-    hook = getattr(cfg, "validate", None)
-    if callable(hook):
-        hook()
+@dataclass
+class PretrainConfig:
+    method: Method = "context-encoder"
+    model_preset: str = "small-tiny"
+    model: ModelConfig = field(default_factory=lambda: model_config("small-tiny"))
+    data: DataConfig = field(default_factory=DataConfig)
+    mask: MaskConfig = field(default_factory=MaskConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
-
-def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Apply `a.b=value` strings to a config; returns a new, validated config."""
-    data = to_dict(cfg)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = data
-        cls: Any = type(cfg)
-        for i, part in enumerate(parts):
-            valid = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
-            if part not in valid:
-                where = ".".join(parts[:i])
-                prefix = where + "." if where else ""
+    def validate(self) -> None:
+        if self.model_preset not in MODEL_PRESETS:
+            raise ConfigError(
+                f"unknown model_preset '{self.model_preset}'; presets: {', '.join(sorted(MODEL_PRESETS))}"
+            )
+        size = self.model.input_size
+        if self.mask.kind == "center":
+            region = self.mask.region or size // 2
+            if region - 2 * self.mask.overlap <= 0 or region > size:
                 raise ConfigError(
-                    f"unknown config key '{key}'; valid keys"
-                    + (f" under '{where}'" if where else "")
-                    + ": "
-                    + ", ".join(prefix + k for k in valid)
+                    f"mask.region={region} with mask.overlap={self.mask.overlap} does not fit a "
+                    f"{size} px input (need 2*overlap < region <= input size)"
                 )
-            if i == len(parts) - 1:
-                node[part] = yaml.safe_load(raw) if raw.strip() != "" else ""
-                if isinstance(node[part], (dict, list)) or node[part] is None:
-                    pass
-                elif not isinstance(node[part], str) and _unwrap_optional(valid[part])[0] is str:
-                    node[part] = raw
-            else:
-                node = node[part]
-                cls = _unwrap_optional(valid[part])[0]
-    return from_dict(type(cfg), data)
+
+    def resolved_lr(self) -> float:
+        """The released code's rule: the context encoder's lr is 10x the discriminator's under
+        the joint loss (0 < lambda_rec < 1 and lambda_adv > 0), else equal to it."""
+        if self.optim.lr is not None:
+            return self.optim.lr
+        joint = (
+            self.method == "context-encoder"
+            and 0 < self.loss.lambda_rec < 1
+            and self.loss.lambda_adv > 0
+        )
+        return self.optim.lr_d * (10.0 if joint else 1.0)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+def named_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def config_path(name_or_file: str) -> Path:
+    """A named config (`small`, `paper-inpainting`) or a path to a YAML file."""
+    return named_yaml(name_or_file, CONFIG_DIR, "config", "named configs")
+
+
+def _preset_base(preset: str) -> dict[str, Any]:
+    if preset not in MODEL_PRESETS:
+        raise ConfigError(
+            f"unknown model_preset '{preset}'; presets: {', '.join(sorted(MODEL_PRESETS))}"
+        )
+    base = to_dict(PretrainConfig())
+    base["model_preset"] = preset
+    base["model"] = to_dict(MODEL_PRESETS[preset])
+    return base
+
+
+def config_from_dict(data: dict[str, Any], where: str = "") -> PretrainConfig:
+    """Defaults, then the model preset named in `data` (if any), then `data` itself."""
+    preset = data.get("model_preset", PretrainConfig.model_preset)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+        return from_dict(PretrainConfig, _deep_merge(_preset_base(str(preset)), data))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
-def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: str) -> Path:
-    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`).
+def load_pretrain_config(
+    name_or_file: str | Path | None = None, overrides: list[str] | None = None
+) -> PretrainConfig:
+    """Defaults -> model preset -> named config / YAML file -> `key=value` overrides.
 
-    Errors name the missing file, or the unknown name with the `listing` of the known ones."""
-    p = Path(name_or_file)
-    if p.suffix in (".yaml", ".yml") or p.exists():
-        if not p.is_file():
-            raise ConfigError(f"{kind} file not found: {p}")
-        return p
-    named = directory / f"{name_or_file}.yaml"
-    if not named.is_file():
-        names = sorted(f.stem for f in directory.glob("*.yaml"))
-        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}")
-    return named
-
-
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
-) -> T:
-    """Defaults of `cls`, then the YAML file at `path` (if any), then `overrides`."""
-    cfg = cls()
-    if path is not None:
-        try:
-            cfg = from_dict(cls, _deep_merge(to_dict(cfg), load_yaml(path)))
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-    return apply_overrides(cfg, overrides or [])
+    An override of `model_preset=NAME` re-bases the model section on that preset (before the
+    file's and the other overrides' model keys are applied)."""
+    overrides = list(overrides or [])
+    data: dict[str, Any] = {}
+    where = ""
+    if name_or_file is not None:
+        path = config_path(str(name_or_file))
+        data, where = load_yaml(path), str(path)
+    preset_over = [o for o in overrides if o.split("=", 1)[0].strip() == "model_preset"]
+    if preset_over:
+        data = {**data, "model_preset": preset_over[-1].split("=", 1)[1].strip()}
+    cfg = config_from_dict(data, where)
+    rest = [o for o in overrides if o not in preset_over]
+    return apply_overrides(cfg, rest)
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in update.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+# keys a resumed run may change: where and how long it runs, not what it trains
+RUNTIME_KEYS = {
+    "train": ("out", "steps", "resume", "device", "log_every", "save_every", "sample_every"),
+    "data": ("path", "workers"),
+}
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "encoder_kwargs":
+            out.update(_flatten(v, f"{prefix}{k}."))
         else:
-            out[k] = v
+            out[prefix + k] = v
     return out
 
 
-def config_hash(cfg: Any) -> str:
-    """Short stable hash of a config (dataclass or dict), for caching and provenance."""
-    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    blob = json.dumps(data, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+def resumed_config(cfg: PretrainConfig, saved: dict[str, Any]) -> PretrainConfig:
+    """The run's saved config (from its checkpoint) with only RUNTIME_KEYS taken from `cfg`;
+    any other key that differs is named on stderr as ignored (nothing changes silently)."""
+    import sys
+
+    out = config_from_dict(saved, "checkpoint config")
+    for section, keys in RUNTIME_KEYS.items():
+        for key in keys:
+            setattr(getattr(out, section), key, getattr(getattr(cfg, section), key))
+    new, old = _flatten(to_dict(cfg)), _flatten(to_dict(out))
+    # optim.lr / data.fill_value are resolved at run time: empty on the command line is not a change
+    ignored = sorted(
+        k
+        for k in new
+        if new[k] != old.get(k) and not (k in ("optim.lr", "data.fill_value") and new[k] is None)
+    )
+    if ignored:
+        print(
+            f"note: resuming with the run's saved config; ignoring changed keys: {', '.join(ignored)}",
+            file=sys.stderr,
+        )
+    return out
 
 
-def save_resolved(cfg: Any, path: str | Path) -> None:
-    """Write the fully resolved config as YAML (what dinov2 does with every run)."""
-    from pretrain.checkpoint import atomic_write_text
-
-    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
-    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+def check_consistency(cfg: PretrainConfig) -> None:
+    """Method / mask / model combinations that cannot train (an error, not a silent change)."""
+    if cfg.method == "autoencoder" and cfg.mask.kind != "none":
+        raise ConfigError(f"method=autoencoder needs mask.kind=none, got {cfg.mask.kind}")
+    if cfg.method == "context-encoder" and cfg.mask.kind == "none":
+        raise ConfigError(
+            "method=context-encoder needs a mask (center, random-block, random-region); "
+            "mask none is --method autoencoder"
+        )
+    if cfg.method != "supervised" and cfg.model.predict == "region":
+        if cfg.mask.kind != "center":
+            raise ConfigError(
+                f"model.predict=region predicts the centre region; mask.kind={cfg.mask.kind} "
+                "needs model.predict=image and model.output_size=model.input_size"
+            )
+        region = cfg.mask.region or cfg.model.input_size // 2
+        if region != cfg.model.output_size:
+            raise ConfigError(
+                f"mask.region ({region}) must equal model.output_size "
+                f"({cfg.model.output_size}) when model.predict=region"
+            )

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.errors import CheckpointError, ConfigError
+from cebench.core.errors import CheckpointError, ConfigError
 
 METHODS = ("model", "mean-fill", "telea", "ns")
 
@@ -106,15 +106,15 @@ def summarise(per_image: list[dict[str, float]]) -> dict[str, float]:
 
 def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The context encoder and config of a run (RUN_DIR or RUN_DIR/checkpoint.pt)."""
-    from pretrain.models.context_encoder import build_context_encoder
-    from pretrain.pretrain_config import config_from_dict
-    from pretrain.resume import load_training_checkpoint
+    from cebench.core.checkpoints import load_training_checkpoint
+    from cebench.pretrain.config import config_from_dict
+    from cebench.pretrain.models.context_encoder import build_context_encoder
 
     p = Path(path)
     if p.is_dir():
         state, _ = load_training_checkpoint(p)
     else:
-        from pretrain.checkpoint import safe_load
+        from cebench.core.io import safe_load
 
         state = safe_load(p)
         if not isinstance(state, dict) or "models" not in state or "config" not in state:
@@ -132,8 +132,8 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
 
 def load_images(root: str | Path, size: int) -> tuple[list[Path], np.ndarray]:
     """Images resized (shorter side) and centre-cropped to `size`: uint8 [N,size,size,3]."""
-    from pretrain.data import list_images, load_rgb
-    from pretrain.train_data import resize_shorter
+    from cebench.data import list_images, load_rgb
+    from cebench.pretrain.train_data import resize_shorter
 
     paths = list_images(root)
     out = np.empty((len(paths), size, size, 3), np.uint8)
@@ -149,8 +149,8 @@ def image_masks(
     kind: str, n: int, size: int, *, region: int, overlap: int, coverage: float, seed: int
 ) -> np.ndarray:
     """bool [N,size,size]; image i's mask depends only on (seed, i, kind, size, ...)."""
-    from pretrain.masks import make_masks
-    from pretrain.train_data import _seed
+    from cebench.pretrain.masks import make_masks
+    from cebench.pretrain.train_data import _seed
 
     masks = [
         make_masks(
@@ -188,8 +188,8 @@ def inpaint_model(
     device: torch.device,
     batch_size: int = 16,
 ) -> np.ndarray:
-    from pretrain.masks import fill_holes
-    from pretrain.samples import composite, to_uint8
+    from cebench.pretrain.masks import fill_holes
+    from cebench.pretrain.samples import composite, to_uint8
 
     out = np.empty_like(images)
     fill_t = torch.tensor(fill, device=device) * 2 - 1
@@ -217,8 +217,8 @@ def output_names(paths: list[Path], root: Path) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pretrain.device import pick_device
-    from pretrain.samples import save_png
+    from cebench.core.device import pick_device
+    from cebench.pretrain.samples import save_png
 
     device = pick_device(args.device)
     net, cfg = None, None
@@ -281,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
         **summarise(per_image),
         "per_image": per_image,
     }
-    from pretrain.checkpoint import atomic_write_text
+    from cebench.core.io import atomic_write_text
 
     atomic_write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
     print(

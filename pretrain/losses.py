@@ -1,6 +1,6 @@
 """Context-encoder losses (Pathak et al. 2016, Sec. 3.2), pure functions of tensors.
 
-    from pretrain.losses import reconstruction_loss, discriminator_loss, generator_adversarial_loss, joint_loss
+    from cebench.pretrain.losses import reconstruction_loss, discriminator_loss, generator_adversarial_loss, joint_loss
     rec = reconstruction_loss(pred, target, weights)          # weighted L2 over the predicted pixels
     d_loss = discriminator_loss(D(real), D(fake.detach()))
     g_loss = joint_loss(rec, generator_adversarial_loss(D(fake)))   # 0.999 * rec + 0.001 * adv
@@ -21,7 +21,7 @@ def reconstruction_loss(
     """sum(w * (pred - target)^2) / (C * #{pixels with w > 0}).
 
     The paper's L_rec = ||M ⊙ (x - F((1-M) ⊙ x))||² as a weighted mean over the predicted pixels:
-    `weights` [B,1,H,W] (see `pretrain.masks.loss_weights`) is 1 on the hole and 10 on the overlap
+    `weights` [B,1,H,W] (see `cebench.pretrain.masks.loss_weights`) is 1 on the hole and 10 on the overlap
     band (the released code scales the MSE gradient elementwise by the same matrix). It broadcasts
     over the C colour channels. All-zero weights give 0 (nothing to predict).
     """

@@ -5,7 +5,7 @@ whole batch at once on the given device, and the random ones draw only from the 
 are given, so a seeded generator reproduces the same masks.
 
     import torch
-    from pretrain.masks import make_masks, loss_weights, fill_holes
+    from cebench.pretrain.masks import make_masks, loss_weights, fill_holes
     g = torch.Generator().manual_seed(0)
     hole = make_masks("random-region", 8, 64, coverage=0.25, generator=g)   # bool[8,1,64,64]
     x_in = fill_holes(images, hole, fill=torch.tensor([0.0, 0.0, 0.0]))
@@ -24,7 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from pretrain.errors import ConfigError
+from cebench.core.errors import ConfigError
 
 MaskKind = Literal["center", "random-block", "random-region", "none"]
 MASK_KINDS: tuple[str, ...] = ("center", "random-block", "random-region", "none")

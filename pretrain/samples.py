@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.checkpoint import _atomic_write_bytes
+from cebench.core.io import _atomic_write_bytes
 
 
 def paste_prediction(images: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:

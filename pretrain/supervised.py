@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.models import Encoder
+from cebench.pretrain.models import Encoder
 
 
 class SupervisedNet(nn.Module):

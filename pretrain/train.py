@@ -5,7 +5,7 @@
     cebench pretrain --data DIR --method autoencoder --steps 500 --out runs/ae
     cebench pretrain --data data/builtin/imagefolder/train --method supervised --out runs/sup
     cebench pretrain --out runs/ce --resume                # continue exactly where it stopped
-    torchrun --nproc_per_node 2 -m pretrain.train --data DIR --out runs/ddp   # several processes
+    torchrun --nproc_per_node 2 -m cebench.pretrain.train --data DIR --out runs/ddp   # several processes
 
 `run(cfg) -> Path` is the library entry point (returns the run directory). The run directory gets
 checkpoint.pt (+ checkpoint.prev.pt), metrics.jsonl, samples/step_XXXXXX.png, config.yaml (the
@@ -23,9 +23,9 @@ import os
 import sys
 from pathlib import Path
 
-from pretrain.errors import ConfigError, DatasetError
-from pretrain.pretrain_config import PretrainConfig, load_pretrain_config, named_configs
-from pretrain.trainer import TrainingInterrupted, run
+from cebench.core.errors import ConfigError, DatasetError
+from cebench.pretrain.config import PretrainConfig, load_pretrain_config, named_configs
+from cebench.pretrain.trainer import TrainingInterrupted, run
 
 __all__ = [
     "TrainingInterrupted",
@@ -69,7 +69,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _first_image_side(data: str) -> int:
     from PIL import Image
 
-    from pretrain.data import list_images
+    from cebench.data import list_images
 
     path = list_images(data)[0]
     try:
@@ -147,11 +147,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m pretrain.train / torchrun -m pretrain.train
-    from pretrain.errors import CebenchError
+if __name__ == "__main__":  # python -m cebench.pretrain.train / torchrun -m cebench.pretrain.train
+    from cebench.core.errors import CebenchError
 
     parser = get_args_parser()
-    parser.prog = "python -m pretrain.train"
+    parser.prog = "python -m cebench.pretrain.train"
     try:
         sys.exit(main(parser.parse_args()))
     except CebenchError as e:

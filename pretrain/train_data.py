@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.data import load_rgb
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data import load_rgb
 
 _MIX = 1_000_003  # odd multiplier for combining seeds
 

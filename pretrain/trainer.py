@@ -1,12 +1,12 @@
 """The pretraining run behind `cebench pretrain`: set up, train, checkpoint, resume, finish.
 
-    from pretrain.pretrain_config import load_pretrain_config
-    from pretrain.trainer import run
+    from cebench.pretrain.config import load_pretrain_config
+    from cebench.pretrain.trainer import run
     run_dir = run(load_pretrain_config("small", ["data.path=data/builtin/unlabelled", "train.out=runs/ce"]))
 
 `run(cfg)` joins the torchrun process group if there is one, builds a `Trainer` and returns the
-run directory. The step functions live in `pretrain.engine`; checkpoint files in
-`pretrain.resume`; data order in `pretrain.train_data`. What a run guarantees:
+run directory. The step functions live in `cebench.pretrain.steps`; checkpoint files in
+`cebench.core.checkpoints`; data order in `cebench.pretrain.train_data`. What a run guarantees:
 - resuming (cfg.train.resume) continues bit-exactly: weights, optimizer states, RNG states and the
   step are restored, and the data order, augmentation and masks are functions of (seed, step);
 - SIGINT/SIGTERM finish the current step, save a checkpoint and raise `TrainingInterrupted`;
@@ -30,24 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain import distributed as D
-from pretrain.checkpoint import atomic_write_text, save_encoder
-from pretrain.config import to_dict
-from pretrain.data import ImageFolderDataset, list_images
-from pretrain.device import describe, pick_device
-from pretrain.engine import GANParts, batch_masks, context_encoder_step, supervised_step
-from pretrain.errors import CheckpointError, ConfigError, DatasetError, TrainingError
-from pretrain.logger import MetricLogger
-from pretrain.models import build_encoder
-from pretrain.models.context_encoder import build_context_encoder, build_discriminator
-from pretrain.pretrain_config import (
-    RELEASED_MEAN_RGB,
-    PretrainConfig,
-    check_consistency,
-    resumed_config,
-)
-from pretrain.provenance import git_commit
-from pretrain.resume import (
+from cebench.core import distributed as D
+from cebench.core.checkpoints import (
     CKPT,
     NEXT,
     PREV,
@@ -57,9 +41,26 @@ from pretrain.resume import (
     set_rng_state,
     truncate_metrics,
 )
-from pretrain.samples import composite, save_grid
-from pretrain.supervised import SupervisedNet
-from pretrain.train_data import StepBatchSampler, TrainImages, collate, dataset_mean
+from cebench.core.config import to_dict
+from cebench.core.device import describe, pick_device
+from cebench.core.errors import CheckpointError, ConfigError, DatasetError, TrainingError
+from cebench.core.io import atomic_write_text
+from cebench.core.logger import MetricLogger
+from cebench.core.provenance import git_commit
+from cebench.data import ImageFolderDataset, list_images
+from cebench.pretrain.config import (
+    RELEASED_MEAN_RGB,
+    PretrainConfig,
+    check_consistency,
+    resumed_config,
+)
+from cebench.pretrain.encoder_file import save_encoder
+from cebench.pretrain.models import build_encoder
+from cebench.pretrain.models.context_encoder import build_context_encoder, build_discriminator
+from cebench.pretrain.samples import composite, save_grid
+from cebench.pretrain.steps import GANParts, batch_masks, context_encoder_step, supervised_step
+from cebench.pretrain.supervised import SupervisedNet
+from cebench.pretrain.train_data import StepBatchSampler, TrainImages, collate, dataset_mean
 
 
 class TrainingInterrupted(Exception):
@@ -104,9 +105,9 @@ class SignalFlag:
 
 def shape_bank(cfg: PretrainConfig, device: torch.device) -> torch.Tensor:
     """Object shapes of the VOC segmentation masks under cfg.mask.shapes (paper: random regions)."""
-    from pretrain.data import VOCSegmentation
-    from pretrain.data.voc import load_segmentation_mask
-    from pretrain.masks import shape_bank_from_label_maps
+    from cebench.data import VOCSegmentation
+    from cebench.data.voc import load_segmentation_mask
+    from cebench.pretrain.masks import shape_bank_from_label_maps
 
     voc = VOCSegmentation(cfg.mask.shapes, cfg.mask.shapes_split)
     maps = [
@@ -126,7 +127,7 @@ def _worker_error(e: Exception) -> DatasetError:
     last line (the message naming the image)."""
     lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     last = lines[-1] if lines else str(e)
-    prefix = "pretrain.errors.DatasetError: "
+    prefix = "cebench.core.errors.DatasetError: "
     return DatasetError(last[len(prefix) :] if last.startswith(prefix) else last)
 
 
@@ -270,7 +271,7 @@ class Trainer:
             self.enc_name, self.enc_kwargs = net.encoder_name, net.encoder_kwargs
             if cfg.method == "context-encoder" and cfg.loss.lambda_adv > 0:
                 disc = build_discriminator(cfg.model)
-        if self.dist.enabled:  # batch statistics of the global batch (see pretrain.distributed)
+        if self.dist.enabled:  # batch statistics of the global batch (see cebench.core.distributed)
             net = D.convert_sync_batchnorm(net, device.type)
             disc = D.convert_sync_batchnorm(disc, device.type) if disc is not None else None
         self.fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pretrain.config import _deep_merge, apply_overrides
-from pretrain.pretrain_config import PretrainConfig, config_from_dict
+from cebench.core.config import _deep_merge, apply_overrides
+from cebench.pretrain.config import PretrainConfig, config_from_dict
 
 TINY_MODEL = {
     "input_size": 32,

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from benchmarks.cells import CellExecutor, flatten_metrics
-from benchmarks.cli import main as cebench
-from benchmarks.runner import Runner
-from benchmarks.suite import load_suite
+from cebench.benchmarks.cells import CellExecutor, flatten_metrics
+from cebench.benchmarks.runner import Runner
+from cebench.benchmarks.suite import load_suite
+from cebench.cli import main as cebench
 
 
 @pytest.mark.parametrize(
@@ -97,7 +97,7 @@ def test_paper_suite_dry_run(tmp_path):
 
 @pytest.mark.parametrize("key", ["pretrain.train.out", "transfer.out"])
 def test_suite_configs_cannot_write_outside_the_results_dir(tmp_path, key):
-    from pretrain.errors import ConfigError
+    from cebench.core.errors import ConfigError
 
     suite = load_suite("mini", [f"{key}={tmp_path.parent / 'escaped'}"])
     executor = CellExecutor()

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.runner import Runner
-from benchmarks.suite import load_suite, plan_cells
-from pretrain.errors import ConfigError
+from cebench.benchmarks.runner import Runner
+from cebench.benchmarks.suite import load_suite, plan_cells
+from cebench.core.errors import ConfigError
 
 SUITE = textwrap.dedent("""
     name: toy
@@ -214,8 +214,8 @@ def test_sigkill_mid_suite_then_resume(tmp_path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_bench_runner import KillExecutor
-        from benchmarks.runner import Runner
-        from benchmarks.suite import load_suite
+        from cebench.benchmarks.runner import Runner
+        from cebench.benchmarks.suite import load_suite
         Runner(load_suite({str(suite_file)!r}), {str(tmp_path / "out")!r}, KillExecutor(), log=print).run()
     """)
     proc = subprocess.run(
@@ -275,8 +275,8 @@ def test_killed_runner_leaves_no_worker_behind(tmp_path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_bench_runner import SleepExecutor
-        from benchmarks.runner import Runner
-        from benchmarks.suite import load_suite
+        from cebench.benchmarks.runner import Runner
+        from cebench.benchmarks.suite import load_suite
         Runner(load_suite({str(suite_file)!r}), {str(tmp_path / "out")!r}, SleepExecutor(), jobs=2).run()
     """)
     proc = subprocess.Popen([sys.executable, "-c", script])

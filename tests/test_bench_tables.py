@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.cli import main as cebench
-from benchmarks.tables import COLUMNS, read_results, render_latex, render_markdown
-from pretrain.errors import DatasetError
+from cebench.benchmarks.tables import COLUMNS, read_results, render_latex, render_markdown
+from cebench.cli import main as cebench
+from cebench.core.errors import DatasetError
 
 CSV = """suite,arm,task,metric,seed,value,config_hash,code_version,device,wall_time_s
 t,random,cls,score,0,50.0,h1,v,cpu,1.0

@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 
-from pretrain.checkpoint import atomic_save, load_encoder, safe_load, save_encoder
-from pretrain.config import apply_overrides, config_hash, load_config
-from pretrain.errors import CheckpointError, ConfigError
-from pretrain.models import build_encoder, list_encoders, register_encoder
+from cebench.core.config import apply_overrides, config_hash, load_config
+from cebench.core.errors import CheckpointError, ConfigError
+from cebench.core.io import atomic_save, safe_load
+from cebench.pretrain.encoder_file import load_encoder, save_encoder
+from cebench.pretrain.models import build_encoder, list_encoders, register_encoder
 
 
 @dataclasses.dataclass
@@ -118,7 +119,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path, monkeypatch):
 
 def test_cli_help_lists_subcommands():
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cli", "--help"], capture_output=True, text=True
+        [sys.executable, "-m", "cebench.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
     for name in ("data", "pretrain", "transfer", "bench", "speed"):
@@ -133,11 +134,13 @@ def test_atomic_files_get_the_usual_permissions(tmp_path):
 
 
 def test_named_yaml_resolves_names_and_paths(tmp_path):
-    from pretrain.config import named_yaml
+    from cebench.core.config import named_yaml
 
     (tmp_path / "small.yaml").write_text("a: 1\n")
     assert named_yaml("small", tmp_path, "config", "named configs") == tmp_path / "small.yaml"
-    assert named_yaml(tmp_path / "small.yaml", tmp_path, "config", "named") == tmp_path / "small.yaml"
+    assert (
+        named_yaml(tmp_path / "small.yaml", tmp_path, "config", "named") == tmp_path / "small.yaml"
+    )
     with pytest.raises(ConfigError, match="unknown config 'big'; named configs: small"):
         named_yaml("big", tmp_path, "config", "named configs")
     with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.cli import main as cebench
-from pretrain.data.check import check, detect
-from pretrain.data.synth import generate
+from cebench.cli import main as cebench
+from cebench.data.check import check, detect
+from cebench.data.synth import generate
 
 
 @pytest.fixture(scope="module")

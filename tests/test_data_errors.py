@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pretrain.data import CocoDetection, VOCClassification, VOCDetection, VOCSegmentation
-from pretrain.data.voc import load_segmentation_mask, parse_annotation
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data import CocoDetection, VOCClassification, VOCDetection, VOCSegmentation
+from cebench.data.voc import load_segmentation_mask, parse_annotation
 
 CLASSES = ["cat", "dog", "emu"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.data import ImageFiles, ImageFolderDataset, list_images, load_rgb
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data import ImageFiles, ImageFolderDataset, list_images, load_rgb
 
 
 def _rgb(path) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 
-from pretrain.data import (
+from cebench.data import (
     CocoDetection,
     ImageFiles,
     ImageFolderDataset,
@@ -17,8 +17,8 @@ from pretrain.data import (
     VOCSegmentation,
     read_classes,
 )
-from pretrain.data.scenes import CLASSES
-from pretrain.data.synth import folder_scene, generate, unlabelled_scene, voc_scene
+from cebench.data.scenes import CLASSES
+from cebench.data.synth import folder_scene, generate, unlabelled_scene, voc_scene
 
 SEED, SIZE, N = 3, 40, 24
 

@@ -11,9 +11,9 @@ from sklearn.model_selection import cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pretrain.data.scenes import CLASSES, render_scene, shape_coverage
-from pretrain.data.synth import folder_scene, generate, voc_scene
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data.scenes import CLASSES, render_scene, shape_coverage
+from cebench.data.synth import folder_scene, generate, voc_scene
 
 
 def _files(root) -> dict[str, bytes]:

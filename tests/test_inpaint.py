@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.inpaint import get_args_parser, image_masks, inpaint_metrics, main, psnr, summarise
-from pretrain.train import run
+from cebench.pretrain.inpaint import (
+    get_args_parser,
+    image_masks,
+    inpaint_metrics,
+    main,
+    psnr,
+    summarise,
+)
+from cebench.pretrain.train import run
 from tests._train_helpers import tiny_config, write_images
 
 
@@ -95,7 +102,7 @@ def test_inpaint_methods(trained, tmp_path, method):
 
 
 def test_model_needs_a_training_checkpoint(trained, tmp_path):
-    from pretrain.errors import CheckpointError
+    from cebench.core.errors import CheckpointError
 
     run_dir, images = trained
     args = get_args_parser().parse_args(
@@ -160,7 +167,7 @@ def test_region_predicting_model(tmp_path):
 
 
 def test_output_names_unique_across_subfolders(tmp_path):
-    from pretrain.inpaint import output_names
+    from cebench.pretrain.inpaint import output_names
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

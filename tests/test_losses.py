@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from pretrain.losses import (
+from cebench.pretrain.losses import (
     discriminator_loss,
     generator_adversarial_loss,
     joint_loss,

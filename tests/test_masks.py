@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pretrain.errors import ConfigError
-from pretrain.masks import (
+from cebench.core.errors import ConfigError
+from cebench.pretrain.masks import (
     center_masks,
     center_region_start,
     fill_holes,
@@ -26,7 +26,7 @@ from pretrain.masks import (
 
 
 def _coverage(m: torch.Tensor) -> torch.Tensor:
-    return m.float().mean((1, 2, 3))
+    return m.double().mean((1, 2, 3))
 
 
 def _toy_bank() -> torch.Tensor:

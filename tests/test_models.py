@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.checkpoint import load_encoder, save_encoder
-from pretrain.config import apply_overrides
-from pretrain.errors import CheckpointError, ConfigError
-from pretrain.losses import reconstruction_loss
-from pretrain.models import (
+from cebench.core.config import apply_overrides
+from cebench.core.errors import CheckpointError, ConfigError
+from cebench.pretrain.encoder_file import load_encoder, save_encoder
+from cebench.pretrain.losses import reconstruction_loss
+from cebench.pretrain.models import (
     MODEL_PRESETS,
     ModelConfig,
     build_context_encoder,
@@ -22,10 +22,10 @@ from pretrain.models import (
     list_encoders,
     model_config,
 )
-from pretrain.models.channelwise import ChannelwiseFC
-from pretrain.models.context_encoder import count_parameters
-from pretrain.models.decoder import Discriminator
-from pretrain.models.hub import load_hub_weights
+from cebench.pretrain.models.channelwise import ChannelwiseFC
+from cebench.pretrain.models.context_encoder import count_parameters
+from cebench.pretrain.models.decoder import Discriminator
+from cebench.pretrain.models.hub import load_hub_weights
 
 
 def _shapes(enc, size: int) -> dict[str, tuple[int, ...]]:
@@ -275,7 +275,7 @@ def test_hub_weights_from_hugging_face_cache(tmp_path, monkeypatch):
 
 
 def test_model_config_overrides_copy_and_never_touch_the_preset():
-    from pretrain.models.context_encoder import MODEL_PRESETS, model_config
+    from cebench.pretrain.models.context_encoder import MODEL_PRESETS, model_config
 
     before = dict(MODEL_PRESETS["small-dcgan"].encoder_kwargs)
     cfg = model_config("small-dcgan", encoder_kwargs={"width": 8}, decoder_widths=[32, 16])

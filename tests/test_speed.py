@@ -8,13 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import speed
-from benchmarks.plain_reference import PlainStep, plain_layers
-from pretrain.engine import GANParts, batch_masks, context_encoder_step
-from pretrain.models.alexnet import ChannelLRN
-from pretrain.models.context_encoder import ModelConfig, build_context_encoder, build_discriminator
-from pretrain.models.decoder import FullMapConv2d, PointUpconv
-from pretrain.pretrain_config import load_pretrain_config
+from cebench.benchmarks import speed
+from cebench.benchmarks.plain_reference import PlainStep, plain_layers
+from cebench.pretrain.config import load_pretrain_config
+from cebench.pretrain.models.alexnet import ChannelLRN
+from cebench.pretrain.models.context_encoder import (
+    ModelConfig,
+    build_context_encoder,
+    build_discriminator,
+)
+from cebench.pretrain.models.decoder import FullMapConv2d, PointUpconv
+from cebench.pretrain.steps import GANParts, batch_masks, context_encoder_step
 
 # a 32 px DCGAN context encoder with the released layout: conv bottleneck, centre region, D
 TINY = ModelConfig(

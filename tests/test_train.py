@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.checkpoint import load_encoder, safe_load
-from pretrain.errors import CheckpointError, ConfigError, DatasetError, TrainingError
-from pretrain.logger import read_jsonl
-from pretrain.pretrain_config import load_pretrain_config, named_configs
-from pretrain.train import run
+from cebench.core.errors import CheckpointError, ConfigError, DatasetError, TrainingError
+from cebench.core.io import safe_load
+from cebench.core.logger import read_jsonl
+from cebench.pretrain.config import load_pretrain_config, named_configs
+from cebench.pretrain.encoder_file import load_encoder
+from cebench.pretrain.train import run
 from tests._train_helpers import tiny_config, write_images
 
 LOSS_KEYS = ("loss", "loss_rec", "loss_adv_g", "loss_d")
@@ -123,7 +124,7 @@ def test_resume_is_bit_exact(images, tmp_path):
     part = tiny_config(images, tmp_path / "part", ["train.steps=3"])
     run(part)
     # resume as the command line does: only --out, --resume and a longer --steps (config.yaml is the base)
-    from pretrain.train import build_config, get_args_parser
+    from cebench.pretrain.train import build_config, get_args_parser
 
     args = get_args_parser().parse_args(
         ["--out", str(tmp_path / "part"), "--resume", "--steps", "6"]
@@ -153,7 +154,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(images, tmp_path, caps
 
 
 def test_failed_checkpoint_write_keeps_previous(images, tmp_path, monkeypatch):
-    import pretrain.resume as resume
+    import cebench.core.checkpoints as resume
 
     real, calls = resume.atomic_save, []
 
@@ -172,7 +173,7 @@ def test_failed_checkpoint_write_keeps_previous(images, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeypatch):
-    import pretrain.engine as engine
+    import cebench.pretrain.steps as engine
 
     real, calls = engine.reconstruction_loss, []
 
@@ -259,7 +260,7 @@ def test_random_region_shapes_from_voc_masks(images, tmp_path, capsys):
 
 
 def test_cli_picks_the_config_from_the_image_size(tmp_path, capsys):
-    from pretrain.train import build_config, get_args_parser
+    from cebench.pretrain.train import build_config, get_args_parser
 
     small = write_images(tmp_path / "small", n=2, size=64)
     big = write_images(tmp_path / "big", n=2, size=160)

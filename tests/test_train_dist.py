@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
-from pretrain.checkpoint import safe_load
-from pretrain.config import to_dict
-from pretrain.logger import read_jsonl
-from pretrain.train import run
+from cebench.core.config import to_dict
+from cebench.core.io import safe_load
+from cebench.core.logger import read_jsonl
+from cebench.pretrain.train import run
 from tests._train_helpers import tiny_config, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def train_cmd(cfg_file: Path, out: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pretrain.train",
+        "cebench.pretrain.train",
         "--config",
         str(cfg_file),
         "--out",
@@ -77,7 +77,7 @@ def test_two_process_ddp_equals_one_process(images, tmp_path):
         "--nproc_per_node",
         "2",
         "-m",
-        "pretrain.train",
+        "cebench.pretrain.train",
         "--config",
         str(config_file(cfg, tmp_path / "c.yaml")),
         "--out",

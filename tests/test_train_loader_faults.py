@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pretrain.errors import TrainingError
-from pretrain.trainer import next_batch
+from cebench.core.errors import TrainingError
+from cebench.pretrain.trainer import next_batch
 
 
 class _WorkerDies(Dataset):

@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.checkpoint import atomic_save, save_encoder
-from pretrain.errors import CheckpointError, ConfigError
-from pretrain.models import build_encoder
-from transfer.encoders import resolve_encoder, weights_hash
+from cebench.core.errors import CheckpointError, ConfigError
+from cebench.core.io import atomic_save
+from cebench.pretrain.encoder_file import save_encoder
+from cebench.pretrain.models import build_encoder
+from cebench.transfer.encoders import resolve_encoder, weights_hash
 
 
 def _save_tiny(path, width=8, input_size=32, **meta):

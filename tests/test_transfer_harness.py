@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from pretrain.checkpoint import safe_load
-from pretrain.data.synth import generate
-from pretrain.errors import ConfigError
-from pretrain.logger import read_jsonl
-from transfer import classify, detect, segment
+from cebench.core.errors import ConfigError
+from cebench.core.io import safe_load
+from cebench.core.logger import read_jsonl
+from cebench.data.synth import generate
+from cebench.transfer import classify, detect, segment
 
 FAMILIES = {
     "tiny": "random:tiny,width=8",
@@ -102,7 +102,7 @@ def test_segment_every_family(family, synth, tmp_path):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_every_family_builds_as_detection_backbone(family):
-    from transfer.encoders import resolve_encoder
+    from cebench.transfer.encoders import resolve_encoder
 
     enc, info = resolve_encoder(FAMILIES[family], input_size=32)
     cfg = detect.small_preset()
@@ -235,7 +235,7 @@ def test_knn_scores_match_a_naive_vote():
 
 
 def test_cli_writes_outputs_and_reports_errors(synth, tmp_path, capsys):
-    from benchmarks.cli import main
+    from cebench.cli import main
 
     out = tmp_path / "cli"
     rc = main(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from transfer.metrics import (
+from cebench.transfer.metrics import (
     ConfusionMatrix,
     DetectionEvaluator,
     coco_gt_from_targets,

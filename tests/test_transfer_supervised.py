@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.checkpoint import save_encoder
-from pretrain.data.synth import generate
-from pretrain.models import build_encoder
-from transfer import classify
-from transfer.data import classification_splits, seeded_loader
-from transfer.encoders import MINUS_ONE_ONE
-from transfer.engine import set_seed
+from cebench.data.synth import generate
+from cebench.pretrain.encoder_file import save_encoder
+from cebench.pretrain.models import build_encoder
+from cebench.transfer import classify
+from cebench.transfer.data import classification_splits, seeded_loader
+from cebench.transfer.encoders import MINUS_ONE_ONE
+from cebench.transfer.loop import set_seed
 
 
 @pytest.fixture(autouse=True)

@@ -1,2 +1,2 @@
-"""cebench transfer harnesses: classification, detection and segmentation on a (frozen or fine-tuned)
-encoder from `pretrain`."""
+"""cebench.transfer: classification, detection and segmentation harnesses on a (frozen or
+fine-tuned) encoder from `cebench.pretrain`. Installed as `cebench.transfer`."""

@@ -4,7 +4,7 @@
     cfg = config_from_args(ClassifyConfig, small_preset, args, {"protocol": args.protocol})
 
 Options left out on the command line keep the preset's value; `--set key=value` reaches any
-config key (`pretrain.config.apply_overrides`, unknown keys are errors). Nothing else is changed.
+config key (`cebench.core.config.apply_overrides`, unknown keys are errors). Nothing else is changed.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pretrain.config import apply_overrides, validate
-from pretrain.errors import ConfigError
+from cebench.core.config import apply_overrides, validate
+from cebench.core.errors import ConfigError
 
 T = TypeVar("T")
 

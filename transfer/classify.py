@@ -3,7 +3,7 @@
     cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --protocol linear --out runs/cls
     cebench transfer classify --encoder random:tiny --data data/builtin/imagefolder --protocol knn --preset small --out runs/knn
 
-    from transfer.classify import ClassifyConfig, run, small_preset
+    from cebench.transfer.classify import ClassifyConfig, run, small_preset
     result = run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/cls"))
     result["metrics"]["score"]     # mAP (VOC data) or top-1 (ImageFolder data), in percent
 
@@ -14,7 +14,7 @@ Protocols (what is trained, defaults = `ClassifyConfig`):
   flips; in the spirit of the Krähenbühl et al. (2016) VOC2007 fine-tuning protocol the paper uses
   (their exact iteration counts and crops are not reproduced).
 - "linear": the encoder frozen; per stage, features average-pooled to <= 9216 dims (see
-  `transfer.features`), standardised with training statistics, and a linear classifier trained on
+  `cebench.transfer.features`), standardised with training statistics, and a linear classifier trained on
   the cached features with Adam (lr 1e-3, weight decay 5e-4, batch 256, 100 epochs): the
   layer-wise linear-probe protocol of Zhang et al. (CVPR 2017), one classifier per layer.
 - "knn": the encoder frozen; cosine similarity on the same pooled features (L2-normalised),
@@ -37,19 +37,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.checkpoint import atomic_save
-from pretrain.config import validate
-from pretrain.device import pick_device
-from pretrain.errors import ConfigError
-from pretrain.logger import MetricLogger
-from transfer.args import (
+from cebench.core.config import validate
+from cebench.core.device import pick_device
+from cebench.core.errors import ConfigError
+from cebench.core.io import atomic_save
+from cebench.core.logger import MetricLogger
+from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
     config_from_args,
     replace_validated,
     require_at_least,
 )
-from transfer.data import (
+from cebench.transfer.data import (
     ClassificationView,
     calibration_batch,
     classification_splits,
@@ -58,10 +58,10 @@ from transfer.data import (
     low_shot_indices,
     seeded_loader,
 )
-from transfer.encoders import MINUS_ONE_ONE, resolve_encoder
-from transfer.engine import freeze, make_optimizer, set_seed, train_one_epoch, write_run
-from transfer.features import default_cache_dir, extract_features
-from transfer.metrics import top1, voc_mean_ap
+from cebench.transfer.encoders import MINUS_ONE_ONE, resolve_encoder
+from cebench.transfer.features import default_cache_dir, extract_features
+from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from cebench.transfer.metrics import top1, voc_mean_ap
 
 
 @dataclass

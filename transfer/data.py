@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
-from pretrain.errors import ConfigError, DatasetError
+from cebench.core.errors import ConfigError, DatasetError
 
 
 def find_format(data: str | Path) -> tuple[str, Path]:
@@ -104,7 +104,7 @@ class ClassificationView(torch.utils.data.Dataset):
         return [self.image_path(i) for i in range(len(self))]
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from pretrain.data import load_rgb
+        from cebench.data import load_rgb
 
         flip = self.train and random.random() < 0.5
         return to_tensor(
@@ -120,7 +120,7 @@ def classification_splits(
     size: int,
     normalize: dict[str, list[float]],
 ) -> tuple[ClassificationView, ClassificationView]:
-    from pretrain.data import ImageFolderDataset, VOCClassification
+    from cebench.data import ImageFolderDataset, VOCClassification
 
     if fmt == "voc":
         tr, va = VOCClassification(root, train_split), VOCClassification(root, val_split)

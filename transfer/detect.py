@@ -4,7 +4,7 @@
     cebench transfer detect --encoder random:tiny --coco-ann data/builtin/coco/annotations/instances_train.json \\
         --coco-images data/builtin/VOC/JPEGImages --preset small --frozen --out runs/det-coco
 
-    from transfer.detect import DetectConfig, run, small_preset
+    from cebench.transfer.detect import DetectConfig, run, small_preset
     run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/det"))["metrics"]["AP50"]
 
 Model (assembled from torchvision parts, as its detection references do): the encoder as backbone
@@ -41,22 +41,22 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.transforms import functional as TF
 
-from pretrain.checkpoint import atomic_save
-from pretrain.config import validate
-from pretrain.device import pick_device
-from pretrain.errors import ConfigError, DatasetError
-from pretrain.logger import MetricLogger
-from transfer.args import (
+from cebench.core.config import validate
+from cebench.core.device import pick_device
+from cebench.core.errors import ConfigError, DatasetError
+from cebench.core.io import atomic_save
+from cebench.core.logger import MetricLogger
+from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
     config_from_args,
     replace_validated,
     require_at_least,
 )
-from transfer.data import calibration_batch, find_format, seeded_loader
-from transfer.encoders import resolve_encoder
-from transfer.engine import freeze, make_optimizer, set_seed, train_one_epoch, write_run
-from transfer.metrics import DetectionEvaluator, coco_gt_from_targets
+from cebench.transfer.data import calibration_batch, find_format, seeded_loader
+from cebench.transfer.encoders import resolve_encoder
+from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from cebench.transfer.metrics import DetectionEvaluator, coco_gt_from_targets
 
 
 @dataclass
@@ -238,7 +238,7 @@ def _collate(batch):
 
 def detection_splits(cfg: DetectConfig):
     """(train dataset, val dataset, coco ground truth for val, label -> category id or None)."""
-    from pretrain.data import CocoDetection, VOCDetection
+    from cebench.data import CocoDetection, VOCDetection
 
     if cfg.coco_ann:
         if not cfg.coco_images:
@@ -354,7 +354,7 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
     out = Path(cfg.out)
 
     def calibration(size: int) -> torch.Tensor:
-        from transfer.data import ResizedImages
+        from cebench.transfer.data import ResizedImages
 
         return calibration_batch(ResizedImages(tr, size), cfg.calibration_images, cfg.seed)
 

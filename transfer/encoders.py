@@ -6,7 +6,7 @@
     enc, info = resolve_encoder("hub:torchvision/alexnet")            # ImageNet, local cache only
 
 Specs:
-- a path to an `encoder.pt` (`pretrain.checkpoint.save_encoder` format) or to a run directory
+- a path to an `encoder.pt` (`cebench.pretrain.encoder_file.save_encoder` format) or to a run directory
   holding one; supervised encoders are those written by `cebench pretrain --method supervised`;
 - `random:<name>[,key=value...]`: the paper's "random Gaussian" row: every conv/linear weight drawn
   from N(0, 0.01^2), biases 0, BatchNorm at scale 1 / shift 0;
@@ -21,7 +21,7 @@ Specs:
 - `hub:torchvision/alexnet`, `hub:timm/resnet18`: ImageNet weights loaded ONLY from the local
   caches (torch hub checkpoints dir; Hugging Face hub cache for timm) by the registry's
   "alexnet" (torchvision layout) / "timm-resnet18" encoders with `pretrained=True`
-  (`pretrain.models.hub`). Nothing is downloaded; a missing file is a CheckpointError naming
+  (`cebench.pretrain.models.hub`). Nothing is downloaded; a missing file is a CheckpointError naming
   where it was looked for.
 
 `info` = {"spec", "name", "kwargs", "meta", "hash" (sha256 of the weights, for feature caching),
@@ -39,8 +39,8 @@ import torch
 import yaml
 from torch import nn
 
-from pretrain.checkpoint import load_encoder
-from pretrain.errors import CheckpointError, ConfigError
+from cebench.core.errors import CheckpointError, ConfigError
+from cebench.pretrain.encoder_file import load_encoder
 
 # Pretraining scales images to [-1, 1]; ImageNet weights expect ImageNet statistics.
 MINUS_ONE_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -160,7 +160,7 @@ def _load_path(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def _load_hub(source: str, input_size: int | None) -> tuple[nn.Module, dict[str, Any]]:
     """ImageNet weights through the registry's own `pretrained=True` (local caches only)."""
-    from pretrain.models import build_encoder
+    from cebench.pretrain.models import build_encoder
 
     if source not in HUB_MODELS:
         raise ConfigError(
@@ -177,7 +177,7 @@ def _with_input_size(
     encoder: nn.Module, info: dict[str, Any], input_size: int, spec: str
 ) -> nn.Module:
     """Rebuild a checkpointed encoder for another input size; its weights must still fit."""
-    from pretrain.models import build_encoder
+    from cebench.pretrain.models import build_encoder
 
     kwargs = {**info["kwargs"], "input_size": input_size}
     other = build_encoder(info["name"], **kwargs)
@@ -226,7 +226,7 @@ def resolve_encoder(
     `calibration_images` (random-rescaled only): a batch in [-1, 1], or a function of the input
     size returning one (the harness then loads its training images at the encoder's size).
     """
-    from pretrain.models import build_encoder
+    from cebench.pretrain.models import build_encoder
 
     if not spec:
         raise ConfigError(

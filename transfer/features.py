@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.checkpoint import atomic_save, safe_load
-from pretrain.errors import CheckpointError
+from cebench.core.errors import CheckpointError
+from cebench.core.io import atomic_save, safe_load
 
 
 def default_cache_dir(out_dir: str | Path | None) -> Path:

@@ -1,6 +1,6 @@
 """Transfer metrics: top-1, VOC classification mAP, COCO detection AP, segmentation mIoU.
 
-    from transfer.metrics import top1, voc_mean_ap, ConfusionMatrix, DetectionEvaluator
+    from cebench.transfer.metrics import top1, voc_mean_ap, ConfusionMatrix, DetectionEvaluator
     voc_mean_ap(scores, targets)        # targets in {1, 0, -1}; -1 = ignored (difficult only)
     cm = ConfusionMatrix(21); cm.update(gt, pred); cm.reduce_from_all_processes(); cm.compute()
 

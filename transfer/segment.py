@@ -3,7 +3,7 @@
     cebench transfer segment --encoder runs/ce/encoder.pt --data data/builtin/VOC --out runs/seg
     cebench transfer segment --encoder random:tiny --data data/builtin/VOC --preset small --frozen --out runs/seg
 
-    from transfer.segment import SegmentConfig, run, small_preset
+    from cebench.transfer.segment import SegmentConfig, run, small_preset
     run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/seg"))["metrics"]["mIoU"]
 
 Model (`FCN`, Long et al., CVPR 2015): a 1x1 score conv on the encoder's last stage, upsampled
@@ -34,23 +34,23 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from pretrain.checkpoint import atomic_save
-from pretrain.config import validate
-from pretrain.device import pick_device
-from pretrain.errors import ConfigError, DatasetError
-from pretrain.logger import MetricLogger
-from transfer.args import (
+from cebench.core.config import validate
+from cebench.core.device import pick_device
+from cebench.core.errors import ConfigError, DatasetError
+from cebench.core.io import atomic_save
+from cebench.core.logger import MetricLogger
+from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
     config_from_args,
     replace_validated,
     require_at_least,
 )
-from transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
-from transfer.detect import select_levels
-from transfer.encoders import resolve_encoder
-from transfer.engine import freeze, make_optimizer, set_seed, train_one_epoch, write_run
-from transfer.metrics import ConfusionMatrix
+from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
+from cebench.transfer.detect import select_levels
+from cebench.transfer.encoders import resolve_encoder
+from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from cebench.transfer.metrics import ConfusionMatrix
 
 
 @dataclass
@@ -176,7 +176,7 @@ def main(args: argparse.Namespace) -> int:
 
 def run(cfg: SegmentConfig) -> dict[str, Any]:
     """Train and evaluate one FCN; writes metrics.json, log.jsonl and model.pt under cfg.out."""
-    from pretrain.data import VOCSegmentation
+    from cebench.data import VOCSegmentation
 
     validate(cfg)
     if not cfg.out:

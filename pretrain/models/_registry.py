@@ -5,7 +5,7 @@
 
     enc = build_encoder("tiny", width=8)
 
-Every registered builder returns an `Encoder` (see `pretrain.models.base`), so every transfer
+Every registered builder returns an `Encoder` (see `cebench.pretrain.models.base`), so every transfer
 harness accepts every encoder.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pretrain.errors import ConfigError
+from cebench.core.errors import ConfigError
 
 _ENCODERS: dict[str, Callable[..., Any]] = {}
 

@@ -1,6 +1,6 @@
 """AlexNet conv1..pool5, the context encoder's feature-learning encoder (Pathak et al. 2016, Sec. 4).
 
-    from pretrain.models import build_encoder
+    from cebench.pretrain.models import build_encoder
     enc = build_encoder("alexnet", input_size=227)            # pool5: 256 x 6 x 6
     enc = build_encoder("alexnet-poolfree", input_size=227)   # pools -> strided convs, also 6 x 6
     enc = build_encoder("alexnet", layout="torchvision", norm="none", pretrained=True)  # ImageNet
@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.errors import CheckpointError, ConfigError
-from pretrain.models._registry import register_encoder
-from pretrain.models.base import Encoder, FeatureInfo
-from pretrain.models.hub import load_hub_weights
+from cebench.core.errors import CheckpointError, ConfigError
+from cebench.pretrain.models._registry import register_encoder
+from cebench.pretrain.models.base import Encoder, FeatureInfo
+from cebench.pretrain.models.hub import load_hub_weights
 
 LAYOUTS = {
     "caffe": {"widths": (96, 256, 384, 384, 256), "conv1_padding": 0},

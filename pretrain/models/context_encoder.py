@@ -1,6 +1,6 @@
 """The context encoder (Pathak et al. 2016): encoder -> bottleneck -> up-convolutional decoder.
 
-    from pretrain.models.context_encoder import MODEL_PRESETS, build_context_encoder, model_config
+    from cebench.pretrain.models.context_encoder import MODEL_PRESETS, build_context_encoder, model_config
     cfg = model_config("small-tiny")                       # or MODEL_PRESETS["paper-inpainting"]
     cfg = model_config("small-tiny", predict="region", output_size=32)   # centre-mask variant
     G = build_context_encoder(cfg)                         # G(masked [B,3,S,S]) -> [B,3,out,out]
@@ -23,11 +23,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from pretrain.errors import ConfigError
-from pretrain.models._registry import build_encoder
-from pretrain.models.base import Encoder
-from pretrain.models.channelwise import ChannelwiseBottleneck
-from pretrain.models.decoder import ConvBottleneck, Discriminator, UpconvDecoder
+from cebench.core.errors import ConfigError
+from cebench.pretrain.models._registry import build_encoder
+from cebench.pretrain.models.base import Encoder
+from cebench.pretrain.models.channelwise import ChannelwiseBottleneck
+from cebench.pretrain.models.decoder import ConvBottleneck, Discriminator, UpconvDecoder
 
 
 @dataclass

@@ -1,22 +1,22 @@
 """The DCGAN-style encoder of the released inpainting context encoder (pathak22/context-encoder).
 
-    from pretrain.models import build_encoder
+    from cebench.pretrain.models import build_encoder
     enc = build_encoder("dcgan", input_size=128)      # stages conv1..conv5, 128 px -> 4x4x512
 
 4x4 stride-2 convolutions, `width` (64) filters first and doubling up to 8x `width`, BatchNorm on
 every layer but the first (DCGAN), LeakyReLU 0.2. Layers are added until the map is 4x4: four for
 64 px (64-128-256-512), five for 128 px, where the released code repeats the 64-filter layer
 (64-64-128-256-512). The released net then has a 4x4 convolution to a 1x1x4000 bottleneck; that
-belongs to the context encoder's "conv" bottleneck (`pretrain.models.context_encoder`).
+belongs to the context encoder's "conv" bottleneck (`cebench.pretrain.models.context_encoder`).
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from pretrain.errors import ConfigError
-from pretrain.models._registry import register_encoder
-from pretrain.models.base import Encoder, FeatureInfo
+from cebench.core.errors import ConfigError
+from cebench.pretrain.models._registry import register_encoder
+from cebench.pretrain.models.base import Encoder, FeatureInfo
 
 
 def dcgan_depth(size: int, final: int = 4) -> int:

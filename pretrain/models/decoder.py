@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.errors import ConfigError
-from pretrain.models.dcgan import dcgan_widths
+from cebench.core.errors import ConfigError
+from cebench.pretrain.models.dcgan import dcgan_widths
 
 
 class FullMapConv2d(nn.Conv2d):
@@ -128,7 +128,7 @@ class Discriminator(nn.Module):
 
     4x4 stride-2 convolutions until the map is at most 7 px (4x4 for 64 px, as released), widths as
     the DCGAN encoder (64 first, doubling to 512), then a convolution over the whole remaining map
-    to one logit. No sigmoid: the BCE-with-logits losses in `pretrain.losses` apply it.
+    to one logit. No sigmoid: the BCE-with-logits losses in `cebench.pretrain.losses` apply it.
     """
 
     def __init__(self, input_size: int = 64, width: int = 64, in_channels: int = 3) -> None:

@@ -1,6 +1,6 @@
 """Pretrained weights from the local caches only: nothing is ever downloaded at run time.
 
-    from pretrain.models.hub import load_hub_weights
+    from cebench.pretrain.models.hub import load_hub_weights
     sd = load_hub_weights(url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth")
     sd = load_hub_weights(hf_repo="timm/resnet18.a1_in1k")
 
@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from pretrain.errors import CheckpointError
+from cebench.core.errors import CheckpointError
 
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 

@@ -1,6 +1,6 @@
 """Any timm convolutional backbone as an `Encoder` (stage names and strides from timm's feature_info).
 
-    from pretrain.models import build_encoder
+    from cebench.pretrain.models import build_encoder
     enc = build_encoder("timm-resnet18", input_size=64)          # act1, layer1 .. layer4
     enc = build_encoder("timm", model_name="convnext_atto", input_size=64)
     enc = build_encoder("timm-resnet18", pretrained=True)       # ImageNet weights from the local cache
@@ -10,7 +10,7 @@ extractor is a plain sequence of modules (ResNet, ConvNeXt, ...), it is regroupe
 `stages` entry per returned feature, so transfer code can freeze or re-initialise stage by stage;
 otherwise (EfficientNet's own feature class, hook-based extractors) the whole extractor is kept as
 `body` and `stages` is empty. `pretrained=True` loads only weights already in the local timm / HF
-hub or torch hub cache (`pretrain.models.hub`); nothing is downloaded.
+hub or torch hub cache (`cebench.pretrain.models.hub`); nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.errors import CheckpointError, ConfigError
-from pretrain.models._registry import register_encoder
-from pretrain.models.base import Encoder, FeatureInfo
-from pretrain.models.hub import load_hub_weights
+from cebench.core.errors import CheckpointError, ConfigError
+from cebench.pretrain.models._registry import register_encoder
+from cebench.pretrain.models.base import Encoder, FeatureInfo
+from cebench.pretrain.models.hub import load_hub_weights
 
 
 def _create(model_name: str, pretrained: bool, out_indices: tuple[int, ...] | None) -> nn.Module:

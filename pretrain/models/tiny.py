@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from pretrain.models._registry import register_encoder
-from pretrain.models.base import Encoder, FeatureInfo
+from cebench.pretrain.models._registry import register_encoder
+from cebench.pretrain.models.base import Encoder, FeatureInfo
 
 
 class TinyEncoder(Encoder):

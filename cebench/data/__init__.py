@@ -1,19 +1,19 @@
 """Dataset readers and the built-in synthetic dataset.
 
-    from pretrain.data import list_images, load_rgb, ImageFiles, ImageFolderDataset
-    from pretrain.data import VOCClassification, VOCDetection, VOCSegmentation, CocoDetection
+    from cebench.data import list_images, load_rgb, ImageFiles, ImageFolderDataset
+    from cebench.data import VOCClassification, VOCDetection, VOCSegmentation, CocoDetection
 
     cebench data synth --out data/builtin     # write the built-in dataset
     cebench data check data/builtin           # validate any supported layout, list every problem
 
 Readers return PIL RGB images when no transform is given; every bad input raises
-`pretrain.errors.DatasetError` naming the file and the problem.
+`cebench.core.errors.DatasetError` naming the file and the problem.
 """
 
-from pretrain.data.coco import CocoDetection
-from pretrain.data.folder import ImageFolderDataset
-from pretrain.data.images import IMAGE_EXTENSIONS, ImageFiles, list_images, load_rgb
-from pretrain.data.voc import (
+from cebench.data.coco import CocoDetection
+from cebench.data.folder import ImageFolderDataset
+from cebench.data.images import IMAGE_EXTENSIONS, ImageFiles, list_images, load_rgb
+from cebench.data.voc import (
     VOC_CLASSES,
     VOCClassification,
     VOCDetection,

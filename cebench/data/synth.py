@@ -1,7 +1,7 @@
 """Write the built-in synthetic dataset (unlabelled + VOC + COCO + ImageFolder) from a seed.
 
     cebench data synth --out data/builtin                  # defaults: 64 px, seed 0
-    python -c "from pretrain.data.synth import generate; generate('data/tiny', size=32, images=24)"
+    python -c "from cebench.data.synth import generate; generate('data/tiny', size=32, images=24)"
 
 Layout (see README "Built-in data"):
 
@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pretrain.data.scenes import CLASSES, Scene, render_scene
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data.scenes import CLASSES, Scene, render_scene
 
 SYNTH_FORMAT = "cebench-synth/1"
 _STREAMS = {"unlabelled": 0, "voc": 1, "imagefolder": 2}

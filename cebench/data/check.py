@@ -3,7 +3,7 @@
     cebench data check data/builtin                 # the synthetic root: all its parts
     cebench data check VOCdevkit/VOC2007            # a VOC root
     cebench data check instances_val.json --images val2017
-    python -c "from pretrain.data.check import check; print(check('data/builtin').problems)"
+    python -c "from cebench.data.check import check; print(check('data/builtin').problems)"
 
 Formats, tried in this order: a `cebench data synth` root (synth.json or VOC/ + unlabelled/ ...),
 a VOC root (JPEGImages/ or Annotations/ or ImageSets/; also VOCdevkit/VOC*), a COCO instances
@@ -19,17 +19,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pretrain.data.coco import _load_json, coco_from_dict, coco_problems
-from pretrain.data.folder import find_classes
-from pretrain.data.images import is_image_file, list_images, load_rgb
-from pretrain.data.voc import (
+from cebench.core.errors import DatasetError
+from cebench.data.coco import _load_json, coco_from_dict, coco_problems
+from cebench.data.folder import find_classes
+from cebench.data.images import is_image_file, list_images, load_rgb
+from cebench.data.voc import (
     find_image,
     load_segmentation_mask,
     parse_annotation,
     read_classes,
     read_split,
 )
-from pretrain.errors import DatasetError
 
 _SPLIT_NAMES = ("train", "val", "test", "trainval")
 

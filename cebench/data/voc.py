@@ -1,6 +1,6 @@
 """PASCAL VOC 2007/2012 layout: classification, detection and segmentation readers.
 
-    from pretrain.data import VOCClassification, VOCDetection, VOCSegmentation
+    from cebench.data import VOCClassification, VOCDetection, VOCSegmentation
     cls = VOCClassification("data/builtin/VOC", "train")   # (img, labels[C], ignore[C])
     det = VOCDetection("VOCdevkit/VOC2007", "test")         # (img, {"boxes", "labels", ...})
     seg = VOCSegmentation("VOCdevkit/VOC2012", "val")       # (img, mask int64[H,W], 255 = ignore)
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.data.images import IMAGE_EXTENSIONS, load_rgb
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data.images import IMAGE_EXTENSIONS, load_rgb
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

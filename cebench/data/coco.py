@@ -1,6 +1,6 @@
 """COCO instances json (boxes and masks) through pycocotools.
 
-    from pretrain.data import CocoDetection
+    from cebench.data import CocoDetection
     ds = CocoDetection("data/builtin/VOC/JPEGImages", "data/builtin/coco/annotations/instances_val.json")
     img, target = ds[0]   # target: boxes xyxy, labels 1..C, difficult (= iscrowd), image_id, masks uint8[N,H,W]
 
@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.data.images import load_rgb
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data.images import load_rgb
 
 
 def _check_number_list(value: Any, n: int) -> bool:

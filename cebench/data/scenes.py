@@ -1,7 +1,7 @@
 """Procedural scenes for the built-in dataset: textured backgrounds and occluding shaped objects.
 
     import numpy as np
-    from pretrain.data.scenes import CLASSES, render_scene
+    from cebench.data.scenes import CLASSES, render_scene
     scene = render_scene(np.random.default_rng(0), size=64, n_objects=3)
     scene.image          # uint8[64,64,3]
     scene.instances      # int16[64,64], -1 = background, k = scene.objects[k]

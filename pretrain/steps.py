@@ -7,7 +7,7 @@
 Metric values are detached 0-d tensors (no device sync per step); the caller stacks them and
 copies them to the host once per log interval. Under several processes every value is the
 process's share such that the *mean over processes* is the value of the whole global batch, and
-gradients are averaged over processes (`pretrain.distributed.average_gradients`), so N processes
+gradients are averaged over processes (`cebench.core.distributed.average_gradients`), so N processes
 x batch b follow the same trajectory as 1 process x batch N*b.
 
 Context encoder step (released code's order): the generator predicts the region once; the
@@ -25,15 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.distributed import all_reduce_sum, average_gradients
-from pretrain.losses import (
+from cebench.core.distributed import all_reduce_sum, average_gradients
+from cebench.pretrain.losses import (
     discriminator_loss,
     generator_adversarial_loss,
     joint_loss,
     reconstruction_loss,
 )
-from pretrain.masks import fill_holes, loss_weights, make_masks
-from pretrain.train_data import _seed
+from cebench.pretrain.masks import fill_holes, loss_weights, make_masks
+from cebench.pretrain.train_data import _seed
 
 
 @dataclass

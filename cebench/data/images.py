@@ -1,6 +1,6 @@
 """Image files: finding them, loading any of them as RGB, and an unlabelled-image dataset.
 
-    from pretrain.data import list_images, load_rgb, ImageFiles
+    from cebench.data import list_images, load_rgb, ImageFiles
     paths = list_images("data/builtin/unlabelled")      # recursive, sorted
     img = load_rgb(paths[0])                             # PIL RGB, whatever the file's mode
     ds = ImageFiles("data/builtin/unlabelled", transform=my_transform)
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 

@@ -18,11 +18,11 @@ import importlib
 
 HARNESSES = {
     "classify": (
-        "transfer.classify",
+        "cebench.transfer.classify",
         "linear probe per layer, kNN or fine-tuning; top-1 or VOC mAP",
     ),
-    "detect": ("transfer.detect", "Faster R-CNN on the encoder; COCO AP, AP50, AP75"),
-    "segment": ("transfer.segment", "FCN on the encoder; mean IU and pixel accuracy"),
+    "detect": ("cebench.transfer.detect", "Faster R-CNN on the encoder; COCO AP, AP50, AP75"),
+    "segment": ("cebench.transfer.segment", "FCN on the encoder; mean IU and pixel accuracy"),
 }
 
 

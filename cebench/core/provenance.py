@@ -29,3 +29,13 @@ def git_commit() -> str | None:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def package_version() -> str:
+    """The installed distribution's version; '0.0.0+unknown' in a source tree that is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cebench")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"

@@ -20,27 +20,30 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": (
-        "pretrain.data.cli",
+        "cebench.data.commands",
         "generate the built-in dataset (synth) or validate a dataset (check)",
     ),
     "pretrain": (
-        "pretrain.train",
+        "cebench.pretrain.train",
         "pretrain an encoder: context encoder, autoencoder or supervised",
     ),
     "inpaint": (
-        "pretrain.inpaint",
+        "cebench.pretrain.inpaint",
         "inpaint images with a trained context encoder or a baseline; L1/L2/PSNR",
     ),
-    "transfer": ("transfer.cli", "transfer an encoder: classify | detect | segment"),
+    "transfer": ("cebench.transfer.commands", "transfer an encoder: classify | detect | segment"),
     "bench": (
-        "benchmarks.runner",
+        "cebench.benchmarks.runner",
         "run a benchmark suite (pretraining x transfer x seeds) and tabulate it",
     ),
     "table": (
-        "benchmarks.tables",
+        "cebench.benchmarks.render",
         "re-render tables and figures from results CSVs (Markdown, LaTeX)",
     ),
-    "speed": ("benchmarks.speed", "measure pretraining, data-loading and transfer throughput"),
+    "speed": (
+        "cebench.benchmarks.speed",
+        "measure pretraining, data-loading and transfer throughput",
+    ),
 }
 
 
@@ -59,13 +62,13 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.errors import CebenchError
+    from cebench.core.errors import CebenchError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         args = _top_parser().parse_args(argv)
         if args.version:
-            from pretrain import __version__
+            from cebench import __version__
 
             print(f"cebench {__version__}")
             return 0

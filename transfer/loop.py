@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pretrain.checkpoint import atomic_write_text
-from pretrain.config import save_resolved
-from pretrain.device import describe
-from pretrain.errors import TrainingError
-from pretrain.provenance import git_commit
+from cebench.core.config import save_resolved
+from cebench.core.device import describe
+from cebench.core.errors import TrainingError
+from cebench.core.io import atomic_write_text
+from cebench.core.provenance import git_commit
 
 
 def set_seed(seed: int) -> None:

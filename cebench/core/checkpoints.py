@@ -5,7 +5,7 @@
     truncate_metrics(run_dir / "metrics.jsonl", state["step"])
 
 Writing: the new checkpoint is first written completely to `checkpoint.next.pt` (atomically, via
-`pretrain.checkpoint.atomic_save`); only then is `checkpoint.pt` renamed to `checkpoint.prev.pt`
+`cebench.core.io.atomic_save`); only then is `checkpoint.pt` renamed to `checkpoint.prev.pt`
 and `checkpoint.next.pt` to `checkpoint.pt`. A failed write (full disk, no permission) therefore
 changes nothing, and a crash between the renames leaves a complete `checkpoint.next.pt`, which
 loading considers too. Loading takes the newest loadable of the three and names any file it had
@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pretrain.checkpoint import atomic_save, atomic_write_text, safe_load
-from pretrain.errors import CheckpointError
+from cebench.core.errors import CheckpointError
+from cebench.core.io import atomic_save, atomic_write_text, safe_load
 
 TRAIN_CKPT_FORMAT = "cebench-pretrain-run/1"
 CKPT, NEXT, PREV = "checkpoint.pt", "checkpoint.next.pt", "checkpoint.prev.pt"

@@ -89,7 +89,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from pretrain.data.synth import generate
+    from cebench.data.synth import generate
 
     start = time.perf_counter()
     info = generate(
@@ -115,7 +115,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from pretrain.data.check import check
+    from cebench.data.check import check
 
     report = check(args.path, images=args.images)
     if not args.quiet:

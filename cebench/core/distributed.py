@@ -1,6 +1,6 @@
 """Several training processes (torchrun): process group, gradient averaging, synchronised BatchNorm.
 
-    torchrun --nproc_per_node 2 -m pretrain.train --data DIR --out RUN   # or `cebench pretrain` under torchrun
+    torchrun --nproc_per_node 2 -m cebench.pretrain.train --data DIR --out RUN   # or `cebench pretrain` under torchrun
 
 `init_from_env()` reads torchrun's RANK / WORLD_SIZE / LOCAL_RANK and joins the group (nccl on
 CUDA, gloo on CPU). Gradients are averaged with one flattened all-reduce per optimizer step

@@ -1,6 +1,6 @@
 """ImageFolder layout: one sub-folder per class, images anywhere below it.
 
-    from pretrain.data import ImageFolderDataset
+    from cebench.data import ImageFolderDataset
     ds = ImageFolderDataset("data/builtin/imagefolder/train")
     img, label = ds[0]            # PIL RGB image, index into ds.classes
 
@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pretrain.data.images import IMAGE_EXTENSIONS, list_images, load_rgb
-from pretrain.errors import DatasetError
+from cebench.core.errors import DatasetError
+from cebench.data.images import IMAGE_EXTENSIONS, list_images, load_rgb
 
 
 def find_classes(root: str | Path) -> list[str]:

@@ -1,0 +1,54 @@
+"""cebench: Context Encoders (Pathak et al., CVPR 2016) as a self-supervised feature-learning suite.
+
+    import cebench
+    enc = cebench.build_encoder("tiny", input_size=64)          # any registered encoder
+    run = cebench.pretrain_encoder("data/builtin/unlabelled", out="runs/ce", overrides=["train.steps=50"])
+    enc, info = cebench.load_encoder(run / "encoder.pt")
+    metrics = cebench.classify(encoder=str(run), data="data/builtin/imagefolder", out="runs/cls")
+    cebench.run_suite("mini", out="results/mini")
+
+Layers (each imports only those below it): `cebench.benchmarks` -> `cebench.transfer` ->
+`cebench.pretrain` -> `cebench.core` and `cebench.data`. The names below are imported on first
+use, so `import cebench` (and the `cebench` command) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from cebench.core.provenance import package_version
+
+__version__ = package_version()
+
+# public name -> (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "build_encoder": ("cebench.pretrain.models", "build_encoder"),
+    "list_encoders": ("cebench.pretrain.models", "list_encoders"),
+    "load_encoder": ("cebench.pretrain.encoder_file", "load_encoder"),
+    "resolve_encoder": ("cebench.transfer.encoders", "resolve_encoder"),
+    "load_pretrain_config": ("cebench.pretrain.config", "load_pretrain_config"),
+    "pretrain_encoder": ("cebench.api", "pretrain_encoder"),
+    "inpaint": ("cebench.api", "inpaint"),
+    "classify": ("cebench.api", "classify"),
+    "detect": ("cebench.api", "detect"),
+    "segment": ("cebench.api", "segment"),
+    "run_suite": ("cebench.api", "run_suite"),
+    "CebenchError": ("cebench.core.errors", "CebenchError"),
+    "ConfigError": ("cebench.core.errors", "ConfigError"),
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'cebench' has no attribute '{name}'")
+    module, attr = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

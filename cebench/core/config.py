@@ -1,0 +1,234 @@
+"""Typed configs: dataclasses with one set of defaults, YAML files, and `key=value` overrides.
+
+    cfg = load_config(PretrainConfig, "pretrain/configs/paper-inpainting.yaml", ["optim.lr=1e-3"])
+
+Nothing is changed silently: an unknown key is an error that lists the valid keys, a value that
+does not parse as the field's type is an error naming the key, and `validate()` hooks on the
+dataclasses reject out-of-range values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from cebench.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert `value` (from YAML or the command line) to the annotated type `tp`."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(
+            f"config key '{key}' may not be empty (expected {getattr(tp, '__name__', tp)})"
+        )
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin in (list, tuple):
+        (inner, *_rest) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = (
+                yaml.safe_load(value)
+                if value.strip().startswith("[")
+                else [v for v in value.split(",") if v.strip()]
+            )
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp in (int, float, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+        if tp in (int, float) and isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        try:
+            if tp is int and isinstance(value, str):
+                as_float = float(value)  # accepts "1e3"
+                if not as_float.is_integer():
+                    raise ValueError
+                return int(as_float)
+            return tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}' must be {tp.__name__}, got {value!r}") from None
+    if tp is dict or typing.get_origin(tp) is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass `cls` from a (possibly partial) nested dict; unknown keys are errors."""
+    types_ = _field_types(cls)
+    unknown = sorted(set(data) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: "
+            + ", ".join(prefix + k for k in types_)
+        )
+    kwargs = {k: _coerce(v, types_[k], prefix + k) for k, v in data.items()}
+    obj = cls(**kwargs)
+    validate(obj)
+    return obj
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def validate(cfg: Any) -> None:
+    """Run every nested dataclass's optional `validate()` method."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(v):
+            validate(v)
+    hook = getattr(cfg, "validate", None)
+    if callable(hook):
+        hook()
+
+
+def apply_overrides(cfg: T, overrides: list[str]) -> T:
+    """Apply `a.b=value` strings to a config; returns a new, validated config."""
+    data = to_dict(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node: Any = data
+        cls: Any = type(cfg)
+        for i, part in enumerate(parts):
+            valid = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+            if part not in valid:
+                where = ".".join(parts[:i])
+                prefix = where + "." if where else ""
+                raise ConfigError(
+                    f"unknown config key '{key}'; valid keys"
+                    + (f" under '{where}'" if where else "")
+                    + ": "
+                    + ", ".join(prefix + k for k in valid)
+                )
+            if i == len(parts) - 1:
+                node[part] = yaml.safe_load(raw) if raw.strip() != "" else ""
+                if isinstance(node[part], (dict, list)) or node[part] is None:
+                    pass
+                elif not isinstance(node[part], str) and _unwrap_optional(valid[part])[0] is str:
+                    node[part] = raw
+            else:
+                node = node[part]
+                cls = _unwrap_optional(valid[part])[0]
+    return from_dict(type(cfg), data)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: str) -> Path:
+    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`).
+
+    Errors name the missing file, or the unknown name with the `listing` of the known ones."""
+    p = Path(name_or_file)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"{kind} file not found: {p}")
+        return p
+    named = directory / f"{name_or_file}.yaml"
+    if not named.is_file():
+        names = sorted(f.stem for f in directory.glob("*.yaml"))
+        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}")
+    return named
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Defaults of `cls`, then the YAML file at `path` (if any), then `overrides`."""
+    cfg = cls()
+    if path is not None:
+        try:
+            cfg = from_dict(cls, _deep_merge(to_dict(cfg), load_yaml(path)))
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+    return apply_overrides(cfg, overrides or [])
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_hash(cfg: Any) -> str:
+    """Short stable hash of a config (dataclass or dict), for caching and provenance."""
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def save_resolved(cfg: Any, path: str | Path) -> None:
+    """Write the fully resolved config as YAML (what dinov2 does with every run)."""
+    from cebench.core.io import atomic_write_text
+
+    data = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
