@@ -114,3 +114,28 @@ def test_coco_ap_known_imperfect_case_and_difficult():
 def test_coco_no_detections_is_zero():
     m = _evaluate(_gt(None), [], [])
     assert m["AP50"] == 0.0
+
+
+def test_voc07_11_point_ap_hand_computed_and_differs_from_area():
+    """Ranking TP, FP, TP, FP: recall .5 .5 1 1, precision 1 .5 2/3 .5.
+    11-point: t = 0..0.5 -> 1 (6 points), t = 0.6..1 -> 2/3 (5 points): (6 + 10/3) / 11.
+    Area (scikit-learn): 0.5 * 1 + 0.5 * 2/3 = 5/6."""
+    from cebench.transfer.metrics import ranking_pr, voc07_ap, voc07_mean_ap, voc_mean_ap
+
+    scores = np.array([[0.9], [0.8], [0.7], [0.6]])
+    targets = np.array([[1], [0], [1], [0]])
+    r, p = ranking_pr(scores[:, 0], targets[:, 0] > 0)
+    np.testing.assert_allclose(r, [0.5, 0.5, 1.0, 1.0])
+    np.testing.assert_allclose(p, [1.0, 0.5, 2 / 3, 0.5])
+    assert voc07_ap(r, p) == pytest.approx((6 + 10 / 3) / 11)
+    m07, _ = voc07_mean_ap(scores, targets)
+    marea, _ = voc_mean_ap(scores, targets)
+    assert m07 == pytest.approx(100 * (6 + 10 / 3) / 11)
+    assert marea == pytest.approx(100 * 5 / 6)
+    # a difficult-only (-1) example is left out of the ranking: same AP as without it
+    with_difficult = np.array([[1], [0], [-1], [1], [0]])
+    s2 = np.array([[0.9], [0.8], [0.75], [0.7], [0.6]])
+    assert voc07_mean_ap(s2, with_difficult)[0] == pytest.approx(m07)
+    # recall never reaching a threshold counts 0 there: one of two positives never ranked
+    r, p = ranking_pr(np.array([0.9]), np.array([True]), n_positive=2)
+    assert voc07_ap(r, p) == pytest.approx(6 / 11)

@@ -1,7 +1,9 @@
 """Transfer metrics: top-1, VOC classification mAP, COCO detection AP, segmentation mIoU.
 
-    from cebench.transfer.metrics import top1, voc_mean_ap, ConfusionMatrix, DetectionEvaluator
-    voc_mean_ap(scores, targets)        # targets in {1, 0, -1}; -1 = ignored (difficult only)
+    from cebench.transfer.metrics import top1, voc_mean_ap, voc07_mean_ap, ConfusionMatrix, DetectionEvaluator
+    voc_mean_ap(scores, targets)        # targets in {1, 0, -1}; -1 = ignored (difficult only); area AP
+    voc07_mean_ap(scores, targets)      # the same ranking scored with VOC2007's 11-point AP
+    voc07_ap(recall, precision)         # 11-point interpolated AP of any precision-recall curve
     cm = ConfusionMatrix(21); cm.update(gt, pred); cm.reduce_from_all_processes(); cm.compute()
 
 Accumulators follow torchvision's references (`ConfusionMatrix`, `CocoEvaluator`: update, sync
@@ -49,6 +51,58 @@ def voc_mean_ap(
         aps.append(
             float(average_precision_score(y, s[keep, c])) * 100.0 if y.any() else float("nan")
         )
+    valid = [a for a in aps if not math.isnan(a)]
+    return (float(np.mean(valid)) if valid else float("nan")), aps
+
+
+def voc07_ap(recall: np.ndarray, precision: np.ndarray) -> float:
+    """The VOC2007 devkit's 11-point interpolated AP (in [0, 1]) of a precision-recall curve.
+
+    AP = mean over t in {0, 0.1, ..., 1} of the highest precision at recall >= t (0 where the
+    curve never reaches t): `VOCevalcls.m` / `VOCevaldet.m` of VOCdevkit 2007, and `voc_ap(...,
+    use_07_metric=True)` of the Fast R-CNN code the paper's detection numbers come from."""
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    ap = 0.0
+    for t in np.arange(0.0, 1.1, 0.1):
+        p = precision[recall >= t]
+        ap += (float(p.max()) if p.size else 0.0) / 11.0
+    return ap
+
+
+def ranking_pr(scores: np.ndarray, positive: np.ndarray, n_positive: int | None = None):
+    """Precision and recall down a ranking by descending score (a stable sort, as the devkit's).
+
+    `positive[i]` says whether item i is a true positive; `n_positive` (default: their count) is
+    the recall denominator, larger when some positives were never ranked (missed detections)."""
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    tp = np.asarray(positive, dtype=bool)[order].astype(np.float64)
+    ctp, cfp = np.cumsum(tp), np.cumsum(1.0 - tp)
+    npos = float(tp.sum() if n_positive is None else n_positive)
+    recall = ctp / max(npos, np.finfo(np.float64).eps)
+    precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
+    return recall, precision
+
+
+def voc07_mean_ap(
+    scores: np.ndarray | torch.Tensor, targets: np.ndarray | torch.Tensor
+) -> tuple[float, list[float]]:
+    """VOC2007 classification mAP in percent with the devkit's 11-point interpolated AP per class.
+
+    Same inputs and conventions as `voc_mean_ap` (targets 1 / 0 / -1, -1 left out of the class's
+    ranking, a class without positives gets nan and is left out of the mean). This is the figure
+    the paper's classification column (and Krähenbühl et al.'s protocol) reports."""
+    s = np.asarray(scores, dtype=np.float64)
+    t = np.asarray(targets)
+    aps: list[float] = []
+    for c in range(t.shape[1]):
+        keep = t[:, c] >= 0
+        y = t[keep, c] > 0
+        if not y.any():
+            aps.append(float("nan"))
+            continue
+        recall, precision = ranking_pr(s[keep, c], y)
+        aps.append(voc07_ap(recall, precision) * 100.0)
     valid = [a for a in aps if not math.isnan(a)]
     return (float(np.mean(valid)) if valid else float("nan")), aps
 
