@@ -70,8 +70,11 @@ def _first_image_side(data: str) -> int:
     from PIL import Image
 
     from cebench.data import list_images
+    from cebench.data.layout import detect_layout
 
-    path = list_images(data)[0]
+    kind, where = detect_layout(data)[0]
+    where = {"synth": where / "unlabelled", "voc": where / "JPEGImages"}.get(kind, where)
+    path = list_images(where if where.exists() else data)[0]
     try:
         with Image.open(path) as im:
             return min(im.size)

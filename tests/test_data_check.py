@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from cebench.cli import main as cebench
-from cebench.data.check import check, detect
+from cebench.data.check import check
+from cebench.data.layout import detect_layout as detect
 from cebench.data.synth import generate
 
 

@@ -23,22 +23,12 @@ import torch
 from torchvision.transforms import functional as TF
 
 from cebench.core.errors import ConfigError, DatasetError
+from cebench.data.layout import transfer_root
 
 
 def find_format(data: str | Path) -> tuple[str, Path]:
-    """('voc' | 'imagefolder', root) for a `--data` directory."""
-    root = Path(data)
-    if not root.is_dir():
-        raise DatasetError(f"--data {root}: no such directory")
-    if (root / "JPEGImages").is_dir() or (root / "ImageSets").is_dir():
-        return "voc", root
-    if (root / "VOC" / "ImageSets").is_dir():
-        return "voc", root / "VOC"
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        return "imagefolder", root
-    raise DatasetError(
-        f"--data {root}: neither a VOC root (JPEGImages/, ImageSets/) nor an ImageFolder root (train/, val/)"
-    )
+    """('voc' | 'imagefolder', root) for a `--data` directory (`cebench.data.layout.transfer_root`)."""
+    return transfer_root(data)
 
 
 def files_fingerprint(paths: Sequence[Path], extra: str = "") -> str:

@@ -46,6 +46,7 @@ from cebench.core.device import pick_device
 from cebench.core.errors import ConfigError, DatasetError
 from cebench.core.io import atomic_save
 from cebench.core.logger import MetricLogger
+from cebench.data.layout import guess_coco_val
 from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
@@ -245,7 +246,7 @@ def detection_splits(cfg: DetectConfig):
             raise ConfigError(
                 "--coco-ann needs --coco-images (the folder its file_name entries are relative to)"
             )
-        val_ann = cfg.coco_val_ann or cfg.coco_ann.replace("train", "val")
+        val_ann = cfg.coco_val_ann or str(guess_coco_val(cfg.coco_ann))
         if not Path(val_ann).is_file():
             raise DatasetError(
                 f"COCO evaluation annotations not found: {val_ann} (give --coco-val-ann)"

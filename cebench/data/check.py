@@ -23,6 +23,7 @@ from cebench.core.errors import DatasetError
 from cebench.data.coco import _load_json, coco_from_dict, coco_problems
 from cebench.data.folder import find_classes
 from cebench.data.images import is_image_file, list_images, load_rgb
+from cebench.data.layout import detect_layout, guess_coco_images
 from cebench.data.voc import (
     find_image,
     load_segmentation_mask,
@@ -30,8 +31,6 @@ from cebench.data.voc import (
     read_classes,
     read_split,
 )
-
-_SPLIT_NAMES = ("train", "val", "test", "trainval")
 
 
 @dataclass
@@ -181,21 +180,6 @@ def check_voc(root: Path, report: CheckReport) -> None:
     report.lines.append(sizes.describe())
 
 
-def _guess_coco_images(ann_file: Path) -> Path | None:
-    """instances_val2017.json -> ../val2017 or ../images; the synthetic layout -> ../../VOC/JPEGImages."""
-    base = ann_file.parent.parent if ann_file.parent.name == "annotations" else ann_file.parent
-    split = ann_file.stem.split("_", 1)[-1]
-    for cand in (
-        base / split,
-        base / "images" / split,
-        base / "images",
-        base.parent / "VOC" / "JPEGImages",
-    ):
-        if cand.is_dir():
-            return cand
-    return None
-
-
 def check_coco(ann_file: Path, image_root: Path | None, report: CheckReport) -> None:
     report.lines.append(f"== COCO: {ann_file}")
     data = _guarded(report, _load_json, ann_file)
@@ -205,7 +189,7 @@ def check_coco(ann_file: Path, image_root: Path | None, report: CheckReport) -> 
     report.problems += bad
     if bad:
         return
-    image_root = image_root or _guess_coco_images(ann_file)
+    image_root = image_root or guess_coco_images(ann_file)
     if image_root is None or not image_root.is_dir():
         report.problems.append(f"{ann_file}: image folder not found (pass --images ROOT)")
         return
@@ -239,41 +223,6 @@ def check_coco(ann_file: Path, image_root: Path | None, report: CheckReport) -> 
     report.lines.append(sizes.describe())
 
 
-def _is_imagefolder(root: Path) -> bool:
-    subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
-    return (
-        bool(subdirs)
-        and not loose
-        and all(any(is_image_file(f) for f in d.iterdir()) for d in subdirs)
-    )
-
-
-def detect(path: Path, images: Path | None = None) -> list[tuple[str, Path]]:
-    """[(format, path)] found at `path`: "synth", "voc", "coco", "imagefolder" or "images"."""
-    if path.is_file():
-        return [("coco", path)] if path.suffix == ".json" else [("images", path)]
-    if (path / "synth.json").is_file() or (
-        (path / "VOC").is_dir() and (path / "unlabelled").is_dir()
-    ):
-        return [("synth", path)]
-    if any((path / d).is_dir() for d in ("JPEGImages", "Annotations", "ImageSets")):
-        return [("voc", path)]
-    devkit = path / "VOCdevkit" if (path / "VOCdevkit").is_dir() else path
-    vocs = sorted(p for p in devkit.glob("VOC*") if p.is_dir() and (p / "Annotations").is_dir())
-    if vocs:
-        return [("voc", p) for p in vocs]
-    jsons = sorted((path / "annotations").glob("*.json")) if (path / "annotations").is_dir() else []
-    if jsons:
-        return [("coco", j) for j in jsons]
-    splits = [path / s for s in _SPLIT_NAMES if (path / s).is_dir()]
-    if splits and all(_is_imagefolder(s) for s in splits):
-        return [("imagefolder", s) for s in splits]
-    if _is_imagefolder(path):
-        return [("imagefolder", path)]
-    return [("images", path)]
-
-
 def check(path: str | Path, images: str | Path | None = None) -> CheckReport:
     """Check the dataset(s) at `path`; `images` = image root for a COCO json (else guessed)."""
     path, report = Path(path), CheckReport()
@@ -281,7 +230,7 @@ def check(path: str | Path, images: str | Path | None = None) -> CheckReport:
         report.problems.append(f"{path}: no such file or directory")
         return report
     image_root = Path(images) if images else None
-    for kind, where in detect(path, image_root):
+    for kind, where in detect_layout(path):
         report.formats.append(kind)
         if kind == "synth":
             if not (where / "synth.json").is_file():
