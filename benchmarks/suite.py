@@ -168,7 +168,7 @@ def load_suite(
 ) -> Suite:
     """Read a suite, apply its `dry_run` section (when asked) and then `key=value` overrides."""
     path = suite_path(name_or_file)
-    raw = load_yaml(path)
+    raw = load_yaml(path, (SUITES_DIR,))
     raw.setdefault("name", path.stem)
     try:
         if dry_run:

@@ -6,7 +6,8 @@
 A config is `PretrainConfig` with sections data / model / mask / loss / optim / train. The model
 section is a `cebench.pretrain.models.context_encoder.ModelConfig`; its starting values come from the named
 preset `model_preset` (MODEL_PRESETS), then the YAML file, then `key=value` overrides. Named
-configs live in `pretrain/configs/<name>.yaml`. Values that are resolved at run time (`optim.lr`
+configs live in `pretrain/configs/<name>.yaml`; a config file may inherit from others with
+`_base_: NAME_OR_PATH` (deep-merged, see `cebench.core.config.load_yaml`). Values that are resolved at run time (`optim.lr`
 left empty, `data.fill_value` computed from the data) are written back into the run's config.yaml,
 so the saved config says exactly what ran.
 """
@@ -229,7 +230,7 @@ def load_pretrain_config(
     where = ""
     if name_or_file is not None:
         path = config_path(str(name_or_file))
-        data, where = load_yaml(path), str(path)
+        data, where = load_yaml(path, (CONFIG_DIR,)), str(path)
     preset_over = [o for o in overrides if o.split("=", 1)[0].strip() == "model_preset"]
     if preset_over:
         data = {**data, "model_preset": preset_over[-1].split("=", 1)[1].strip()}

@@ -4,7 +4,8 @@
 
 Nothing is changed silently: an unknown key is an error that lists the valid keys, a value that
 does not parse as the field's type is an error naming the key, and `validate()` hooks on the
-dataclasses reject out-of-range values.
+dataclasses reject out-of-range values. A YAML file may inherit from others with
+`_base_: NAME_OR_PATH` (see `load_yaml`), so a variant holds only the keys that differ.
 """
 
 from __future__ import annotations
@@ -165,8 +166,22 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
     return from_dict(type(cfg), data)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+BASE_KEY = "_base_"
+
+
+def load_yaml(path: str | Path, search_dirs: tuple[str | Path, ...] = ()) -> dict[str, Any]:
+    """The mapping in a YAML file, with its `_base_` files merged in under it.
+
+    `_base_: NAME_OR_PATH` (or a list of them) names configs this file inherits from, as
+    mmengine's `_base_`: the bases are loaded (recursively), deep-merged in order, and then this
+    file's own keys are deep-merged over them (a mapping merges key by key; any other value,
+    lists included, replaces). A name ending in .yaml/.yml or holding a '/' is a path relative to
+    this file; a bare name is `<name>.yaml` in this file's folder, then in `search_dirs`. A
+    missing base or a cycle is a ConfigError naming the file."""
+    return _load_with_bases(Path(path), tuple(Path(d) for d in search_dirs), ())
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -178,6 +193,49 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
+
+
+def _load_with_bases(
+    path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...]
+) -> dict[str, Any]:
+    key = path.resolve()
+    if key in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(key) :], key))
+        raise ConfigError(f"config file {chain[-1]}: _base_ cycle: {cycle}")
+    data = _read_mapping(path)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b.strip() for b in bases):
+        raise ConfigError(
+            f"config file {path}: {BASE_KEY} must be a config name or path, or a list of them; "
+            f"got {bases!r}"
+        )
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = _base_path(base.strip(), path, search_dirs)
+        merged = _deep_merge(merged, _load_with_bases(base_path, search_dirs, (*chain, key)))
+    return _deep_merge(merged, data)
+
+
+def _base_path(name: str, path: Path, search_dirs: tuple[Path, ...]) -> Path:
+    p = Path(name).expanduser()
+    if p.suffix in (".yaml", ".yml") or "/" in name:
+        candidate = p if p.is_absolute() else path.parent / p
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(f"config file {path}: {BASE_KEY} file not found: {candidate}")
+    folders = list(dict.fromkeys([path.parent, *search_dirs]))
+    for folder in folders:
+        if (folder / f"{name}.yaml").is_file():
+            return folder / f"{name}.yaml"
+    raise ConfigError(
+        f"config file {path}: {BASE_KEY} '{name}' not found (looked for {name}.yaml in: "
+        + ", ".join(str(f) for f in folders)
+        + ")"
+    )
 
 
 def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: str) -> Path:

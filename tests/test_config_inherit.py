@@ -1,0 +1,88 @@
+"""`_base_` inheritance in config and suite YAML files (cebench.core.config.load_yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cebench.core.config import load_yaml
+from cebench.core.errors import ConfigError
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_deep_merges_under_the_file(tmp_path):
+    _write(tmp_path / "base.yaml", "a: 1\nsec: {x: 1, y: 2}\nlst: [1, 2, 3]\n")
+    child = _write(tmp_path / "child.yaml", "_base_: base\nsec: {y: 20, z: 30}\nlst: [9]\nb: new\n")
+    assert load_yaml(child) == {
+        "a": 1,
+        "sec": {"x": 1, "y": 20, "z": 30},  # mappings merge key by key
+        "lst": [9],  # a list replaces
+        "b": "new",
+    }
+
+
+def test_base_chain_list_and_relative_path(tmp_path):
+    _write(tmp_path / "shared" / "one.yaml", "k: 1\nm: {a: 1}\n")
+    _write(tmp_path / "two.yaml", "_base_: shared/one.yaml\nk: 2\nm: {b: 2}\n")
+    _write(tmp_path / "three.yaml", "m: {c: 3}\nk: 3\n")
+    child = _write(tmp_path / "sub" / "child.yaml", "_base_: [../two.yaml, ../three.yaml]\n")
+    # later bases win over earlier ones; the grandparent's keys come through
+    assert load_yaml(child) == {"k": 3, "m": {"a": 1, "b": 2, "c": 3}}
+
+
+def test_named_base_found_in_search_dirs(tmp_path):
+    _write(tmp_path / "lib" / "named.yaml", "v: lib\n")
+    child = _write(tmp_path / "user" / "mine.yaml", "_base_: named\nw: 1\n")
+    with pytest.raises(ConfigError, match="'named' not found"):
+        load_yaml(child)
+    assert load_yaml(child, (tmp_path / "lib",)) == {"v": "lib", "w": 1}
+
+
+def test_base_cycle_is_a_config_error_naming_the_file(tmp_path):
+    _write(tmp_path / "a.yaml", "_base_: b\nx: 1\n")
+    _write(tmp_path / "b.yaml", "_base_: a\ny: 1\n")
+    with pytest.raises(
+        ConfigError, match=r"b\.yaml: _base_ cycle: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"
+    ):
+        load_yaml(tmp_path / "a.yaml")
+    _write(tmp_path / "self.yaml", "_base_: self.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_yaml(tmp_path / "self.yaml")
+
+
+def test_missing_or_bad_base_is_a_config_error_naming_the_file(tmp_path):
+    child = _write(tmp_path / "child.yaml", "_base_: nowhere\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: _base_ 'nowhere' not found"):
+        load_yaml(child)
+    child = _write(tmp_path / "child2.yaml", "_base_: ../missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"child2\.yaml: _base_ file not found"):
+        load_yaml(child)
+    child = _write(tmp_path / "child3.yaml", "_base_: {a: 1}\n")
+    with pytest.raises(ConfigError, match=r"child3\.yaml: _base_ must be"):
+        load_yaml(child)
+
+
+def test_user_pretrain_config_inherits_a_named_config(tmp_path):
+    from cebench.pretrain.config import load_pretrain_config
+
+    mine = _write(tmp_path / "mine.yaml", "_base_: paper-inpainting\ntrain: {steps: 7}\n")
+    cfg = load_pretrain_config(str(mine))
+    ref = load_pretrain_config("paper-inpainting")
+    assert cfg.train.steps == 7
+    ref.train.steps = 7
+    assert cfg == ref
+
+
+def test_suite_file_inherits_a_built_in_suite(tmp_path):
+    from cebench.benchmarks.suite import load_suite
+
+    mine = _write(tmp_path / "mine.yaml", "_base_: mini\nname: mine\nseeds: [3, 4]\n")
+    suite, ref = load_suite(str(mine)), load_suite("mini")
+    assert suite.name == "mine" and suite.seeds == [3, 4]
+    assert suite.arms == ref.arms and suite.tasks == ref.tasks
