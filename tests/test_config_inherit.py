@@ -86,3 +86,23 @@ def test_suite_file_inherits_a_built_in_suite(tmp_path):
     suite, ref = load_suite(str(mine)), load_suite("mini")
     assert suite.name == "mine" and suite.seeds == [3, 4]
     assert suite.arms == ref.arms and suite.tasks == ref.tasks
+
+
+def test_paper_alexnet_variants_are_a_base_plus_the_keys_that_differ():
+    from cebench.core.config import to_dict
+    from cebench.pretrain.config import CONFIG_DIR, load_pretrain_config
+
+    for name in ("paper-alexnet-poolfree", "paper-alexnet-center"):
+        assert load_yaml(CONFIG_DIR / f"{name}.yaml") != {}
+        assert "_base_: paper-alexnet" in (CONFIG_DIR / f"{name}.yaml").read_text()
+    base = to_dict(load_pretrain_config("paper-alexnet"))
+    pool = to_dict(load_pretrain_config("paper-alexnet-poolfree"))
+    center = to_dict(load_pretrain_config("paper-alexnet-center"))
+    assert pool["model"]["encoder"] == "alexnet-poolfree" and base["model"]["encoder"] == "alexnet"
+    assert {k for k in base if base[k] != pool[k]} == {"model_preset", "model"}
+    assert center["mask"]["kind"] == "center" and center["optim"]["lr"] == 1e-3
+    assert {k for k in base if base[k] != center[k]} == {"mask", "optim"}
+    for cfg in (base, pool, center):  # paper Sec. 5.2, inherited from the base
+        assert cfg["model"]["bottleneck_dropout"] == 0.5 and cfg["model"]["init"] == "dcgan"
+        assert cfg["loss"] == {"lambda_rec": 1.0, "lambda_adv": 0.0}
+        assert (cfg["train"]["steps"], cfg["train"]["batch_size"]) == (100000, 64)

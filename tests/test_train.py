@@ -237,7 +237,9 @@ def test_named_configs_load():
         paper.mask.overlap,
     ) == (128, 64, 64, 4)
     assert paper.resolved_lr() == pytest.approx(2e-3) and paper.optim.beta1 == 0.5
-    assert load_pretrain_config("paper-alexnet").resolved_lr() == pytest.approx(2e-4)
+    # paper Sec. 5.2: constant lr 1e-4 (random regions), 1e-3 (centre)
+    assert load_pretrain_config("paper-alexnet").resolved_lr() == pytest.approx(1e-4)
+    assert load_pretrain_config("paper-alexnet-center").resolved_lr() == pytest.approx(1e-3)
 
 
 def test_random_region_shapes_from_voc_masks(images, tmp_path, capsys):

@@ -7,6 +7,8 @@ Each of the m input maps (n x n) has its own fully-connected layer to an n x n o
 weights connect different maps: m * n^4 weights (+ m * n^2 biases) instead of the m^2 * n^4 of a
 full FC layer. All m layers run as one batched matrix product (einsum), not a Python loop.
 `ChannelwiseBottleneck` adds the paper's stride-1 convolution that mixes information across maps.
+`dropout` (the paper's feature-learning net: 0.5, Sec. 5.2) drops outputs of the channel-wise FC
+layer only, in training mode; it is the one dropout of the context encoder.
 """
 
 from __future__ import annotations
@@ -14,15 +16,18 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 class ChannelwiseFC(nn.Module):
     """m independent n^2 -> n^2 linear maps; weight [m, out=n^2, in=n^2] like m `nn.Linear`s."""
 
-    def __init__(self, channels: int, size: int, bias: bool = True) -> None:
+    def __init__(self, channels: int, size: int, bias: bool = True, dropout: float = 0.0) -> None:
         super().__init__()
-        self.channels, self.size = channels, size
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"ChannelwiseFC: dropout must be in [0, 1), got {dropout}")
+        self.channels, self.size, self.dropout = channels, size, dropout
         n2 = size * size
         self.weight = nn.Parameter(torch.empty(channels, n2, n2))
         self.bias = nn.Parameter(torch.empty(channels, n2)) if bias else None
@@ -41,10 +46,15 @@ class ChannelwiseFC(nn.Module):
         y = torch.einsum("bmi,moi->bmo", x.reshape(b, m, h * w), self.weight)
         if self.bias is not None:
             y = y + self.bias
+        if self.dropout > 0:  # inside the layer: the state dict keys stay those of dropout 0
+            y = F.dropout(y, self.dropout, self.training)
         return y.view(b, m, h, w)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, size={self.size}, bias={self.bias is not None}"
+        return (
+            f"channels={self.channels}, size={self.size}, bias={self.bias is not None}, "
+            f"dropout={self.dropout}"
+        )
 
 
 class ChannelwiseBottleneck(nn.Sequential):
@@ -56,9 +66,9 @@ class ChannelwiseBottleneck(nn.Sequential):
     FC layer already provides.
     """
 
-    def __init__(self, channels: int, size: int) -> None:
+    def __init__(self, channels: int, size: int, dropout: float = 0.0) -> None:
         super().__init__(
-            ChannelwiseFC(channels, size),
+            ChannelwiseFC(channels, size, dropout=dropout),
             nn.Conv2d(channels, channels, kernel_size=1, stride=1, bias=False),
             nn.BatchNorm2d(channels),
             nn.ReLU(inplace=True),
