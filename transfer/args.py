@@ -38,7 +38,11 @@ class HarnessConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     batch_size: int = 8
-    calibration_images: int = 64  # batch for random-rescaled encoders
+    calibration_images: int = 64  # batch for random-rescaled encoders and `rescale`
+    # data-dependent rescaling of Krähenbühl et al. (ICLR 2016) applied to any encoder before
+    # training: none | within (within-layer step) | full (within + between-layer step);
+    # see cebench.transfer.encoders
+    rescale: Literal["none", "within", "full"] = "none"
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
@@ -47,6 +51,10 @@ class HarnessConfig:
         require_at_least(self, 1, "epochs", "batch_size")
         if self.lr <= 0:
             raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
+        if self.rescale not in ("none", "within", "full"):
+            raise ConfigError(
+                f"config key 'rescale' must be one of ['none', 'within', 'full'], got {self.rescale!r}"
+            )
 
 
 def require_at_least(cfg: Any, minimum: int, *keys: str) -> None:
@@ -96,6 +104,13 @@ def common_parser(add_help: bool = True, **kwargs: Any) -> argparse.ArgumentPars
     )
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1")
     p.add_argument(
+        "--rescale",
+        choices=["none", "within", "full"],
+        default=None,
+        help="data-dependent rescaling of the encoder before training (Krähenbühl et al. 2016): "
+        "within-layer step, or within + between-layer step (full); default: the preset's",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -120,6 +135,7 @@ def config_from_args(
         "batch_size": args.batch_size,
         "input_size": args.input_size,
         "device": args.device,
+        "rescale": getattr(args, "rescale", None),
         **extra,
     }
     cfg = preset(**{k: v for k, v in given.items() if v is not None})

@@ -15,14 +15,23 @@ Specs:
   in forward order, a batch of real training images is passed through the network and every
   output channel k of that conv/linear layer is rescaled so its pre-activation has mean 0 and
   standard deviation 1 over the batch and positions (W_k /= std_k; b_k = -mean_k / std_k, or only
-  the scale when the layer has no bias). Their between-layer step (equalising the rate of change
-  of the layers through gradient statistics) is not done; layers followed by BatchNorm are
-  unaffected by either step. The batch is the harness's first training images;
+  the scale when the layer has no bias). The batch is the harness's first training images
+  (`calibration_images` of a seeded shuffle);
 - `hub:torchvision/alexnet`, `hub:timm/resnet18`: ImageNet weights loaded ONLY from the local
   caches (torch hub checkpoints dir; Hugging Face hub cache for timm) by the registry's
   "alexnet" (torchvision layout) / "timm-resnet18" encoders with `pretrained=True`
   (`cebench.pretrain.models.hub`). Nothing is downloaded; a missing file is a CheckpointError naming
   where it was looked for.
+
+`rescale` (the harnesses' `rescale` key, `--rescale`) applies the data-dependent rescaling of
+Krähenbühl et al. to ANY of these encoders before training, on the same calibration batch:
+- "none": nothing (a `random-rescaled:` spec still gets its within-layer step);
+- "within": the within-layer step above (`data_dependent_rescale_`);
+- "full": the within-layer step, then their between-layer step (`between_layer_rescale_`, their
+  Algorithm 2): every conv/linear layer k is rescaled so that its relative rate of change
+  C_k = E||dL/dW_k||^2 / ||W_k||^2 approaches the geometric mean over the layers.
+Calibration images come in [-1, 1] and are renormalised to the statistics the weights expect
+(ImageNet for `hub:`). What was applied is recorded in `info["meta"]["rescale"]`.
 
 `info` = {"spec", "name", "kwargs", "meta", "hash" (sha256 of the weights, for feature caching),
 "normalize": {"mean", "std"} the input normalisation the weights expect}.
@@ -99,27 +108,48 @@ class _StopForward(Exception):
     """Ends a calibration forward pass once the layer being rescaled has run."""
 
 
+RESCALE_MODES = ("none", "within", "full")
+
+
 @torch.no_grad()
-def data_dependent_rescale_(encoder: nn.Module, images: torch.Tensor, eps: float = 1e-8) -> None:
+def run_order(
+    module: nn.Module, images: torch.Tensor, forward: Callable | None = None
+) -> list[nn.Module]:
+    """The conv/linear layers of `module` that run on `images`, in the order they run."""
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(lambda mod, _i, _o: order.append(mod) if mod not in order else None)
+        for m in module.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    was_training = module.training
+    module.eval()
+    try:
+        (forward or module)(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was_training)
+    return order
+
+
+@torch.no_grad()
+def data_dependent_rescale_(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    eps: float = 1e-8,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> None:
     """Within-layer data-dependent init (Krähenbühl et al. 2016): unit-variance, zero-mean channels.
 
     Layers are visited in the order they run on `images`; each is calibrated with all earlier
     layers already rescaled, so every layer sees the distribution it will see at the start of
     training. BatchNorm is run in eval mode (its running statistics are the identity at init).
+    `forward` (default: the module itself) is the pass to calibrate, e.g. encoder + new fc layers.
     """
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: order.append(mod) if mod not in order else None)
-        for m in encoder.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
+    order = run_order(encoder, images, forward)
     was_training = encoder.training
     encoder.eval()
-    try:
-        encoder(images)
-    finally:
-        for h in hooks:
-            h.remove()
     for layer in order:
         stats: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -131,7 +161,7 @@ def data_dependent_rescale_(encoder: nn.Module, images: torch.Tensor, eps: float
 
         hook = layer.register_forward_hook(grab)
         try:
-            encoder(images)
+            (forward or encoder)(images)
         except _StopForward:
             pass
         finally:
@@ -143,6 +173,175 @@ def data_dependent_rescale_(encoder: nn.Module, images: torch.Tensor, eps: float
         if layer.bias is not None:
             layer.bias.copy_(layer.bias * scale - mean * scale)
     encoder.train(was_training)
+
+
+def layer_change_rates(
+    module: nn.Module,
+    images: torch.Tensor,
+    layers: list[nn.Module] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    draws: int = 4,
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """Relative rate of change C_k = E||dl/dW_k||^2 / ||W_k||^2 of every conv/linear layer.
+
+    The loss is Krähenbühl et al.'s random one: l = <z, output> with z ~ N(0, 1) of the output's
+    shape (the released magic_init fills the top gradient with unit Gaussian noise), so no labels
+    are needed. Summing over the batch is enough: for independent zero-mean z the cross terms
+    vanish in expectation, so ||grad of the batch sum||^2 estimates N * E||grad of one image||^2,
+    the same factor N for every layer. Averaged over `draws` draws of z; eval mode (BatchNorm at
+    its running statistics, no dropout), as in the within-layer step.
+    """
+    layers = layers if layers is not None else run_order(module, images, forward)
+    weights = [layer.weight for layer in layers]
+    flags = [w.requires_grad for w in weights]
+    was_training = module.training
+    module.eval()
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        with torch.enable_grad():
+            out = (forward or module)(images)
+            sq = torch.zeros(len(weights), dtype=torch.float64)
+            for d in range(draws):
+                z = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
+                grads = torch.autograd.grad(
+                    (out * z).sum(), weights, retain_graph=d < draws - 1, allow_unused=True
+                )
+                sq += torch.tensor(
+                    [0.0 if g is None else g.double().pow(2).sum().item() for g in grads],
+                    dtype=torch.float64,
+                )
+    finally:
+        for w, f in zip(weights, flags, strict=True):
+            w.requires_grad_(f)
+        module.train(was_training)
+    norms = [w.detach().double().pow(2).sum().item() for w in weights]
+    return [
+        (s / draws) / n if n > 0 else float("nan") for s, n in zip(sq.tolist(), norms, strict=True)
+    ]
+
+
+@torch.no_grad()
+def _scale_layers_(
+    module: nn.Module,
+    images: torch.Tensor,
+    layers: list[nn.Module],
+    factors: list[float],
+    forward: Callable | None,
+) -> None:
+    """W_k, b_k *= factor_k, with b_k also following the change of scale of layer k's input.
+
+    For a network of positively homogeneous layers (ReLU, max pooling) the input of layer k
+    is scaled by the product of the earlier factors; scaling b_k by that too keeps layer k's
+    output exactly the scaled version of the old one, so the network computes the same function
+    up to the product of all factors. The input's change is measured (mean |x| before / after),
+    which also covers layers that are not homogeneous (LRN) approximately, as the released
+    magic_init does."""
+    run = forward or module
+    was_training = module.training
+    module.eval()
+    before: dict[nn.Module, float] = {}
+
+    def record(m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        before.setdefault(m, inp[0].abs().mean().item())
+
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    try:
+        run(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    factor = dict(zip(layers, factors, strict=True))
+    done: set[nn.Module] = set()
+
+    def rescale(m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+        if m in done:
+            return
+        done.add(m)
+        if m.bias is not None and before[m] > 0:
+            m.bias.mul_(inp[0].abs().mean().item() / before[m])
+        m.weight.mul_(factor[m])
+        if m.bias is not None:
+            m.bias.mul_(factor[m])
+
+    hooks = [layer.register_forward_pre_hook(rescale) for layer in layers]
+    try:
+        run(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        module.train(was_training)
+
+
+def _log_spread(rates: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log C_k - log of their geometric mean, mask of the usable layers)."""
+    r = torch.tensor(rates, dtype=torch.float64)
+    ok = torch.isfinite(r) & (r > 0)
+    logs = torch.where(ok, r.clamp(min=1e-300).log(), torch.zeros_like(r))
+    mean = logs[ok].mean() if ok.any() else torch.tensor(0.0, dtype=torch.float64)
+    return torch.where(ok, logs - mean, torch.zeros_like(r)), ok
+
+
+def between_layer_rescale_(
+    module: nn.Module,
+    images: torch.Tensor,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    iterations: int = 10,
+    damping: float = 0.5,
+    draws: int = 4,
+    tolerance: float = 0.02,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Between-layer scale adjustment of Krähenbühl et al. (ICLR 2016, Algorithm 2).
+
+    Each iteration estimates every conv/linear layer's C_k (`layer_change_rates`), takes their
+    geometric mean C, and multiplies W_k and b_k by r_k = (C_k / C)^(damping / 4) (b_k also by
+    the change of its input's scale, `_scale_layers_`). In a homogeneous network rescaling W_k by
+    r_k alone multiplies C_k by r_k^-4, and the product of the r_k is 1, so the output's scale is
+    kept and damping = 1 would equalise the C_k in one step; the damping (< 1, the paper's alpha;
+    in the released code's terms r_k = (sqrt(C_k) / sqrt(C))^(alpha / 2)) absorbs the non-homogeneous
+    layers and the noise of the estimate. Stops after `iterations` or once every |log C_k - log C|
+    is below `tolerance`. Returns {"iterations", "spread_before", "spread_after"}: max C_k / min C_k.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    layers = run_order(module, images, forward)
+    rates = layer_change_rates(module, images, layers, forward, draws, gen)
+    dev, ok = _log_spread(rates)
+    spread_before = float((dev[ok].max() - dev[ok].min()).exp()) if ok.any() else 1.0
+    done = 0
+    while done < iterations and ok.any() and dev[ok].abs().max() >= tolerance:
+        factors = (dev * damping / 4).exp().tolist()
+        _scale_layers_(module, images, layers, factors, forward)
+        done += 1
+        rates = layer_change_rates(module, images, layers, forward, draws, gen)
+        dev, ok = _log_spread(rates)
+    return {
+        "iterations": done,
+        "damping": damping,
+        "layers": len(layers),
+        "spread_before": round(spread_before, 4),
+        "spread_after": round(float((dev[ok].max() - dev[ok].min()).exp()) if ok.any() else 1.0, 4),
+    }
+
+
+def rescale_(
+    module: nn.Module,
+    images: torch.Tensor,
+    mode: str,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Apply `mode` ("within" or "full", see the module docstring) in place; returns what was done."""
+    if mode not in ("within", "full"):
+        raise ConfigError(
+            f"config key 'rescale' must be one of {list(RESCALE_MODES)}, got {mode!r}"
+        )
+    data_dependent_rescale_(module, images, forward=forward)
+    record: dict[str, Any] = {"mode": mode, "calibration_images": len(images)}
+    if mode == "full":
+        record["between"] = between_layer_rescale_(module, images, forward, seed=seed)
+    return record
 
 
 def _load_path(path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -220,14 +419,22 @@ def resolve_encoder(
     input_size: int | None = None,
     calibration_images: torch.Tensor | Callable[[int], torch.Tensor] | None = None,
     seed: int = 0,
+    rescale: str = "none",
+    device: torch.device | str | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the encoder named by `spec` (see module docstring) -> (encoder, info).
 
-    `calibration_images` (random-rescaled only): a batch in [-1, 1], or a function of the input
-    size returning one (the harness then loads its training images at the encoder's size).
+    `calibration_images` (random-rescaled or `rescale` != "none"): a batch in [-1, 1], or a
+    function of the input size returning one (the harness then loads its training images at the
+    encoder's size). `rescale`: "none" | "within" | "full" (module docstring), computed on
+    `device` (default CPU); the encoder is returned on the CPU.
     """
     from cebench.pretrain.models import build_encoder
 
+    if rescale not in RESCALE_MODES:
+        raise ConfigError(
+            f"config key 'rescale' must be one of {list(RESCALE_MODES)}, got {rescale!r}"
+        )
     if not spec:
         raise ConfigError(
             "no encoder given (--encoder PATH | random:<name> | random-rescaled:<name> | hub:<source>)"
@@ -241,15 +448,6 @@ def resolve_encoder(
         encoder = build_encoder(name, **kwargs)
         gaussian_init_(encoder, 0.01, gen)
         meta: dict[str, Any] = {"method": kind, "init_std": 0.01, "seed": seed}
-        if kind == "random-rescaled":
-            if callable(calibration_images):
-                calibration_images = calibration_images(encoder.input_size)
-            if calibration_images is None or len(calibration_images) < 2:
-                raise ConfigError(
-                    f"encoder spec '{spec}' needs a batch of training images to rescale on"
-                )
-            data_dependent_rescale_(encoder, calibration_images)
-            meta["calibration_images"] = len(calibration_images)
         info = {"name": name, "kwargs": kwargs, "meta": meta, "normalize": MINUS_ONE_ONE}
     elif sep and kind == "hub":
         encoder, info = _load_hub(body, input_size)
@@ -270,5 +468,33 @@ def resolve_encoder(
         raise CheckpointError(f"encoder {spec} does not expose the Encoder feature API")
     size = input_size or encoder.input_size
     check_input_size(encoder, size, spec)
+    mode = (
+        "full" if rescale == "full" else "within" if kind == "random-rescaled" and sep else rescale
+    )
+    if mode != "none":
+        if callable(calibration_images):
+            calibration_images = calibration_images(size)
+        if calibration_images is None or len(calibration_images) < 2:
+            raise ConfigError(
+                f"encoder spec '{spec}' with rescale '{mode}' needs a batch of training images to rescale on"
+            )
+        images = renormalize(calibration_images, info["normalize"])
+        dev = torch.device(device) if device is not None else torch.device("cpu")
+        record = rescale_(encoder.to(dev), images.to(dev), mode, seed=seed)
+        encoder.cpu()
+        info["meta"] = {**info["meta"], "rescale": record}
+        if kind == "random-rescaled" and sep:
+            info["meta"]["calibration_images"] = len(images)
+    else:
+        info["meta"] = {**info["meta"], "rescale": {"mode": "none"}}
     info.update(spec=spec, input_size=size, hash=weights_hash(encoder))
     return encoder, info
+
+
+def renormalize(images: torch.Tensor, normalize: dict[str, list[float]]) -> torch.Tensor:
+    """A batch in [-1, 1] (the calibration convention) -> normalised by `normalize`."""
+    if normalize == MINUS_ONE_ONE:
+        return images
+    mean = torch.tensor(normalize["mean"], dtype=images.dtype).view(1, -1, 1, 1)
+    std = torch.tensor(normalize["std"], dtype=images.dtype).view(1, -1, 1, 1)
+    return (images * 0.5 + 0.5 - mean) / std
