@@ -22,6 +22,15 @@ over the dropped pixels (the hole, all 3 channels) only:
   psnr_mean_per_image_db = the mean over images of 10 log10(1 / l2_image).
 The paper does not define its PSNR; its Table 1 (L2 1.96%, 18.58 dB) is not 10 log10(1/0.0196) =
 17.1 dB, so it is most likely a mean of per-image values - both are reported.
+
+Second reading (--method model, centre mask): the PyTorch port's test.py (and the Lua test.lua)
+score the WHOLE predicted centre region (`region` px square, the overlap band included) of the RAW
+network output, before compositing and without 8-bit rounding. Those are reported beside the hole
+metrics under `region_raw_*`: region_raw_l1, region_raw_l2 (pixels in [0, 1]), *_percent,
+region_raw_psnr_db, region_raw_psnr_mean_per_image_db (test.py's PSNR: per image, on
+(x+1)*127.5 with peak 255, then averaged), and region_raw_l1_pm1 / region_raw_l2_pm1, the same
+L1 / L2 on the network's [-1, 1] scale as test.py prints them (2x and 4x the [0, 1] values).
+Which reading the paper's Table 1 uses is not stated; compare both.
 """
 
 from __future__ import annotations
@@ -102,6 +111,29 @@ def summarise(per_image: list[dict[str, float]]) -> dict[str, float]:
         "psnr_mean_per_image_db": float(np.mean([psnr(m["l2"]) for m in per_image])),
         "images": len(per_image),
     }
+
+
+def region_raw_metrics(
+    pred: np.ndarray, images: np.ndarray, region: int
+) -> tuple[dict[str, float], list[dict[str, float]]]:
+    """The PyTorch port's test.py reading: the whole centred `region` square of the raw prediction.
+
+    `pred` float [N,region,region,3] in [0, 1] (not rounded); `images` uint8 [N,S,S,3]. Returns the
+    summary (region_raw_* keys, see the module docstring) and the per-image l1 / l2."""
+    size = images.shape[1]
+    lo = (size - region) // 2
+    truth = images[:, lo : lo + region, lo : lo + region].astype(np.float64) / 255.0
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} does not match the centre region {truth.shape}")
+    d = pred.astype(np.float64) - truth
+    per_image = [
+        {"l1": float(np.abs(x).mean()), "l2": float((x * x).mean())} for x in d
+    ]  # mean over the region's pixels and channels
+    s = summarise(per_image)
+    out = {f"region_raw_{k}": v for k, v in s.items() if k != "images"}
+    out["region_raw_l1_pm1"] = 2 * s["l1"]  # test.py's scale: images in [-1, 1]
+    out["region_raw_l2_pm1"] = 4 * s["l2"]
+    return out, per_image
 
 
 def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
@@ -187,11 +219,15 @@ def inpaint_model(
     fill: list[float],
     device: torch.device,
     batch_size: int = 16,
-) -> np.ndarray:
+    region: int | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Composited results, uint8 [N,S,S,3]; with `region`, also the raw prediction's centred
+    `region` square, float32 [N,region,region,3] in [0, 1] (for `region_raw_metrics`)."""
     from cebench.pretrain.masks import fill_holes
     from cebench.pretrain.samples import composite, to_uint8
 
     out = np.empty_like(images)
+    raw = None if region is None else np.empty((len(images), region, region, 3), np.float32)
     fill_t = torch.tensor(fill, device=device) * 2 - 1
     for lo in range(0, len(images), batch_size):
         x = (
@@ -202,7 +238,11 @@ def inpaint_model(
         hole = torch.from_numpy(holes[lo : lo + batch_size]).to(device)[:, None]
         pred = net(fill_holes(x, hole, fill_t)).float()
         out[lo : lo + batch_size] = to_uint8(composite(x, hole, pred))
-    return out
+        if raw is not None:
+            off = (pred.shape[-1] - region) // 2  # whole-image predictions: crop the centre
+            crop = pred[..., off : off + region, off : off + region]
+            raw[lo : lo + batch_size] = ((crop + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    return out if raw is None else (out, raw)
 
 
 def output_names(paths: list[Path], root: Path) -> list[str]:
@@ -251,7 +291,12 @@ def main(args: argparse.Namespace) -> int:
         fill = list(cfg.data.fill_value)
     else:
         fill = [float(v) for v in images.reshape(-1, 3).mean(0) / 255.0]
-    if args.method == "model":
+    region_raw: dict[str, float] = {}
+    raw_per_image: list[dict[str, float]] = []
+    if args.method == "model" and kind == "center":
+        results, raw = inpaint_model(net, images, holes, fill, device, args.batch_size, region)
+        region_raw, raw_per_image = region_raw_metrics(raw, images, region)
+    elif args.method == "model":
         results = inpaint_model(net, images, holes, fill, device, args.batch_size)
     elif args.method == "mean-fill":
         fill_u8 = np.round(np.asarray(fill) * 255).astype(np.uint8)
@@ -266,6 +311,8 @@ def main(args: argparse.Namespace) -> int:
     ):
         save_png(out / name, res)
         per_image.append({"image": str(p), **inpaint_metrics(res, img, hole)})
+    for m, r in zip(per_image, raw_per_image, strict=False):
+        m.update({"region_raw_l1": r["l1"], "region_raw_l2": r["l2"]})
     report = {
         "method": args.method,
         "mask": kind,
@@ -277,8 +324,15 @@ def main(args: argparse.Namespace) -> int:
         "fill": fill,
         "checkpoint": str(args.checkpoint) if args.checkpoint else None,
         "definition": "pixels in [0,1], over the hole (dropped pixels, 3 channels); l1/l2 averaged over images; "
-        "psnr_db = 10 log10(1 / mean l2); psnr_mean_per_image_db = mean of per-image PSNR",
+        "psnr_db = 10 log10(1 / mean l2); psnr_mean_per_image_db = mean of per-image PSNR"
+        + (
+            "; region_raw_*: the same over the whole predicted centre region of the raw "
+            "prediction (PyTorch port test.py), *_pm1 on the [-1, 1] scale"
+            if region_raw
+            else ""
+        ),
         **summarise(per_image),
+        **region_raw,
         "per_image": per_image,
     }
     from cebench.core.io import atomic_write_text
@@ -289,4 +343,12 @@ def main(args: argparse.Namespace) -> int:
         f"PSNR {report['psnr_db']:.2f} dB ({len(per_image)} images) -> {out}",
         file=sys.stderr,
     )
+    if region_raw:
+        print(
+            f"{args.method}, whole centre region, raw prediction: "
+            f"L1 {region_raw['region_raw_l1_percent']:.2f}%  "
+            f"L2 {region_raw['region_raw_l2_percent']:.2f}%  "
+            f"PSNR {region_raw['region_raw_psnr_mean_per_image_db']:.2f} dB (mean per image)",
+            file=sys.stderr,
+        )
     return 0

@@ -93,6 +93,12 @@ def test_inpaint_methods(trained, tmp_path, method):
     hole = np.zeros((32, 32), bool)
     hole[10:22, 10:22] = True
     assert np.array_equal(out[~hole], src[~hole])
+    if method == "model":  # the second reading: whole centre region of the raw prediction
+        assert 0 < report["region_raw_l2"] < report["region_raw_l1"] < 1
+        assert report["region_raw_l2_pm1"] == pytest.approx(4 * report["region_raw_l2"])
+        assert "region_raw_l1" in report["per_image"][0]
+    else:
+        assert not any(k.startswith("region_raw") for k in report)
     if method == "mean-fill":
         fill = np.round(np.asarray(report["fill"]) * 255)
         assert np.array_equal(out[hole], np.broadcast_to(fill, out[hole].shape))
