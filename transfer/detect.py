@@ -359,7 +359,9 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
 
         return calibration_batch(ResizedImages(tr, size), cfg.calibration_images, cfg.seed)
 
-    encoder, info = resolve_encoder(cfg.encoder, cfg.input_size, calibration, cfg.seed)
+    encoder, info = resolve_encoder(
+        cfg.encoder, cfg.input_size, calibration, cfg.seed, rescale=cfg.rescale, device=device
+    )
     set_seed(cfg.seed)
     model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(
         device

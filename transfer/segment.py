@@ -196,7 +196,9 @@ def run(cfg: SegmentConfig) -> dict[str, Any]:
     def calibration(size: int) -> torch.Tensor:
         return calibration_batch(ResizedImages(tr, size), cfg.calibration_images, cfg.seed)
 
-    encoder, info = resolve_encoder(cfg.encoder, cfg.input_size, calibration, cfg.seed)
+    encoder, info = resolve_encoder(
+        cfg.encoder, cfg.input_size, calibration, cfg.seed, rescale=cfg.rescale, device=device
+    )
     size = info["input_size"]
     set_seed(cfg.seed)
     model = FCN(encoder, num_classes, size, cfg.skips, cfg.frozen).to(device)
