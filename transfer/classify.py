@@ -58,10 +58,16 @@ from cebench.transfer.data import (
     low_shot_indices,
     seeded_loader,
 )
-from cebench.transfer.encoders import MINUS_ONE_ONE, resolve_encoder
+from cebench.transfer.encoders import (
+    MINUS_ONE_ONE,
+    renormalize,
+    rescale_,
+    resolve_encoder,
+    weights_hash,
+)
 from cebench.transfer.features import default_cache_dir, extract_features
 from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
-from cebench.transfer.metrics import top1, voc_mean_ap
+from cebench.transfer.metrics import top1, voc07_mean_ap, voc_mean_ap
 
 
 @dataclass
@@ -80,20 +86,85 @@ class ClassifyConfig(HarnessConfig):
     lr: float = 0.001
     weight_decay: float = 5e-4
     batch_size: int = 32
+    # finetune: lr x lr_gamma every lr_step_fraction of training; None: one step at 2/3
+    lr_step_fraction: float | None = None
+    lr_gamma: float = 0.1
+    # finetune head: "linear" on the globally pooled last stage, or "fc": the flattened last
+    # stage (pool5) -> fresh fc6, fc7 (fc_dims, ReLU, dropout fc_dropout) -> linear classifier
+    head: Literal["linear", "fc"] = "linear"
+    fc_dims: int = 4096
+    fc_dropout: float = 0.5
+    # finetune crops: training resized to resize_size (None: round(input_size * 256 / 227)) and
+    # randomly cropped + flipped; test_crops 1 (a centre crop when random_crop, else a plain
+    # resize) or 10 (corners + centre and their flips, logits averaged)
+    random_crop: bool = False
+    resize_size: int | None = None
+    test_crops: int = 1
+    ap: Literal["voc07", "area"] = "area"  # VOC data: which AP is `score` / `mAP` (both reported)
     shots: int | None = None
     label_fraction: float | None = None
     cache_dir: str | None = None  # None: <out>/../feature-cache; "none": no cache
 
     def validate(self) -> None:
         super().validate()
-        require_at_least(self, 1, "probe_epochs", "probe_batch_size", "knn_k", "probe_dims")
+        require_at_least(
+            self, 1, "probe_epochs", "probe_batch_size", "knn_k", "probe_dims", "fc_dims"
+        )
         if self.probe_lr <= 0:
             raise ConfigError(f"config key 'probe_lr' must be > 0, got {self.probe_lr}")
+        choices = {"head": ("linear", "fc"), "ap": ("voc07", "area"), "test_crops": (1, 10)}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(
+                    f"config key '{key}' must be one of {list(allowed)}, got {getattr(self, key)!r}"
+                )
+        if not 0 <= self.fc_dropout < 1:
+            raise ConfigError(f"config key 'fc_dropout' must be in [0, 1), got {self.fc_dropout}")
+        if self.lr_step_fraction is not None and not 0 < self.lr_step_fraction <= 1:
+            raise ConfigError(
+                f"config key 'lr_step_fraction' must be in (0, 1], got {self.lr_step_fraction}"
+            )
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"config key 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
+        size = self.input_size
+        if self.resize_size is not None and self.resize_size < (size or 1):
+            raise ConfigError(
+                f"config key 'resize_size' must be >= input_size {size or 1}, got {self.resize_size}"
+            )
 
 
 def paper_preset(**overrides: Any) -> ClassifyConfig:
-    """The protocol's defaults (`ClassifyConfig()`) with `overrides`."""
-    return replace_validated(ClassifyConfig(), **overrides)
+    """Krähenbühl et al.'s VOC 2007 fine-tuning protocol, the paper's classification column.
+
+    head="fc" (pool5 flattened, fresh fc6/fc7 of 4096 with dropout 0.5), random crops from images
+    resized to 256/227 of the input, 10-crop testing, VOC 2007 11-point AP (`ap="voc07"`),
+    rescale="full" (their within- and between-layer rescaling), trainval -> test. The schedule is
+    the one of their released evaluation code (philkr/voc-classification, src/train_cls.py):
+    SGD momentum 0.9, lr 0.001 halved every 10,000 of 80,000 iterations (`lr_step_fraction`
+    0.125, `lr_gamma` 0.5), batch 16, weight decay 1e-6; 255 epochs of the 5,011 trainval images
+    at batch 16 are about 80,000 iterations. Not reproduced: its gradient clipping at 10 and its
+    random scale augmentation (0.5-2x). `overrides` change any key.
+    """
+    cfg = ClassifyConfig(
+        head="fc",
+        fc_dims=4096,
+        fc_dropout=0.5,
+        random_crop=True,
+        test_crops=10,
+        ap="voc07",
+        rescale="full",
+        train_split="trainval",
+        val_split="test",
+        optimizer="sgd",
+        momentum=0.9,
+        lr=0.001,
+        lr_step_fraction=0.125,
+        lr_gamma=0.5,
+        batch_size=16,
+        weight_decay=1e-6,
+        epochs=255,
+    )
+    return replace_validated(cfg, **overrides)
 
 
 def small_preset(**overrides: Any) -> ClassifyConfig:
@@ -111,19 +182,66 @@ def small_preset(**overrides: Any) -> ClassifyConfig:
     return replace_validated(cfg, **overrides)
 
 
-class FinetuneModel(nn.Module):
-    """Encoder -> global average pool of the last stage -> linear head."""
+class GlobalPool(nn.Module):
+    """Average over the spatial positions of a [N, C, H, W] map (anything else passes through)."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return f.mean((2, 3)) if f.dim() == 4 else f
+
+
+class FcLayers(nn.Sequential):
+    """AlexNet's fc6, fc7 on the flattened last stage: Linear-ReLU-Dropout twice, freshly drawn
+    (weights N(0, 0.01^2), biases 0.1: the re-initialisation of Krähenbühl et al.'s released
+    VOC classification code)."""
+
+    def __init__(self, in_features: int, dims: int = 4096, dropout: float = 0.5) -> None:
+        super().__init__(
+            nn.Flatten(1),
+            nn.Linear(in_features, dims),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(dims, dims),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+        )
+        for m in self:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.constant_(m.bias, 0.1)
+
+
+class FinetuneModel(nn.Module):
+    """Encoder -> neck -> linear classifier `head` (weights N(0, 0.01^2), bias 0).
+
+    head="linear": the neck is a global average pool of the last stage; head="fc": the neck is
+    `FcLayers` on the flattened (not pooled) last stage, e.g. AlexNet's pool5 (256 x 6 x 6)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        head: str = "linear",
+        fc_dims: int = 4096,
+        fc_dropout: float = 0.5,
+        input_size: int | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.num_features, num_classes)
+        if head == "fc":
+            c, h, w = encoder.output_shape(input_size)
+            self.neck: nn.Module = FcLayers(c * h * w, fc_dims, fc_dropout)
+            width = fc_dims
+        else:
+            self.neck, width = GlobalPool(), encoder.num_features
+        self.head = nn.Linear(width, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.encoder(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.encoder(x)
-        return self.head(f.mean((2, 3)) if f.dim() == 4 else f)
+        return self.head(self.features(x))
 
 
 def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -134,11 +252,25 @@ def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Ten
     return F.binary_cross_entropy_with_logits(logits[keep], target[keep])
 
 
-def score(scores: torch.Tensor, targets: torch.Tensor) -> dict[str, Any]:
+def score(scores: torch.Tensor, targets: torch.Tensor, ap: str = "area") -> dict[str, Any]:
+    """top-1 (class-index targets) or, for VOC targets, both APs: the area under the
+    precision-recall curve (`mAP_area`) and VOC 2007's 11-point AP (`mAP_voc07`), each with its
+    per-class list; `mAP` / `per_class_AP` repeat the one `ap` names."""
     if targets.dim() == 1:
         return {"top1": top1(scores, targets)}
-    m, per_class = voc_mean_ap(scores.numpy(), targets.numpy())
-    return {"mAP": m, "per_class_AP": per_class}
+    s, t = scores.numpy(), targets.numpy()
+    area, area_per_class = voc_mean_ap(s, t)
+    v07, v07_per_class = voc07_mean_ap(s, t)
+    chosen = (v07, v07_per_class) if ap == "voc07" else (area, area_per_class)
+    return {
+        "mAP": chosen[0],
+        "per_class_AP": chosen[1],
+        "ap": ap,
+        "mAP_voc07": v07,
+        "mAP_area": area,
+        "per_class_AP_voc07": v07_per_class,
+        "per_class_AP_area": area_per_class,
+    }
 
 
 def train_linear_probe(
@@ -279,7 +411,7 @@ def _frozen_protocol(
         else:
             s = knn_scores(x, y, vax[name], num_classes, cfg.knn_k, cfg.knn_temperature)
         per_layer[name] = score(
-            s.softmax(1) if y.dim() == 1 and cfg.protocol == "linear" else s, vay
+            s.softmax(1) if y.dim() == 1 and cfg.protocol == "linear" else s, vay, cfg.ap
         )
     main = per_layer[layers[-1]]
     metrics = {
@@ -294,26 +426,58 @@ def _frozen_protocol(
 
 
 @torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of a batch [N, 3, H, W], or of N images' crops [N, K, 3, H, W]: the mean of each
+    image's K crop logits (10-crop testing; the released VOC code sums the crops' fc8)."""
+    if x.dim() == 5:
+        n, k = x.shape[:2]
+        return model(x.flatten(0, 1)).float().view(n, k, -1).mean(1)
+    return model(x).float()
+
+
+@torch.no_grad()
 def _predict(model: nn.Module, loader, device) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     scores, targets = [], []
     for x, y in loader:
-        logits = model(x.to(device)).float().cpu()
+        logits = predict_logits(model, x.to(device)).cpu()
         scores.append(logits.softmax(1) if y.dim() == 1 else logits.sigmoid())
         targets.append(y)
     return torch.cat(scores), torch.cat(targets)
 
 
-def _finetune(cfg, encoder, train, val, device, log) -> tuple[dict[str, Any], dict[str, Any]]:
+def lr_milestones(cfg: ClassifyConfig, steps: int) -> list[int]:
+    """Optimizer steps at which the lr is multiplied by `lr_gamma`."""
+    if cfg.lr_step_fraction is None:
+        return [max(1, (2 * steps) // 3)]
+    every = max(1, round(cfg.lr_step_fraction * steps))
+    return list(range(every, steps, every)) or [steps]
+
+
+def _finetune(
+    cfg, encoder, info, train, val, device, log, calibration
+) -> tuple[dict[str, Any], dict[str, Any]]:
     keep = low_shot_indices(train.targets(), cfg.shots, cfg.label_fraction, cfg.seed)
     train.indices = [train.indices[i] for i in keep]
-    model = FinetuneModel(encoder, len(train.classes)).to(device)
+    train.crop, train.resize_size = ("random" if cfg.random_crop else "none"), cfg.resize_size
+    val.crop = "ten" if cfg.test_crops == 10 else "center" if cfg.random_crop else "none"
+    val.resize_size = cfg.resize_size
+    size = info["input_size"]
+    model = FinetuneModel(
+        encoder, len(train.classes), cfg.head, cfg.fc_dims, cfg.fc_dropout, size
+    ).to(device)
+    if cfg.head == "fc" and cfg.rescale != "none":
+        # the fresh fc6/fc7 are part of the network Krähenbühl et al. rescale
+        images = renormalize(calibration(size), info["normalize"]).to(device)
+        record = rescale_(model, images, cfg.rescale, forward=model.features, seed=cfg.seed)
+        info["meta"] = {**info["meta"], "rescale": {**record, "layers": "encoder, fc6, fc7"}}
+        info["hash"] = weights_hash(model.encoder)
     if cfg.frozen:
         freeze(model.encoder)
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     loader = seeded_loader(train, cfg.batch_size, True, cfg.seed, cfg.num_workers)
     steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, (2 * steps) // 3)], 0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg, steps), cfg.lr_gamma)
 
     def loss_fn(m: nn.Module, batch, dev) -> torch.Tensor:
         return classification_loss(m(batch[0].to(dev)), batch[1].to(dev))
@@ -324,13 +488,16 @@ def _finetune(cfg, encoder, train, val, device, log) -> tuple[dict[str, Any], di
             model.encoder.eval()
         stats = train_one_epoch(model, loader, loss_fn, opt, device, sched)
         log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
-    s, y = _predict(model, seeded_loader(val, 64, False, cfg.seed, cfg.num_workers), device)
-    m = score(s, y)
+    batch = 64 // cfg.test_crops
+    s, y = _predict(model, seeded_loader(val, batch, False, cfg.seed, cfg.num_workers), device)
+    m = score(s, y, cfg.ap)
     metrics = {
         "score": m.get("mAP", m.get("top1")),
         **m,
         "train_images": len(train),
         "val_images": len(val),
+        "test_crops": cfg.test_crops,
+        "head": cfg.head,
     }
     return metrics, {
         "protocol": "finetune",
@@ -354,14 +521,25 @@ def run(cfg: ClassifyConfig) -> dict[str, Any]:
         view = ClassificationView(train.base, size, MINUS_ONE_ONE, False)
         return calibration_batch(view, cfg.calibration_images, cfg.seed)
 
-    encoder, info = resolve_encoder(cfg.encoder, cfg.input_size, calibration, cfg.seed)
+    # with the fc head, the rescaling covers the new fc6/fc7 too: done in _finetune
+    fc_head = cfg.protocol == "finetune" and cfg.head == "fc"
+    encoder, info = resolve_encoder(
+        cfg.encoder,
+        cfg.input_size,
+        calibration,
+        cfg.seed,
+        rescale="none" if fc_head else cfg.rescale,
+        device=device,
+    )
     for view in (train, val):
         view.size, view.normalize = info["input_size"], info["normalize"]
     set_seed(cfg.seed)
     log = MetricLogger(out / "log.jsonl", total=None, desc=f"classify/{cfg.protocol}")
     try:
         if cfg.protocol == "finetune":
-            metrics, model = _finetune(cfg, encoder.to(device), train, val, device, log)
+            metrics, model = _finetune(
+                cfg, encoder.to(device), info, train, val, device, log, calibration
+            )
         else:
             metrics, model = _frozen_protocol(cfg, encoder, info, train, val, device, log)
     finally:

@@ -6,7 +6,10 @@
 
 `--data` may be a VOC root (JPEGImages + ImageSets), an ImageFolder root (train/ and val/ with one
 sub-folder per class), or the built-in data's root (its VOC/ is used). Images are resized to the
-encoder's square input; training adds random horizontal flips.
+encoder's square input; training adds random horizontal flips. Classification views can instead
+crop (`ClassificationView.crop`): "random" (training: resize to `resize_size`, a random
+`size` crop and a flip), "center" (one centre crop) or "ten" (the 4 corners and the centre of the
+resized image and their flips, stacked as [10, 3, size, size]).
 """
 
 from __future__ import annotations
@@ -50,11 +53,47 @@ def to_tensor(
     return TF.normalize(TF.to_tensor(img), normalize["mean"], normalize["std"])
 
 
+CROPS = ("none", "random", "center", "ten")
+
+
+def default_resize(size: int) -> int:
+    """The side images are resized to before cropping: AlexNet's 256 for 227 (same ratio)."""
+    return round(size * 256 / 227)
+
+
+def crop_images(
+    img, size: int, crop: str, resize_size: int | None = None, rng: random.Random | None = None
+) -> list:
+    """PIL image -> the list of PIL crops a view feeds the network (one, or ten for "ten").
+
+    "none": resized to size x size; otherwise resized to resize_size x resize_size (default
+    `default_resize(size)`) and cropped: "random" (random position, flipped with p 0.5),
+    "center", or "ten" (torchvision's `ten_crop`: 4 corners + centre, then their flips)."""
+    if crop == "none":
+        return [TF.resize(img, [size, size], antialias=True)]
+    big = resize_size or default_resize(size)
+    if big < size:
+        raise ConfigError(f"config key 'resize_size' must be >= the input size {size}, got {big}")
+    img = TF.resize(img, [big, big], antialias=True)
+    if crop == "center":
+        return [TF.center_crop(img, [size, size])]
+    if crop == "ten":
+        return list(TF.ten_crop(img, [size, size]))
+    if crop == "random":
+        r = rng or random
+        top, left = r.randint(0, big - size), r.randint(0, big - size)
+        out = TF.crop(img, top, left, size, size)
+        return [TF.hflip(out) if r.random() < 0.5 else out]
+    raise ConfigError(f"unknown crop '{crop}' (one of {', '.join(CROPS)})")
+
+
 class ClassificationView(torch.utils.data.Dataset):
     """(image tensor, target) over an ImageFolderDataset or VOCClassification; optional flips.
 
-    Flips draw from Python's `random`, which the DataLoader seeds per worker and per epoch from
-    the harness's seeded generator, so a seed fixes the whole run.
+    Flips and random crops draw from Python's `random`, which the DataLoader seeds per worker
+    and per epoch from the harness's seeded generator, so a seed fixes the whole run.
+    `crop` (see `crop_images`): "none" (resize; flips when `train`), "random", "center", "ten"
+    (the image tensor is then [10, 3, size, size]).
     """
 
     def __init__(
@@ -64,8 +103,13 @@ class ClassificationView(torch.utils.data.Dataset):
         normalize: dict[str, list[float]],
         train: bool,
         indices: Sequence[int] | None = None,
+        crop: str = "none",
+        resize_size: int | None = None,
     ):
+        if crop not in CROPS:
+            raise ConfigError(f"unknown crop '{crop}' (one of {', '.join(CROPS)})")
         self.base, self.size, self.normalize, self.train = base, size, normalize, train
+        self.crop, self.resize_size = crop, resize_size
         self.indices = list(range(len(base))) if indices is None else list(indices)
         self.multilabel = hasattr(base, "labels") and hasattr(base, "ignore")
         self.classes = list(base.classes)
@@ -96,10 +140,19 @@ class ClassificationView(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         from cebench.data import load_rgb
 
-        flip = self.train and random.random() < 0.5
-        return to_tensor(
-            load_rgb(self.image_path(i)), self.size, self.normalize, flip
-        ), self.target(i)
+        if self.crop == "none":
+            flip = self.train and random.random() < 0.5
+            return to_tensor(
+                load_rgb(self.image_path(i)), self.size, self.normalize, flip
+            ), self.target(i)
+        crops = crop_images(load_rgb(self.image_path(i)), self.size, self.crop, self.resize_size)
+        x = torch.stack(
+            [
+                TF.normalize(TF.to_tensor(c), self.normalize["mean"], self.normalize["std"])
+                for c in crops
+            ]
+        )
+        return (x if self.crop == "ten" else x[0]), self.target(i)
 
 
 def classification_splits(
