@@ -1,44 +1,57 @@
-"""Object detection transfer: torchvision Faster R-CNN on a cebench encoder, COCO-style AP.
+"""Object detection transfer: torchvision Faster R-CNN on a cebench encoder, VOC07 mAP and COCO AP.
 
-    cebench transfer detect --encoder runs/ce/encoder.pt --data data/builtin/VOC --out runs/det
+    cebench transfer detect --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2007 --out runs/det   # paper preset
+    cebench transfer detect --encoder runs/ce --data data/builtin/VOC --preset small --head c4 --out runs/det
     cebench transfer detect --encoder random:tiny --coco-ann data/builtin/coco/annotations/instances_train.json \\
         --coco-images data/builtin/VOC/JPEGImages --preset small --frozen --out runs/det-coco
 
     from cebench.transfer.detect import DetectConfig, run, small_preset
     run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/det"))["metrics"]["AP50"]
 
-Model (assembled from torchvision parts, as its detection references do): the encoder as backbone
-(`EncoderBackbone`: the last stage of each distinct stride >= 4, the deepest `max_levels`; with
-`fpn=True` and several such stages a FeaturePyramidNetwork over them, else the last stage alone),
-an AnchorGenerator whose sizes follow each level's stride and the input size, the RPN, RoIAlign
-(MultiScaleRoIAlign) and a two-layer MLP box head. GeneralizedRCNNTransform resizes images to
-`input_size` (min and max side), so 32-64 px data stays small.
+Model (assembled from torchvision parts, as its detection references do), by `head`:
+- "fpn" (default): the encoder as backbone (`EncoderBackbone`: the last stage of each distinct
+  stride >= 4, the deepest `max_levels`, a FeaturePyramidNetwork over them when there are several),
+  RoIAlign (MultiScaleRoIAlign, `roi_size`) and a two-layer MLP box head (no dropout);
+- "c4": Fast R-CNN on AlexNet (Girshick, ICCV 2015): one map, `roi_stage` (default the deepest
+  stage of stride <= 16: conv5, whose pool5 the RoI pooling replaces), no FPN, RoI max pooling to
+  `roi_size` x `roi_size` (6 as AlexNet's pool5), FRESH fc6 and fc7 (`representation_size`, ReLU,
+  dropout `fc_dropout`) and the class / box predictor.
+Both: an AnchorGenerator sized to the detector's image size, the RPN, per-class NMS
+`box_nms_thresh`. GeneralizedRCNNTransform scales each image to a shorter side of `min_size`
+(longer side <= `max_size`); None for both = the encoder's `input_size`, so 32-64 px data stays
+small. The encoder is fully convolutional and runs at that size (checked before training).
 
-Protocol (defaults = `DetectConfig`): the paper fine-tunes Fast R-CNN from the pretrained encoder
-(VOC2007 trainval -> test, mAP at IoU 0.5); here Faster R-CNN (the RPN replaces selective search),
-the encoder fine-tuned (or frozen with `frozen=True`: no gradients, BatchNorm statistics fixed),
-SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 4, 20 epochs with a x0.1 step at 2/3,
-horizontal flips (torchvision's detection reference settings scaled to one device).
-Metrics: pycocotools COCOeval bbox AP (IoU .50:.95), AP50 (the VOC-style number the paper reports)
-and AP75 in percent, plus per-class AP/AP50; VOC difficult objects are ignored (iscrowd in the
-ground truth given to COCOeval).
+Protocol (defaults = `DetectConfig`): the encoder fine-tuned (or frozen with `frozen=True`: no
+gradients, BatchNorm statistics fixed), SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 4,
+20 epochs with a x0.1 step at `lr_step_at` = 2/3, horizontal flips (torchvision's detection
+reference settings scaled to one device). `paper_preset()` is the paper's Fast R-CNN setting:
+c4 head, 4096-wide fc6/fc7 with dropout 0.5, 600 / 1000 px images, VOC2007 trainval -> test,
+SGD lr 1e-3 (x0.1 after 3/4), weight decay 5e-4, 2 images x 64 RoIs, NMS 0.3, VOC07 mAP. The
+remaining difference: the RPN replaces selective search (Faster R-CNN instead of Fast R-CNN).
+Metrics (always all of them): `mAP_voc07`, the VOC2007 devkit's 11-point mAP at IoU 0.5 with its
+matching rule (`VOCDetectionEvaluator`: difficult objects neither TP nor FP, duplicates FP,
++1-pixel widths), and pycocotools COCOeval bbox AP (IoU .50:.95), AP50 and AP75 in percent
+(difficult objects given as iscrowd), plus per-class APs. `score` is `mAP_voc07` with
+`ap="voc07"`, else AP50 (`ap="coco"`, the default).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_pool
 from torchvision.transforms import functional as TF
 
 from cebench.core.config import validate
@@ -55,9 +68,13 @@ from cebench.transfer.args import (
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
-from cebench.transfer.encoders import resolve_encoder
+from cebench.transfer.encoders import check_input_size, resolve_encoder
 from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
-from cebench.transfer.metrics import DetectionEvaluator, coco_gt_from_targets
+from cebench.transfer.metrics import (
+    DetectionEvaluator,
+    VOCDetectionEvaluator,
+    coco_gt_from_targets,
+)
 
 
 @dataclass
@@ -66,15 +83,24 @@ class DetectConfig(HarnessConfig):
     coco_ann: str = ""  # training annotations
     coco_images: str = ""  # ... and their image folder
     coco_val_ann: str = ""  # evaluation json (default: coco_ann with 'train' -> 'val')
-    fpn: bool = True
+    # "fpn": an FPN over the deepest `max_levels` stages of stride >= 4, RoIAlign, 2-layer MLP head;
+    # "c4": Fast R-CNN: one map (`roi_stage`), RoI max pooling, fresh fc6/fc7 with dropout
+    head: Literal["fpn", "c4"] = "fpn"
+    roi_stage: str = ""  # c4: "" = the deepest stage of stride <= 16 (AlexNet: conv5)
     fpn_channels: int = 256
     max_levels: int = 3
     roi_size: int = 7
     representation_size: int = 1024
+    fc_dropout: float = 0.5  # c4: dropout after fc6 and fc7
+    min_size: int | None = None  # detector's image size: shorter side (None: the encoder's input)
+    max_size: int | None = None  # ... longer side at most (None: min_size, or the encoder's input)
     rpn_pre_nms_top_n: int = 1000
     rpn_post_nms_top_n: int = 500
     box_batch_size_per_image: int = 128
     box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5  # per-class NMS of the final detections
+    ap: Literal["voc07", "coco"] = "coco"  # headline score: VOC07 11-point mAP@0.5 or COCO AP50
+    lr_step_at: float = 2 / 3  # fraction of the steps after which lr x0.1
     epochs: int = 20
     lr: float = 0.01
     batch_size: int = 4
@@ -82,15 +108,72 @@ class DetectConfig(HarnessConfig):
     def validate(self) -> None:
         super().validate()
         require_at_least(self, 1, "max_levels", "roi_size", "fpn_channels", "representation_size")
+        for key in ("min_size", "max_size"):
+            if getattr(self, key) is not None:
+                require_at_least(self, 16, key)
+        if (
+            self.min_size is not None
+            and self.max_size is not None
+            and self.max_size < self.min_size
+        ):
+            raise ConfigError(
+                f"config key 'max_size' ({self.max_size}) must be >= min_size ({self.min_size})"
+            )
+        if not 0 <= self.fc_dropout < 1:
+            raise ConfigError(f"config key 'fc_dropout' must be in [0, 1), got {self.fc_dropout}")
+        if not 0 < self.lr_step_at <= 1:
+            raise ConfigError(f"config key 'lr_step_at' must be in (0, 1], got {self.lr_step_at}")
+
+
+def _check_renamed(overrides: dict[str, Any]) -> None:
+    if "fpn" in overrides:
+        raise ConfigError(
+            "config key 'fpn' was replaced by 'head': head=fpn (FPN over several stages) "
+            "or head=c4 (one stride-16 map, Fast R-CNN's RoI pooling and fc6/fc7)"
+        )
 
 
 def paper_preset(**overrides: Any) -> DetectConfig:
-    """The protocol's defaults (`DetectConfig()`) with `overrides`."""
-    return replace_validated(DetectConfig(), **overrides)
+    """Fast R-CNN on AlexNet as the paper ran it (Girshick, ICCV 2015), with `overrides`.
+
+    One conv5 map with 6x6 RoI max pooling and fresh 4096-wide fc6/fc7 (dropout 0.5), images
+    scaled to a 600 px shorter side (longer side <= 1000), VOC2007 trainval -> test scored with
+    the devkit's 11-point mAP@0.5. Fast R-CNN's solver: SGD momentum 0.9, weight decay 5e-4,
+    lr 1e-3 for 30k iterations then 1e-4 for 10k, mini-batches of 2 images x 64 RoIs (25%
+    foreground), flips; at 2 images per step 40k iterations are 16 epochs of the 5011 trainval
+    images, with the x0.1 step at 3/4. Test-time NMS 0.3 and score threshold 0.05 (its test
+    config). Not Fast R-CNN: the RPN replaces selective search (2000 proposals per image kept,
+    about what selective search gave), and biases do not get a doubled learning rate.
+    """
+    _check_renamed(overrides)
+    cfg = DetectConfig(
+        head="c4",
+        roi_size=6,
+        representation_size=4096,
+        fc_dropout=0.5,
+        min_size=600,
+        max_size=1000,
+        ap="voc07",
+        train_split="trainval",
+        val_split="test",
+        rpn_pre_nms_top_n=6000,
+        rpn_post_nms_top_n=2000,
+        box_batch_size_per_image=64,
+        box_nms_thresh=0.3,
+        optimizer="sgd",
+        lr=1e-3,
+        momentum=0.9,
+        weight_decay=5e-4,
+        batch_size=2,
+        epochs=16,
+        lr_step_at=0.75,
+    )
+    return replace_validated(cfg, **overrides)
 
 
 def small_preset(**overrides: Any) -> DetectConfig:
     """Settings for the built-in 32-64 px data: small heads, few proposals, Adam, seconds on a CPU."""
+    _check_renamed(overrides)
     cfg = DetectConfig(
         fpn_channels=32,
         roi_size=4,
@@ -164,6 +247,65 @@ class EncoderBackbone(nn.Module):
         return self.fpn(maps) if self.fpn is not None else maps
 
 
+def c4_level(encoder: nn.Module, stage: str = "", max_stride: int = 16) -> tuple[str, int, int]:
+    """(stage, channels, stride) of the single map the c4 head pools from.
+
+    `stage` names it; "" picks the deepest stage whose declared stride (`feature_info` reduction)
+    is <= `max_stride`: conv5 for AlexNet, whose max pool (pool5) Fast R-CNN replaces by RoI
+    pooling (Girshick 2015, Sec. 2.1), the stride-16 stage of ResNets and the tiny encoders."""
+    infos = list(encoder.feature_info)
+    if stage:
+        match = [f for f in infos if f.name == stage]
+        if not match:
+            raise ConfigError(
+                f"config key 'roi_stage': no stage '{stage}' (stages: {', '.join(f.name for f in infos)})"
+            )
+        f = match[0]
+    else:
+        f = ([f for f in infos if f.reduction <= max_stride] or infos[:1])[-1]
+    return f.name, f.channels, f.reduction
+
+
+class RoIMaxPool(MultiScaleRoIAlign):
+    """Fast R-CNN's RoI max pooling on one map ("0"), in place of RoIAlign (a `MultiScaleRoIAlign`
+    subclass because FasterRCNN accepts no other pooler type; only `forward` differs).
+
+    The map's scale is inferred as torchvision's pooler does: the power of two nearest to map
+    height / largest image height (1/16 for AlexNet's conv5, Fast R-CNN's `spatial_scale`)."""
+
+    def __init__(self, output_size: int) -> None:
+        super().__init__(["0"], output_size, sampling_ratio=0)
+
+    def forward(self, features, proposals, image_shapes) -> torch.Tensor:
+        x = features["0"]
+        scale = 2.0 ** round(math.log2(x.shape[-2] / max(h for h, _ in image_shapes)))
+        return roi_pool(x, proposals, self.output_size, scale)
+
+
+class FastRCNNHead(nn.Sequential):
+    """Fresh fc6 and fc7 (`representation_size` wide, ReLU, dropout) over the pooled RoI, as the
+    fully connected layers of AlexNet in Fast R-CNN; nothing here comes from the encoder."""
+
+    def __init__(self, in_features: int, representation_size: int, dropout: float) -> None:
+        super().__init__(
+            OrderedDict(
+                flatten=nn.Flatten(1),
+                fc6=nn.Linear(in_features, representation_size),
+                relu6=nn.ReLU(inplace=True),
+                drop6=nn.Dropout(dropout),
+                fc7=nn.Linear(representation_size, representation_size),
+                relu7=nn.ReLU(inplace=True),
+                drop7=nn.Dropout(dropout),
+            )
+        )
+
+
+def detector_size(cfg: DetectConfig, input_size: int) -> tuple[int, int]:
+    """(min_size, max_size) of the detector's resize: the config's, else the encoder's input."""
+    lo = cfg.min_size or input_size
+    return lo, cfg.max_size or lo
+
+
 def anchor_sizes(
     levels: list[tuple[str, int, int]], input_size: int
 ) -> tuple[tuple[int, ...], ...]:
@@ -181,19 +323,30 @@ def build_detector(
     cfg: DetectConfig,
     normalize: dict[str, list[float]],
 ) -> FasterRCNN:
-    """Faster R-CNN from parts around `encoder`; `num_classes` excludes the background."""
-    levels = select_levels(encoder, input_size, cfg.max_levels)
-    backbone = EncoderBackbone(encoder, levels, cfg.fpn_channels if cfg.fpn else None, cfg.frozen)
-    sizes = anchor_sizes(backbone.levels, input_size)
+    """Faster R-CNN from parts around `encoder`; `num_classes` excludes the background.
+
+    Images are resized to `detector_size` (shorter side min_size, longer side <= max_size); the
+    encoder, fully convolutional, runs at that size. Anchors follow that size."""
+    min_size, max_size = detector_size(cfg, input_size)
+    if cfg.head == "c4":
+        backbone = EncoderBackbone(encoder, [c4_level(encoder, cfg.roi_stage)], None, cfg.frozen)
+        roi: nn.Module = RoIMaxPool(cfg.roi_size)
+        box_head: nn.Module = FastRCNNHead(
+            backbone.out_channels * cfg.roi_size**2, cfg.representation_size, cfg.fc_dropout
+        )
+    else:
+        levels = select_levels(encoder, input_size, cfg.max_levels)
+        backbone = EncoderBackbone(encoder, levels, cfg.fpn_channels, cfg.frozen)
+        names = [str(i) for i in range(len(backbone.levels))]
+        roi = MultiScaleRoIAlign(names, output_size=cfg.roi_size, sampling_ratio=2)
+        box_head = TwoMLPHead(backbone.out_channels * cfg.roi_size**2, cfg.representation_size)
+    sizes = anchor_sizes(backbone.levels, min_size)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    names = [str(i) for i in range(len(backbone.levels))]
-    roi = MultiScaleRoIAlign(names, output_size=cfg.roi_size, sampling_ratio=2)
-    box_head = TwoMLPHead(backbone.out_channels * cfg.roi_size**2, cfg.representation_size)
     return FasterRCNN(
         backbone,
         num_classes=None,
-        min_size=input_size,
-        max_size=input_size,
+        min_size=min_size,
+        max_size=max_size,
         image_mean=normalize["mean"],
         image_std=normalize["std"],
         rpn_anchor_generator=anchors,
@@ -206,6 +359,7 @@ def build_detector(
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n,
         box_batch_size_per_image=cfg.box_batch_size_per_image,
         box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
     )
 
 
@@ -294,19 +448,26 @@ def detection_loss(model: nn.Module, batch, device: torch.device) -> torch.Tenso
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, evaluator: DetectionEvaluator, device: torch.device
+    model: nn.Module,
+    loader,
+    evaluators: Sequence[DetectionEvaluator | VOCDetectionEvaluator],
+    device: torch.device,
 ) -> dict[str, Any]:
+    """Run the detector over `loader`, feed every evaluator, merge their summaries."""
     model.eval()
     for images, targets in loader:
         outputs = model([im.to(device) for im in images])
-        evaluator.update(
-            {
-                int(t["image_id"]): {k: v.cpu() for k, v in o.items()}
-                for t, o in zip(targets, outputs, strict=True)
-            }
-        )
-    evaluator.synchronize_between_processes()
-    return evaluator.summarize()
+        predictions = {
+            int(t["image_id"]): {k: v.cpu() for k, v in o.items()}
+            for t, o in zip(targets, outputs, strict=True)
+        }
+        for ev in evaluators:
+            ev.update(predictions)
+    metrics: dict[str, Any] = {}
+    for ev in evaluators:
+        ev.synchronize_between_processes()
+        metrics.update(ev.summarize())
+    return metrics
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -324,7 +485,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="COCO json to evaluate on (default: --coco-ann with train -> val)",
     )
-    p.add_argument("--no-fpn", action="store_true", help="single-level detector on the last stage")
+    p.add_argument(
+        "--head",
+        choices=["fpn", "c4"],
+        default=None,
+        help="fpn: FPN over several stages; c4: Fast R-CNN on one stride-16 map (paper preset)",
+    )
     return p
 
 
@@ -333,12 +499,13 @@ def main(args: argparse.Namespace) -> int:
         "coco_ann": args.coco_ann,
         "coco_images": args.coco_images,
         "coco_val_ann": args.coco_val_ann,
-        "fpn": False if args.no_fpn else None,
+        "head": args.head,
     }
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
     m = run(cfg)["metrics"]
     print(
-        f"detect: AP {m['AP']:.2f} AP50 {m['AP50']:.2f} AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
+        f"detect: VOC07 mAP {m['mAP_voc07']:.2f} AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
+        f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
     )
     return 0
 
@@ -362,6 +529,9 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
     encoder, info = resolve_encoder(
         cfg.encoder, cfg.input_size, calibration, cfg.seed, rescale=cfg.rescale, device=device
     )
+    min_size, max_size = detector_size(cfg, info["input_size"])
+    if min_size != info["input_size"]:  # the encoder runs at the detector's size
+        check_input_size(encoder, min_size, cfg.encoder)
     set_seed(cfg.seed)
     model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(
         device
@@ -371,7 +541,7 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
         DetectionView(tr, True), cfg.batch_size, True, cfg.seed, cfg.num_workers, _collate
     )
     steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, (2 * steps) // 3)], 0.1)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(cfg.lr_step_at * steps))], 0.1)
     log = MetricLogger(out / "log.jsonl", total=cfg.epochs, desc="detect")
     try:
         for epoch in range(cfg.epochs):
@@ -383,12 +553,18 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
     val_loader = seeded_loader(
         DetectionView(va, False), cfg.batch_size, False, cfg.seed, cfg.num_workers, _collate
     )
-    metrics = evaluate(model, val_loader, DetectionEvaluator(coco_gt, label_to_cat), device)
+    evaluators = [
+        DetectionEvaluator(coco_gt, label_to_cat),
+        VOCDetectionEvaluator.from_coco(coco_gt, label_to_cat),
+    ]
+    metrics = evaluate(model, val_loader, evaluators, device)
     if fmt == "voc":  # name the per-class entries after the dataset's classes
-        for key in ("per_class_AP", "per_class_AP50"):
+        for key in ("per_class_AP", "per_class_AP50", "per_class_AP_voc07"):
             metrics[key] = {tr.classes[int(k) - 1]: v for k, v in metrics[key].items()}
     metrics.update(
-        score=metrics["AP50"],
+        score=metrics["mAP_voc07"] if cfg.ap == "voc07" else metrics["AP50"],
+        score_metric="mAP_voc07" if cfg.ap == "voc07" else "AP50",
+        image_size=[min_size, max_size],
         format=fmt,
         train_images=len(tr),
         val_images=len(va),

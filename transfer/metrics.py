@@ -5,9 +5,11 @@
     voc07_mean_ap(scores, targets)      # the same ranking scored with VOC2007's 11-point AP
     voc07_ap(recall, precision)         # 11-point interpolated AP of any precision-recall curve
     cm = ConfusionMatrix(21); cm.update(gt, pred); cm.reduce_from_all_processes(); cm.compute()
+    ev = VOCDetectionEvaluator(gt_by_image); ev.update(preds); ev.compute()  # VOC07 detection mAP@0.5
 
 Accumulators follow torchvision's references (`ConfusionMatrix`, `CocoEvaluator`: update, sync
-across processes, compute); AP comes from scikit-learn and pycocotools, never re-implemented.
+across processes, compute); AP comes from scikit-learn and pycocotools, except the VOC2007
+detection AP, which follows the devkit's matching rule (`VOCDetectionEvaluator`).
 """
 
 from __future__ import annotations
@@ -280,3 +282,155 @@ def _empty_results(coco_gt):
     with contextlib.redirect_stdout(io.StringIO()):
         dt.createIndex()
     return dt
+
+
+def devkit_iou(box: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box with each row of `gt_boxes`, by the VOC devkit's pixel rule.
+
+    Boxes come in as cebench's 0-based continuous xyxy (the readers' x1 = xmin - 1, x2 = xmax).
+    They are turned back into the devkit's 1-based inclusive pixel indices (xmin = x1 + 1,
+    xmax = x2) and measured as `VOCevaldet.m` / Fast R-CNN's `voc_eval` do, with +1 widths
+    (iw = min(xmax) - max(xmin) + 1, clamped at 0); on an annotation's own numbers this is the
+    devkit's overlap exactly (and equal to the continuous IoU of the 0-based boxes)."""
+    b = np.asarray(box, dtype=np.float64).copy()
+    g = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4).copy()
+    b[[0, 1]] += 1.0  # -> devkit xmin, ymin (1-based); xmax, ymax are unchanged
+    g[:, [0, 1]] += 1.0
+    iw = np.maximum(np.minimum(b[2], g[:, 2]) - np.maximum(b[0], g[:, 0]) + 1.0, 0.0)
+    ih = np.maximum(np.minimum(b[3], g[:, 3]) - np.maximum(b[1], g[:, 1]) + 1.0, 0.0)
+    inter = iw * ih
+    area_b = (b[2] - b[0] + 1.0) * (b[3] - b[1] + 1.0)
+    area_g = (g[:, 2] - g[:, 0] + 1.0) * (g[:, 3] - g[:, 1] + 1.0)
+    return inter / np.maximum(area_b + area_g - inter, np.finfo(np.float64).eps)
+
+
+class VOCDetectionEvaluator:
+    """VOC2007 detection mAP at IoU 0.5 with the 11-point AP: update / synchronize / compute.
+
+    The PASCAL VOC devkit's `VOCevaldet.m` (as Fast R-CNN's `voc_eval(..., use_07_metric=True)`,
+    which scored the paper's detection column). Per class, the detections of all images are ranked
+    by descending score (a stable sort); each is compared with every ground-truth box of its class
+    in its image and assigned to the one of highest IoU (`devkit_iou`, +1 pixel widths). If that
+    IoU is >= `iou_thresh` (the MATLAB devkit's test; the Python `voc_eval` uses >): a `difficult`
+    box makes the detection count as neither TP nor FP; an unclaimed box makes it a TP and claims
+    the box; a box already claimed by a higher-scored detection makes it a FP (a duplicate; the
+    devkit does not move on to the next-best box). Below the threshold it is a FP. Recall is over
+    the non-difficult boxes of the class; AP is `voc07_ap` of `ranking_pr`. A class without
+    non-difficult boxes gets AP nan and is left out of the mean.
+
+    `ground_truth` maps image_id -> {"boxes" xyxy (0-based, continuous), "labels", "difficult"};
+    every image in it is evaluated (one with no detections still counts its boxes).
+    `predictions` in `update` map image_id -> {"boxes", "scores", "labels"}, labels mapped to the
+    ground truth's through `label_to_cat_id` (identity when None). `class_names` (category id ->
+    name) names the per-class entries.
+    """
+
+    def __init__(
+        self,
+        ground_truth: dict[int, dict[str, Any]],
+        label_to_cat_id: dict[int, int] | None = None,
+        class_names: dict[int, str] | None = None,
+        iou_thresh: float = 0.5,
+    ) -> None:
+        self.gt = {
+            int(i): {
+                "boxes": np.asarray(t["boxes"], dtype=np.float64).reshape(-1, 4),
+                "labels": np.asarray(t["labels"], dtype=np.int64).reshape(-1),
+                "difficult": np.asarray(
+                    t.get("difficult", np.zeros(len(t["labels"]), dtype=bool)), dtype=bool
+                ).reshape(-1),
+            }
+            for i, t in ground_truth.items()
+        }
+        self.label_to_cat_id = label_to_cat_id
+        self.iou_thresh = iou_thresh
+        cats = sorted(
+            {int(c) for t in self.gt.values() for c in t["labels"]} | set(class_names or {})
+        )
+        self.class_names = {c: (class_names or {}).get(c, str(c)) for c in cats}
+        self.detections: list[tuple[int, int, float, list[float]]] = []  # image, cat, score, box
+
+    @classmethod
+    def from_coco(cls, coco_gt, label_to_cat_id: dict[int, int] | None = None, **kwargs: Any):
+        """From a pycocotools COCO ground truth (`iscrowd` = difficult, as `coco_gt_from_targets`)."""
+        gt: dict[int, dict[str, Any]] = {}
+        for img_id in coco_gt.getImgIds():
+            anns = coco_gt.loadAnns(coco_gt.getAnnIds(imgIds=[img_id]))
+            gt[int(img_id)] = {
+                "boxes": np.array(
+                    [
+                        [
+                            a["bbox"][0],
+                            a["bbox"][1],
+                            a["bbox"][0] + a["bbox"][2],
+                            a["bbox"][1] + a["bbox"][3],
+                        ]
+                        for a in anns
+                    ],
+                    dtype=np.float64,
+                ).reshape(-1, 4),
+                "labels": np.array([a["category_id"] for a in anns], dtype=np.int64),
+                "difficult": np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+            }
+        names = {int(c): str(v.get("name", c)) for c, v in coco_gt.cats.items()}
+        return cls(gt, label_to_cat_id, names, **kwargs)
+
+    def update(self, predictions: dict[int, dict[str, torch.Tensor]]) -> None:
+        for img_id, p in predictions.items():
+            for box, score, label in zip(
+                p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist(), strict=True
+            ):
+                cat = self.label_to_cat_id[int(label)] if self.label_to_cat_id else int(label)
+                self.detections.append((int(img_id), cat, float(score), [float(v) for v in box]))
+
+    def synchronize_between_processes(self) -> None:
+        if _is_dist():
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self.detections)
+            self.detections = [d for part in gathered for d in part]
+
+    def class_ap(self, cat: int) -> float:
+        """11-point AP (in [0, 1]) of one category id; nan without non-difficult boxes."""
+        gts = {
+            i: (t["boxes"][t["labels"] == cat], t["difficult"][t["labels"] == cat])
+            for i, t in self.gt.items()
+        }
+        n_pos = int(sum((~d).sum() for _, d in gts.values()))
+        if n_pos == 0:
+            return float("nan")
+        # images in id order, detections in arrival order: the devkit's order before its stable sort
+        dets = sorted(
+            (d for d in self.detections if d[1] == cat and d[0] in gts), key=lambda d: d[0]
+        )
+        scores = np.array([d[2] for d in dets], dtype=np.float64)
+        claimed = {i: np.zeros(len(b), dtype=bool) for i, (b, _) in gts.items()}
+        kept_scores, tp = [], []
+        for k in np.argsort(-scores, kind="stable"):
+            img, _, score, box = dets[k]
+            boxes, difficult = gts[img]
+            ov = devkit_iou(np.array(box), boxes) if len(boxes) else np.zeros(0)
+            j = int(ov.argmax()) if len(ov) else -1
+            if j >= 0 and ov[j] >= self.iou_thresh:
+                if difficult[j]:
+                    continue  # neither TP nor FP
+                hit = not claimed[img][j]
+                claimed[img][j] = True
+            else:
+                hit = False
+            kept_scores.append(score)
+            tp.append(hit)
+        if not tp:
+            return 0.0
+        recall, precision = ranking_pr(np.array(kept_scores), np.array(tp), n_pos)
+        return voc07_ap(recall, precision)
+
+    def compute(self) -> dict[str, Any]:
+        """{"mAP_voc07": mean over classes in percent, "per_class_AP_voc07": {name: AP %}}."""
+        per_class = {name: 100.0 * self.class_ap(cat) for cat, name in self.class_names.items()}
+        valid = [v for v in per_class.values() if not math.isnan(v)]
+        return {
+            "mAP_voc07": float(np.mean(valid)) if valid else float("nan"),
+            "per_class_AP_voc07": per_class,
+        }
+
+    summarize = compute  # the name DetectionEvaluator uses
