@@ -4,6 +4,7 @@
     enc = cebench.build_encoder("tiny", input_size=64)          # any registered encoder
     run = cebench.pretrain_encoder("data/builtin/unlabelled", out="runs/ce", overrides=["train.steps=50"])
     enc, info = cebench.load_encoder(run / "encoder.pt")
+    cebench.export_encoder(run, "ce.safetensors")               # timm / torchvision names + ce.safetensors.json
     metrics = cebench.classify(encoder=str(run), data="data/builtin/imagefolder", out="runs/cls")
     cebench.run_suite("mini", out="results/mini")
 
@@ -27,6 +28,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "list_encoders": ("cebench.pretrain.models", "list_encoders"),
     "load_encoder": ("cebench.pretrain.encoder_file", "load_encoder"),
     "resolve_encoder": ("cebench.transfer.encoders", "resolve_encoder"),
+    "export_encoder": ("cebench.pretrain.export", "export_encoder"),
     "load_pretrain_config": ("cebench.pretrain.config", "load_pretrain_config"),
     "pretrain_encoder": ("cebench.api", "pretrain_encoder"),
     "inpaint": ("cebench.api", "inpaint"),

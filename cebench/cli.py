@@ -4,6 +4,7 @@
     cebench data synth --out data/builtin
     cebench pretrain --data data/builtin/unlabelled --mask random-region --out runs/ce
     cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --out runs/cls
+    cebench export runs/ce --format timm --out resnet18-ce.safetensors
     cebench bench --suite default
 
 Each subcommand lives in its own module with `get_args_parser()` and `main(args)` (the
@@ -30,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inpaint": (
         "cebench.pretrain.inpaint",
         "inpaint images with a trained context encoder or a baseline; L1/L2/PSNR",
+    ),
+    "export": (
+        "cebench.pretrain.export",
+        "export an encoder's weights for timm, torchvision or as a plain state dict",
     ),
     "transfer": ("cebench.transfer.commands", "transfer an encoder: classify | detect | segment"),
     "bench": (

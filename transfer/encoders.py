@@ -21,7 +21,10 @@ Specs:
   caches (torch hub checkpoints dir; Hugging Face hub cache for timm) by the registry's
   "alexnet" (torchvision layout) / "timm-resnet18" encoders with `pretrained=True`
   (`cebench.pretrain.models.hub`). Nothing is downloaded; a missing file is a CheckpointError naming
-  where it was looked for.
+  where it was looked for. `hub:torchvision/alexnet,file=PATH` (or `timm/resnet18`) loads the
+  same weights from a file anywhere (torchvision / timm names; `cebench.pretrain.export`);
+- a file written by `cebench export` (with its FILE.json sidecar), as a path or `hub:FILE`: the
+  exported weights rebuilt into the cebench encoder they came from (a round trip).
 
 `rescale` (the harnesses' `rescale` key, `--rescale`) applies the data-dependent rescaling of
 Krähenbühl et al. to ANY of these encoders before training, on the same calibration batch:
@@ -50,6 +53,7 @@ from torch import nn
 
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.pretrain.encoder_file import load_encoder
+from cebench.pretrain.export import encoder_from_native_file, is_exported, load_exported
 
 # Pretraining scales images to [-1, 1]; ImageNet weights expect ImageNet statistics.
 MINUS_ONE_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -349,7 +353,7 @@ def _load_path(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         if not (path / "encoder.pt").is_file():
             raise CheckpointError(f"no encoder.pt in run directory {path}")
         path = path / "encoder.pt"
-    encoder, info = load_encoder(path)
+    encoder, info = load_exported(path) if is_exported(path) else load_encoder(path)
     return encoder, {
         **info,
         "normalize": info["meta"].get("normalize", MINUS_ONE_ONE),
@@ -361,14 +365,27 @@ def _load_hub(source: str, input_size: int | None) -> tuple[nn.Module, dict[str,
     """ImageNet weights through the registry's own `pretrained=True` (local caches only)."""
     from cebench.pretrain.models import build_encoder
 
+    source, _, file = source.partition(",file=")
+    if not file and Path(source).is_file():  # hub:FILE, a `cebench export` file with its sidecar
+        encoder, info = _load_path(Path(source))
+        if input_size is not None and input_size != encoder.input_size:
+            encoder = _with_input_size(encoder, info, input_size, f"hub:{source}")
+        return encoder, info
     if source not in HUB_MODELS:
         raise ConfigError(
             f"unknown hub encoder '{source}'; known: {', '.join('hub:' + k for k in HUB_MODELS)}"
         )
     name, kwargs = HUB_MODELS[source]
     kwargs = {**kwargs, **({} if input_size is None else {"input_size": input_size})}
-    encoder = build_encoder(name, **kwargs, pretrained=True)  # CheckpointError when not cached
-    meta = {"method": "imagenet-supervised", "source": f"hub:{source}"}
+    if file:  # the same weights from a file anywhere (timm / torchvision names)
+        encoder = encoder_from_native_file(name, kwargs, file)
+    else:
+        encoder = build_encoder(name, **kwargs, pretrained=True)  # CheckpointError when not cached
+    meta = {
+        "method": "imagenet-supervised",
+        "source": f"hub:{source}",
+        **({"file": file} if file else {}),
+    }
     return encoder, {"name": name, "kwargs": kwargs, "meta": meta, "normalize": IMAGENET}
 
 
