@@ -133,3 +133,48 @@ def test_class_is_not_predictable_from_mean_colour():
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     acc = cross_val_score(clf, np.array(x), np.array(y), cv=5).mean()
     assert acc < 0.27
+
+
+def test_dead_leaves_radius_law_matches_the_analytic_mean():
+    from cebench.data.scenes import leaf_radius
+
+    rng = np.random.default_rng(0)
+    r = np.array([leaf_radius(rng, 1.0, 2.0, 3.0) for _ in range(20000)])
+    # p(r) ~ r^-3 on [1, 2]: E[r] = (1 - 1/2) / ((1 - 1/4) / 2) = 4/3
+    assert r.min() >= 1.0 and r.max() <= 2.0
+    assert abs(r.mean() - 4 / 3) < 0.01
+    assert (
+        abs(np.mean([leaf_radius(rng, 1.0, 2.0, 1.0) for _ in range(20000)]) - 1 / np.log(2)) < 0.01
+    )
+
+
+def test_dead_leaves_cover_the_image_with_occluding_objects():
+    from cebench.data.scenes import render_dead_leaves
+
+    scene = render_dead_leaves(np.random.default_rng(3), 48)
+    inst = scene.instances
+    assert (inst >= 0).mean() > 0.95  # covered by leaves, almost no background
+    assert len(scene.objects) >= 8
+    # each listed object's box and area are its visible pixels; the front-most is listed last
+    for k, o in enumerate(scene.objects):
+        ys, xs = np.nonzero(inst == k)
+        assert o.area == len(ys) and o.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_unlabelled_style_and_object_scale(tmp_path):
+    kw = dict(seed=0, size=32, images=6, unlabelled=3, folder_images=12, workers=1)
+    plain = generate(tmp_path / "a", **kw)
+    leaves = generate(tmp_path / "b", unlabelled_style="dead-leaves", **kw)
+    assert (plain["unlabelled_style"], leaves["unlabelled_style"]) == ("scenes", "dead-leaves")
+    a, b = _files(tmp_path / "a"), _files(tmp_path / "b")
+    # only the unlabelled images (and synth.json) change; VOC and ImageFolder stay byte-identical
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed == {"synth.json", *(k for k in a if k.startswith("unlabelled/"))}
+    big = [voc_scene(0, i, 48, object_scale=1.5) for i in range(60)]
+    small = [voc_scene(0, i, 48) for i in range(60)]
+    area = lambda scenes: np.mean([o.area for s in scenes for o in s.objects])  # noqa: E731
+    assert area(big) > 1.5 * area(small)
+    with pytest.raises(DatasetError, match="unlabelled style 'leaves'"):
+        generate(tmp_path / "c", unlabelled_style="leaves", **kw)
+    with pytest.raises(DatasetError, match="object scale 9"):
+        generate(tmp_path / "c", object_scale=9, **kw)

@@ -28,6 +28,7 @@ from cebench.core.config import save_resolved
 from cebench.core.device import describe
 from cebench.core.errors import TrainingError
 from cebench.core.io import atomic_write_text
+from cebench.core.logger import Heartbeat
 from cebench.core.provenance import git_commit
 
 
@@ -61,9 +62,14 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    desc: str = "train",
 ) -> dict[str, float]:
-    """One pass; returns the mean loss. A non-finite loss stops training with a TrainingError."""
+    """One pass; returns the mean loss. A non-finite loss stops training with a TrainingError.
+
+    When stderr is not a terminal, a `Heartbeat` line (batch, loss, images/s, epoch eta) goes to
+    stderr every 30 s, so a long epoch is not silent."""
     total, count = 0.0, 0
+    beat = Heartbeat(desc, total=len(batches) if hasattr(batches, "__len__") else None)
     for batch in batches:
         loss = loss_fn(model, batch, device)
         if not math.isfinite(loss.item()):
@@ -75,7 +81,17 @@ def train_one_epoch(
             scheduler.step()
         total += loss.item()
         count += 1
+        beat.tick(images=_batch_images(batch), loss=total / count)
     return {"loss": total / max(count, 1)}
+
+
+def _batch_images(batch: Any) -> int:
+    """Images in a batch: (images, targets) with a tensor or a list of images first."""
+    first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch
+    try:
+        return len(first)
+    except TypeError:
+        return 0
 
 
 def freeze(module: nn.Module) -> None:

@@ -6,18 +6,109 @@
 
 Lines are appended and flushed one at a time, so a run killed mid-way leaves whole lines only
 (a partial last line from a hard kill is skipped by `read_jsonl`).
+
+When stderr is not a terminal (a log file, a pipe, a batch job) the bar is off and a plain
+progress line goes to stderr instead, at most every `progress_every` seconds (default 30, or the
+CEBENCH_PROGRESS_EVERY environment variable; the first after that long, so short runs stay quiet):
+
+    pretrain context-encoder: step 1200/6400 (19%) | loss_rec 0.0123 | 612 img/s | eta 2m21s
+
+`Heartbeat` does the same inside one long loop (the batches of a transfer epoch).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+DEFAULT_PROGRESS_EVERY = 30.0
+
+
+def progress_every_default() -> float:
+    """Seconds between plain progress lines: CEBENCH_PROGRESS_EVERY, else 30."""
+    try:
+        return max(0.0, float(os.environ.get("CEBENCH_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
+    except ValueError:
+        return DEFAULT_PROGRESS_EVERY
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m."""
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def progress_line(
+    desc: str,
+    step: int,
+    total: int | None,
+    rate: float | None,
+    unit: str,
+    metrics: dict[str, Any],
+    noun: str = "step",
+) -> str:
+    """`desc: step 3/10 (30%) | loss 0.5 | 40 img/s | eta 1m10s` (rate in `unit`/s, per step for the eta)."""
+    where = f"{noun} {step}/{total} ({100 * step / total:.0f}%)" if total else f"{noun} {step}"
+    parts = [f"{desc}: {where}" if desc else where]
+    parts += [f"{k} {_short(v)}" for k, v in metrics.items() if k not in ("img_per_s", "lr")]
+    if rate is not None:
+        parts.append(f"{rate:.4g} {unit}/s")
+    return " | ".join(parts)
+
+
+class Heartbeat:
+    """Plain progress lines inside a long loop when stderr is not a terminal (see module doc).
+
+    beat = Heartbeat("detect epoch 3", total=len(loader))
+    for batch in loader:
+        ...
+        beat.tick(images=len(batch[0]), loss=loss.item())
+    """
+
+    def __init__(
+        self, desc: str, total: int | None = None, every: float | None = None, stream=None
+    ) -> None:
+        self.desc, self.total = desc, total
+        self.every = progress_every_default() if every is None else every
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = not _isatty(self.stream)
+        self.count = self.images = 0
+        self._t0 = self._last = time.time()
+
+    def tick(self, images: int = 0, **metrics: Any) -> None:
+        self.count += 1
+        self.images += images
+        if not self.on:
+            return
+        now = time.time()
+        if now - self._last < self.every:
+            return
+        self._last = now
+        elapsed = max(now - self._t0, 1e-9)
+        line = progress_line(
+            self.desc, self.count, self.total, self.images / elapsed, "img", metrics, "batch"
+        )
+        if self.total:
+            line += f" | eta {format_duration(elapsed / self.count * (self.total - self.count))}"
+        print(line, file=self.stream, flush=True)
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 class MetricLogger:
@@ -28,8 +119,14 @@ class MetricLogger:
         desc: str = "",
         start: int = 0,
         enabled: bool = True,
+        progress_every: float | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
+        self.desc, self.total, self._start = desc, total, start
+        tty = _isatty(sys.stderr)
+        # no terminal: plain lines instead of the bar (see the module docstring)
+        self._plain = enabled and not tty
+        self._every = progress_every_default() if progress_every is None else progress_every
         self.enabled = enabled
         self._file = None
         if self.path is not None and enabled:
@@ -39,11 +136,11 @@ class MetricLogger:
             total=total,
             initial=start,
             desc=desc,
-            disable=not enabled or not sys.stderr.isatty(),
+            disable=not enabled or not tty,
             dynamic_ncols=True,
         )
         self._last = start
-        self._t0 = time.time()
+        self._t0 = self._printed = time.time()
 
     def update(self, step: int, **metrics: Any) -> None:
         """Record the metrics of `step` (a JSON line) and move the bar to `step`."""
@@ -55,6 +152,23 @@ class MetricLogger:
         self._bar.update(max(0, step - self._last))
         self._last = step
         self._bar.set_postfix({k: _short(v) for k, v in metrics.items()}, refresh=False)
+        if self._plain:
+            self._progress(step, metrics)
+
+    def _progress(self, step: int, metrics: dict[str, Any]) -> None:
+        now = time.time()
+        if now - self._printed < self._every:
+            return
+        self._printed = now
+        elapsed, done = max(now - self._t0, 1e-9), max(step - self._start, 0)
+        if "img_per_s" in metrics:
+            rate, unit = float(metrics["img_per_s"]), "img"
+        else:
+            rate, unit = done / elapsed, "step"
+        line = progress_line(self.desc, step, self.total, rate, unit, metrics)
+        if self.total and done:
+            line += f" | eta {format_duration(elapsed / done * (self.total - step))}"
+        print(line, file=sys.stderr, flush=True)
 
     def write(self, msg: str) -> None:
         if self.enabled:

@@ -66,6 +66,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="ImageFolder images, 80/20 train/val (default 1200)",
     )
     s.add_argument(
+        "--unlabelled-style",
+        choices=["scenes", "dead-leaves"],
+        default="scenes",
+        help="pretraining images: scenes like the VOC ones, or dead-leaves occlusion scenes "
+        "(textured shapes covering the image; default scenes)",
+    )
+    s.add_argument(
+        "--object-scale",
+        type=float,
+        default=1.0,
+        help="multiply the object radii of the VOC and unlabelled scenes (default 1.0)",
+    )
+    s.add_argument(
         "--workers", type=int, default=None, help="processes (default: CPU count, at most 8)"
     )
     s.add_argument(
@@ -85,6 +98,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--quiet", action="store_true", help="print only the problems and the final line"
     )
+    c.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="an image with more pixels (width x height) is a problem "
+        "(default 89478485, PIL's decompression-bomb level)",
+    )
     return p
 
 
@@ -99,6 +119,8 @@ def _synth(args: argparse.Namespace) -> int:
         images=args.images,
         unlabelled=args.unlabelled,
         folder_images=args.folder_images,
+        unlabelled_style=args.unlabelled_style,
+        object_scale=args.object_scale,
         workers=args.workers,
         force=args.force,
     )
@@ -117,7 +139,7 @@ def _synth(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from cebench.data.check import check
 
-    report = check(args.path, images=args.images)
+    report = check(args.path, images=args.images, max_pixels=args.max_pixels)
     if not args.quiet:
         print(f"formats: {', '.join(report.formats) or 'none'}")
         print("\n".join(report.lines))

@@ -129,7 +129,8 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _grating(rng: np.random.Generator, h: int, w: int, cycles: tuple[float, float]) -> np.ndarray:
     y, x = _grid(h, w)
-    a, freq, phase = rng.uniform(0, np.pi), rng.uniform(*cycles), rng.uniform(0, 2 * np.pi)
+    lo, hi = cycles[0], max(cycles)  # a tiny (clipped) window may ask for hi < lo
+    a, freq, phase = rng.uniform(0, np.pi), rng.uniform(lo, hi), rng.uniform(0, 2 * np.pi)
     return 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(a) * x + np.sin(a) * y) + phase)
 
 
@@ -251,6 +252,18 @@ def render_scene(
         solid = cover >= 0.5
         instances[win][solid] = k
         full_areas.append(int(solid.sum()))
+    return _finish_scene(rng, img, instances, labels, full_areas)
+
+
+def _finish_scene(
+    rng: np.random.Generator,
+    img: np.ndarray,
+    instances: np.ndarray,
+    labels: list[int],
+    full_areas: list[int],
+) -> Scene:
+    """Sensor noise, uint8 image, and the visible objects (boxes, difficult, truncated flags)."""
+    size = img.shape[0]
     img = img + rng.normal(0, 0.012, img.shape)  # faint sensor noise: no perfectly flat regions
     image = np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 
@@ -271,3 +284,59 @@ def render_scene(
         remap[k + 1] = len(objects)
         objects.append(SceneObject(label, box, area, bool(occluded or area < tiny), truncated))
     return Scene(image=image, instances=remap[instances + 1], objects=objects)
+
+
+def leaf_radius(rng: np.random.Generator, lo: float, hi: float, alpha: float) -> float:
+    """A radius from the dead-leaves size law p(r) ~ r^-alpha on [lo, hi] (inverse CDF)."""
+    a = 1.0 - alpha
+    u = rng.uniform()
+    if abs(a) < 1e-9:
+        return float(lo * (hi / lo) ** u)
+    return float((lo**a + u * (hi**a - lo**a)) ** (1.0 / a))
+
+
+def render_dead_leaves(
+    rng: np.random.Generator,
+    size: int,
+    radius: tuple[float, float] = (0.12, 0.5),
+    alpha: float = 2.5,
+    max_leaves: int = 96,
+    cover: float = 0.99,
+) -> Scene:
+    """A dead-leaves scene: textured shapes of the six classes stacked until the image is covered.
+
+    The occlusion model of natural images (Lee, Mumford & Huang, IJCV 2001) used to pretrain
+    without photographs by Baradad et al., "Learning to see by looking at noise" (NeurIPS 2021):
+    leaves with radii drawn from p(r) ~ r^-alpha on `radius` (fractions of the side; alpha = 3
+    is scale invariant, 2.5 and a 0.12 floor keep leaves large enough to show their shape at 48 px), random pose, colour and texture (`object_appearance`), fall on the
+    image front to back (each new leaf lies behind the earlier ones) until a fraction `cover` of
+    the pixels is covered or `max_leaves` have fallen; the rest shows a `background`. Every edge
+    is an occlusion boundary between two textured surfaces, so filling a hole means continuing
+    shapes and textures, not just a smooth background. Objects are listed back to front.
+    """
+    acc = np.zeros((size, size, 1))  # coverage so far (front leaves)
+    img = np.zeros((size, size, 3))
+    front = np.full((size, size), -1, dtype=np.int16)
+    labels: list[int] = []  # front to back
+    full_areas: list[int] = []
+    for _ in range(max_leaves):
+        label = int(rng.integers(1, len(CLASSES) + 1))
+        r = size * leaf_radius(rng, radius[0], radius[1], alpha)
+        cx, cy = size * rng.uniform(-0.05, 1.05), size * rng.uniform(-0.05, 1.05)
+        aspect, angle = rng.uniform(0.8, 1.25), rng.uniform(0, 2 * np.pi)
+        cov, win = _coverage_window(CLASSES[label - 1], size, cx, cy, r, aspect, angle)
+        if not cov.size:
+            continue
+        alpha_px = cov[..., None] * (1 - acc[win])
+        img[win] += alpha_px * object_appearance(rng, *cov.shape)
+        acc[win] += alpha_px
+        front[win][(cov >= 0.5) & (front[win] < 0)] = len(labels)
+        labels.append(label)
+        full_areas.append(int((cov >= 0.5).sum()))
+        if acc.mean() >= cover:
+            break
+    img += (1 - acc) * background(rng, size)
+    # objects back to front, as in render_scene: leaf k from the front is object n - 1 - k
+    n = len(labels)
+    instances = np.where(front >= 0, n - 1 - front, -1).astype(np.int16)
+    return _finish_scene(rng, img, instances, labels[::-1], full_areas[::-1])

@@ -32,9 +32,11 @@ import numpy as np
 from PIL import Image
 
 from cebench.core.errors import DatasetError
-from cebench.data.scenes import CLASSES, Scene, render_scene
+from cebench.data.scenes import CLASSES, Scene, render_dead_leaves, render_scene
 
 SYNTH_FORMAT = "cebench-synth/1"
+UNLABELLED_STYLES = ("scenes", "dead-leaves")
+_RADIUS = (0.09, 0.28)  # object radius range of VOC / unlabelled scenes, fraction of the side
 _STREAMS = {"unlabelled": 0, "voc": 1, "imagefolder": 2}
 
 
@@ -79,15 +81,24 @@ def annotation_xml(image_id: str, size: int, scene: Scene) -> str:
     )
 
 
-def voc_scene(seed: int, index: int, size: int) -> Scene:
+def _radius(scale: float) -> tuple[float, float]:
+    return (_RADIUS[0] * scale, _RADIUS[1] * scale)
+
+
+def voc_scene(seed: int, index: int, size: int, object_scale: float = 1.0) -> Scene:
     """The scene of VOC image `index` (1 to 4 objects); also used by tests to check the readers."""
     rng = _rng(seed, "voc", index)
-    return render_scene(rng, size, int(rng.integers(1, 5)))
+    return render_scene(rng, size, int(rng.integers(1, 5)), radius=_radius(object_scale))
 
 
-def unlabelled_scene(seed: int, index: int, size: int) -> Scene:
+def unlabelled_scene(
+    seed: int, index: int, size: int, style: str = "scenes", object_scale: float = 1.0
+) -> Scene:
+    """A pretraining image: a VOC-like scene, or a dead-leaves scene (`render_dead_leaves`)."""
     rng = _rng(seed, "unlabelled", index)
-    return render_scene(rng, size, int(rng.integers(1, 5)))
+    if style == "dead-leaves":
+        return render_dead_leaves(rng, size)
+    return render_scene(rng, size, int(rng.integers(1, 5)), radius=_radius(object_scale))
 
 
 def folder_scene(seed: int, index: int, size: int) -> Scene:
@@ -108,10 +119,10 @@ def _rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def _write_voc(job: tuple[Path, int, int, int]) -> dict[str, Any]:
-    root, seed, index, size = job
+def _write_voc(job: tuple[Path, int, int, int, float]) -> dict[str, Any]:
+    root, seed, index, size, scale = job
     image_id = f"{index + 1:06d}"
-    scene = voc_scene(seed, index, size)
+    scene = voc_scene(seed, index, size, scale)
     Image.fromarray(scene.image).save(
         root / "JPEGImages" / f"{image_id}.jpg", quality=95, subsampling=0
     )  # 4:4:4: tiny images keep their colours
@@ -127,9 +138,9 @@ def _write_voc(job: tuple[Path, int, int, int]) -> dict[str, Any]:
     return {"id": image_id, "objects": objects}
 
 
-def _write_unlabelled(job: tuple[Path, int, int, int]) -> int:
-    root, seed, index, size = job
-    scene = unlabelled_scene(seed, index, size)
+def _write_unlabelled(job: tuple[Path, int, int, int, str, float]) -> int:
+    root, seed, index, size, style, scale = job
+    scene = unlabelled_scene(seed, index, size, style, scale)
     Image.fromarray(scene.image).save(root / f"{index:06d}.png")
     return len(scene.objects)
 
@@ -211,11 +222,17 @@ def generate(
     folder_images: int = 1200,
     workers: int | None = None,
     force: bool = False,
+    unlabelled_style: str = "scenes",
+    object_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Write the dataset to `out` and return the content of synth.json.
 
     images: VOC images (first half train, second half val); unlabelled: pretraining images;
     folder_images: ImageFolder images (80% train, 20% val, classes balanced).
+    unlabelled_style: "scenes" (1-4 objects on a background, as the VOC images) or "dead-leaves"
+    (`render_dead_leaves`: textured shapes covering the image, occluding each other).
+    object_scale: multiplies the object radii (0.09-0.28 of the side) of VOC and unlabelled
+    scenes; ImageFolder images keep their large dominant object.
     """
     out = Path(out)
     if size < 16:
@@ -225,6 +242,12 @@ def generate(
             f"need --images >= 2 (got {images}), --unlabelled >= 0 (got {unlabelled}) and "
             f"--folder-images >= {2 * len(CLASSES)} (got {folder_images})"
         )
+    if unlabelled_style not in UNLABELLED_STYLES:
+        raise DatasetError(
+            f"unlabelled style {unlabelled_style!r}: expected one of {', '.join(UNLABELLED_STYLES)}"
+        )
+    if not 0.2 <= object_scale <= 2.5:
+        raise DatasetError(f"object scale {object_scale}: expected 0.2 to 2.5")
     if out.exists() and any(out.iterdir()):
         if not force:
             raise DatasetError(
@@ -252,10 +275,15 @@ def generate(
                 (tmp / "imagefolder" / split / name).mkdir(parents=True)
         (voc / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
 
-        records = _run(_write_voc, [(voc, seed, i, size) for i in range(images)], workers)
+        records = _run(
+            _write_voc, [(voc, seed, i, size, object_scale) for i in range(images)], workers
+        )
         n_unl = _run(
             _write_unlabelled,
-            [(tmp / "unlabelled", seed, i, size) for i in range(unlabelled)],
+            [
+                (tmp / "unlabelled", seed, i, size, unlabelled_style, object_scale)
+                for i in range(unlabelled)
+            ],
             workers,
         )
         _run(
@@ -275,6 +303,8 @@ def generate(
             "format": SYNTH_FORMAT,
             "seed": seed,
             "size": size,
+            "unlabelled_style": unlabelled_style,
+            "object_scale": object_scale,
             "classes": list(CLASSES),
             "counts": {
                 "unlabelled": unlabelled,
@@ -299,3 +329,35 @@ def generate(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return info
+
+
+def builtin_reason(path: str | Path | None) -> str | None:
+    """Why `path` looks like (part of) the built-in synthetic set, or None.
+
+    A synth.json of this format in `path` or one of its two parents, or a VOC layout
+    (JPEGImages/) whose first image is 64 px or smaller: the sizes the built-in set is made at.
+    """
+    if not path:
+        return None
+    p = Path(path)
+    for d in [p, *list(p.parents)[:2]]:
+        info = d / "synth.json"
+        if info.is_file():
+            try:
+                fmt = json.loads(info.read_text()).get("format")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if fmt == SYNTH_FORMAT:
+                return f"{info} is there"
+    images = p / "JPEGImages" if (p / "JPEGImages").is_dir() else p
+    if images.is_dir() and images.name == "JPEGImages":
+        first = next(iter(sorted(images.glob("*.jpg"))[:1]), None)
+        if first is not None:
+            try:
+                with Image.open(first) as im:
+                    w, h = im.size
+            except OSError:
+                return None
+            if max(w, h) <= 64:
+                return f"its images are {w}x{h} px ({first.name})"
+    return None
