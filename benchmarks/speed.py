@@ -11,7 +11,7 @@ bottleneck, joint loss; "paper-alexnet" = 227 px AlexNet, random-region masks; "
 64 px small-dcgan config) it measures, in one process:
 
 - ours: full training steps (masks, discriminator and generator forward, backward, Adam) through
-  `cebench.pretrain.trainer.Trainer._one_step`, the code `cebench pretrain` runs, with the config's own
+  `cebench.pretrain.trainer.Trainer.train_step`, the code `cebench pretrain` runs, with the config's own
   precision/layout options (resolved `train.amp`);
 - plain: the same step written plainly (`cebench.benchmarks.plain_reference.PlainStep`: eager fp32, masks
   per sample in a Python loop on the CPU, default layouts, default Adam), from the same initial
@@ -187,7 +187,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         plain = PlainStep.from_config(cfg, device)
 
     def ours_step() -> float:
-        trainer._one_step(ours_it)
+        trainer.train_step(ours_it)
         m = trainer.pending.pop()[1]
         _sync(device)
         return float(m["loss"])
@@ -209,7 +209,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         if plain is not None:
             plain_step()
     if args.warmup == 0:  # count on a copy so the timed steps start from the same state
-        mods = [m for m in (trainer.net, trainer.opt, trainer.disc, trainer.opt_d) if m is not None]
+        mods = [*trainer.method.models.values(), *trainer.method.optims.values()]
         saved = [copy.deepcopy(m.state_dict()) for m in mods]
         with FlopCounterMode(display=False) as fc:
             ours_step()
@@ -245,7 +245,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     it = iter(trainer._loader())
     next(it)
     n_data = max(8, args.steps)
-    fill = trainer.fill
+    fill = trainer.method.fill
     t = time.perf_counter()
     for k in range(n_data):
         imgs, _, _ = next(it)
@@ -269,7 +269,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     del it
     workers = cfg.data.workers if cfg.data.workers >= 0 else min(4, os.cpu_count() or 1)
 
-    feat_rate, probe_s = _transfer(trainer.net.encoder, images, device, args.probe_epochs)
+    feat_rate, probe_s = _transfer(trainer.method.encoder()[0], images, device, args.probe_epochs)
     ours_rate = b / ours_s
     return {
         "batch_size": b,

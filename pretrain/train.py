@@ -21,10 +21,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
+from cebench.core.checkpoints import CKPT, NEXT, PREV
 from cebench.core.errors import ConfigError, DatasetError
+from cebench.core.lock import FolderLock
 from cebench.pretrain.config import PretrainConfig, load_pretrain_config, named_configs
+from cebench.pretrain.methods import get_method, list_methods
 from cebench.pretrain.trainer import TrainingInterrupted, run
 
 __all__ = [
@@ -48,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--data", help="training images (a folder tree); ImageFolder tree for --method supervised"
     )
     p.add_argument("--mask", choices=["center", "random-block", "random-region", "none"])
-    p.add_argument("--method", choices=["context-encoder", "autoencoder", "supervised"])
+    p.add_argument("--method", choices=list_methods(), help="a registered pretraining method")
     p.add_argument(
         "--config", help="named config or YAML file (default: chosen from the image size)"
     )
@@ -104,10 +108,10 @@ def build_config(args: argparse.Namespace) -> PretrainConfig:
     flags: list[str] = []
     if args.method:
         flags.append(f"method={args.method}")
-        if args.method == "autoencoder":
+        if get_method(args.method).needs_mask is False:
             if args.mask not in (None, "none"):
                 raise ConfigError(
-                    f"--method autoencoder reconstructs the whole image; --mask {args.mask} makes no sense"
+                    f"--method {args.method} reconstructs the whole image (drops no pixels); --mask {args.mask} makes no sense"
                 )
             flags.append("mask.kind=none")
     if args.data:
@@ -123,6 +127,11 @@ def build_config(args: argparse.Namespace) -> PretrainConfig:
         if getattr(args, flag) is not None:
             flags.append(f"{key}={getattr(args, flag)}")
     flags += [f"train.out={args.out}", f"train.resume={args.resume}"]
+    if args.resume and not args.data and not _holds_run(run_dir):
+        raise ConfigError(
+            f"--resume: there is no run at {run_dir} (no {CKPT} or config.yaml there); "
+            "start one with --data, or pass the --out of an existing run"
+        )
     if name is None:
         if not args.data:
             raise ConfigError("--data is required (the training images)")
@@ -137,10 +146,24 @@ def build_config(args: argparse.Namespace) -> PretrainConfig:
     return cfg
 
 
+def _holds_run(run_dir: Path) -> bool:
+    return run_dir.is_dir() and any(
+        (run_dir / n).is_file() for n in (CKPT, NEXT, PREV, "config.yaml")
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = build_config(args)
+    # one writer per run directory (process 0 only under torchrun: the others write nothing);
+    # held until the process ends, so a second `cebench pretrain` or `--resume` is refused
+    lock = (
+        FolderLock(cfg.train.out, "cebench pretrain")
+        if os.environ.get("RANK", "0") == "0"
+        else nullcontext()
+    )
     try:
-        run_dir = run(cfg)
+        with lock:
+            run_dir = run(cfg)
     except TrainingInterrupted as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"{e}; continue with --resume", file=sys.stderr)

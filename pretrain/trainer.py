@@ -18,6 +18,7 @@ run directory. The step functions live in `cebench.pretrain.steps`; checkpoint f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -48,18 +49,17 @@ from cebench.core.io import atomic_write_text
 from cebench.core.logger import MetricLogger
 from cebench.core.provenance import git_commit
 from cebench.data import ImageFolderDataset, list_images
+from cebench.data.images import set_max_pixels
 from cebench.pretrain.config import (
     RELEASED_MEAN_RGB,
     PretrainConfig,
     check_consistency,
+    config_from_dict,
     resumed_config,
 )
 from cebench.pretrain.encoder_file import save_encoder
-from cebench.pretrain.models import build_encoder
-from cebench.pretrain.models.context_encoder import build_context_encoder, build_discriminator
-from cebench.pretrain.samples import composite, save_grid
-from cebench.pretrain.steps import GANParts, batch_masks, context_encoder_step, supervised_step
-from cebench.pretrain.supervised import SupervisedNet
+from cebench.pretrain.methods import get_method
+from cebench.pretrain.samples import save_grid
 from cebench.pretrain.train_data import StepBatchSampler, TrainImages, collate, dataset_mean
 
 
@@ -139,14 +139,47 @@ def next_batch(it: Any, step: int, last_saved: int) -> Any:
         return next(it)
     except DatasetError as e:
         raise _worker_error(e) from None
-    except RuntimeError as e:
-        if "DataLoader worker" not in str(e):
+    except (RuntimeError, ConnectionError, EOFError) as e:
+        died = worker_death(e, step, last_saved)
+        if died is None:
             raise
-        raise TrainingError(
-            f"a data-loader worker died at step {step} ({str(e).splitlines()[0]}); the last "
-            f"checkpoint (step {last_saved}) is kept: rerun with --resume, or data.workers=0 to "
-            "load in the main process"
-        ) from None
+        raise died from None
+
+
+def worker_death(e: BaseException, step: int, last_saved: int) -> TrainingError | None:
+    """The one-line TrainingError for an exception that means a data-loader worker died, else
+    None. Torch reports a dead worker as a RuntimeError ("DataLoader worker ... killed by signal",
+    "... exited unexpectedly"), from `next()` or from its SIGCHLD handler wherever the main process
+    happens to be, and a worker killed while sending a batch as a ConnectionResetError/EOFError."""
+    text = str(e).strip()
+    if isinstance(e, RuntimeError) and "DataLoader worker" not in text:
+        return None
+    if not isinstance(e, (RuntimeError, ConnectionError, EOFError)):
+        return None
+    first = text.splitlines()[0] if text else type(e).__name__
+    return TrainingError(
+        f"a data-loader worker died at step {step} ({first}); the last "
+        f"checkpoint (step {last_saved}) is kept: rerun with --resume, or data.workers=0 to "
+        "load in the main process"
+    )
+
+
+def same_architecture(cfg: PretrainConfig, saved: dict[str, Any], run_dir: Path) -> None:
+    """Resuming continues the checkpoint's networks: a config asking for another method or model
+    (e.g. an AlexNet checkpoint in a tiny run) is refused, never trained as the checkpoint's."""
+    old = config_from_dict(saved, "checkpoint config")
+
+    def arch(c: PretrainConfig) -> dict[str, Any]:
+        return {"method": c.method, **{f"model.{k}": v for k, v in to_dict(c.model).items()}}
+
+    new_keys, old_keys = arch(cfg), arch(old)
+    diff = [k for k in new_keys if new_keys[k] != old_keys.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {old_keys.get(k)} there, {new_keys[k]} asked" for k in diff[:3])
+        raise ConfigError(
+            f"{run_dir}: its checkpoint has another architecture ({shown}); resume it with its "
+            "own config (no --config or model overrides) or choose another --out"
+        )
 
 
 def run(cfg: PretrainConfig) -> Path:
@@ -162,9 +195,23 @@ def run(cfg: PretrainConfig) -> Path:
     if device.type == "cuda" and dist.enabled:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
+    trainer = None
+    old_limit = set_max_pixels(cfg.data.max_pixels)  # load_rgb's limit, in the loader workers too
     try:
-        return Trainer(cfg, device, dist).train()
+        trainer = Trainer(cfg, device, dist)
+        return trainer.train()
+    except (RuntimeError, ConnectionError, EOFError) as e:
+        # a dead data-loader worker surfaces wherever the main process is, not only in next()
+        died = (
+            worker_death(e, trainer.step, trainer.last_saved)
+            if trainer is not None and trainer.cfg.data.workers != 0
+            else None
+        )
+        if died is None:
+            raise
+        raise died from None
     finally:
+        set_max_pixels(old_limit)
         if dist.enabled:
             D.shutdown()
 
@@ -177,29 +224,27 @@ class Trainer:
         self.run_dir = Path(cfg.train.out)
         self.state = self._find_checkpoint(cfg)
         if self.state is not None:
+            same_architecture(cfg, self.state["config"], self.run_dir)
             cfg = resumed_config(cfg, self.state["config"])
         check_consistency(cfg)
-        self.cfg = cfg
-        self.supervised = cfg.method == "supervised"
+        self.method_cls = get_method(cfg.method)
+        self.supervised = self.method_cls.uses_labels
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
-        self.ds, self.classes = self._dataset()
-        if cfg.optim.lr is None:
-            cfg.optim.lr = cfg.resolved_lr()
+        self.ds, self.classes, fill_value = self._dataset(cfg)
+        # the run's resolved config: a new object, the caller's is never changed
+        optim = cfg.optim
+        if optim.lr is None:
+            optim = dataclasses.replace(optim, lr=cfg.resolved_lr())
             self.say(
-                f"optim.lr = {cfg.optim.lr:g} (released rule: 10x optim.lr_d under the joint loss, else equal)"
+                f"optim.lr = {optim.lr:g} (the {cfg.method} default; set optim.lr to change it)"
             )
+        self.cfg = cfg = dataclasses.replace(
+            cfg, optim=optim, data=dataclasses.replace(cfg.data, fill_value=fill_value)
+        )
         self._build_models()
         if self.state is not None:
             self._load_state(self.state)
-        self.fill = (
-            torch.tensor(cfg.data.fill_value or [0.5] * 3, device=device) * 2 - 1
-        )  # [0,1] -> [-1,1]
-        self.shapes = (
-            shape_bank(cfg, device)
-            if cfg.mask.kind == "random-region" and cfg.mask.shapes
-            else None
-        )
-        self.bf16 = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
+        self.bf16 = self.method.bf16
         self.commit = git_commit()
         self.wall_before = float(self.state["wall_time"]) if self.state else 0.0
         self.skipped_total = int(self.state.get("skipped_images", 0)) if self.state else 0
@@ -224,17 +269,18 @@ class Trainer:
         self.say(f"resuming {path} at step {state['step']} of {cfg.train.steps}")
         return state
 
-    def _dataset(self) -> tuple[TrainImages, list[str]]:
-        """The training images; resolves the fill value (saved in the config, reused on resume)."""
-        cfg = self.cfg
-        if self.supervised:
+    def _dataset(self, cfg: PretrainConfig) -> tuple[TrainImages, list[str], list[float] | None]:
+        """(training images, class names, the hole fill value: saved in the config, reused on resume)."""
+        fill_value = cfg.data.fill_value
+        if self.method_cls.uses_labels:
             folder = ImageFolderDataset(cfg.data.path)
             paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
         else:
             paths, labels, classes = list_images(cfg.data.path), None, []
-            if cfg.data.fill_value is None and cfg.data.fill == "released":
-                cfg.data.fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
-            elif cfg.data.fill_value is None:
+        if self.method_cls.uses_fill and fill_value is None:
+            if cfg.data.fill == "released":
+                fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
+            else:
                 mean = (
                     dataset_mean(
                         paths, cfg.data.fill_samples, cfg.data.load_size, cfg.data.skip_bad_images
@@ -242,7 +288,7 @@ class Trainer:
                     if self.main
                     else None
                 )
-                cfg.data.fill_value = D.broadcast_object(mean)  # type: ignore[assignment]
+                fill_value = D.broadcast_object(mean)
         ds = TrainImages(
             paths,
             labels,
@@ -252,64 +298,24 @@ class Trainer:
             flip=cfg.data.flip,
             skip_bad_images=cfg.data.skip_bad_images,
         )
-        return ds, classes
+        return ds, classes, fill_value
 
     def _build_models(self) -> None:
         cfg, device = self.cfg, self.device
         random.seed(cfg.train.seed)  # same seed on every process -> identical initial weights
         np.random.seed(cfg.train.seed % 2**32)
         torch.manual_seed(cfg.train.seed)
-        disc = None
-        if self.supervised:
-            self.enc_name = cfg.model.encoder
-            self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": cfg.model.input_size}
-            net: torch.nn.Module = SupervisedNet(
-                build_encoder(self.enc_name, **self.enc_kwargs), len(self.classes)
-            )
-        else:
-            net = build_context_encoder(cfg.model)
-            self.enc_name, self.enc_kwargs = net.encoder_name, net.encoder_kwargs
-            if cfg.method == "context-encoder" and cfg.loss.lambda_adv > 0:
-                disc = build_discriminator(cfg.model)
-        if self.dist.enabled:  # batch statistics of the global batch (see cebench.core.distributed)
-            net = D.convert_sync_batchnorm(net, device.type)
-            disc = D.convert_sync_batchnorm(disc, device.type) if disc is not None else None
-        self.fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-        net.to(device, memory_format=self.fmt).train()
-        if disc is not None:
-            disc.to(device, memory_format=self.fmt).train()
-
-        def adam(params: Any, lr: float) -> torch.optim.Adam:
-            return torch.optim.Adam(
-                params,
-                lr=lr,
-                betas=(cfg.optim.beta1, cfg.optim.beta2),
-                weight_decay=cfg.optim.weight_decay,
-                fused=device.type in ("cuda", "cpu") or None,  # one pass (benchmarks/README.md)
-            )
-
-        self.net, self.disc = net, disc
-        self.opt = adam(net.parameters(), cfg.optim.lr)
-        self.opt_d = adam(disc.parameters(), cfg.optim.lr_d) if disc is not None else None
-        # the autoencoder baseline is trained with the reconstruction loss alone
-        lam_rec = 1.0 if cfg.method == "autoencoder" else cfg.loss.lambda_rec
-        self.parts = GANParts(
-            net,
-            self.opt,
-            disc,
-            self.opt_d,
-            lambda_rec=lam_rec,
-            lambda_adv=cfg.loss.lambda_adv,
-            overlap=cfg.mask.overlap,
-            border_weight=cfg.mask.border_weight,
-        )
+        self.method = self.method_cls(cfg, device, self.dist, self.classes)
+        if cfg.mask.kind == "random-region" and cfg.mask.shapes and self.method_cls.uses_fill:
+            self.method.shapes = shape_bank(cfg, device)
+        self.fmt = self.method.fmt
+        self.net = self.method.models["net"]
 
     def _load_state(self, state: dict[str, Any]) -> None:
-        self.net.load_state_dict(state["models"]["net"])
-        self.opt.load_state_dict(state["optims"]["net"])
-        if self.disc is not None and self.opt_d is not None:
-            self.disc.load_state_dict(state["models"]["disc"])
-            self.opt_d.load_state_dict(state["optims"]["disc"])
+        for name, module in self.method.models.items():
+            module.load_state_dict(state["models"][name])
+        for name, opt in self.method.optims.items():
+            opt.load_state_dict(state["optims"][name])
         rngs = state["rng"]  # one per process; a different process count gets process 0's
         set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
 
@@ -364,7 +370,7 @@ class Trainer:
             with SignalFlag() as sig:
                 it = iter(loader)
                 while self.step < cfg.train.steps:
-                    self._one_step(it)
+                    self.train_step(it)
                     stop = sig.signum is not None
                     if self.dist.enabled:  # every process stops at the same step
                         stop = D.any_process(stop, self.device)
@@ -387,66 +393,26 @@ class Trainer:
             self._save()
         return self._finish()
 
-    def _one_step(self, it: Any) -> None:
+    def train_step(self, it: Any) -> None:
+        """Take the next batch from the loader iterator `it` and run one step of the method;
+        its metrics join `self.pending` (copied to the host at the next log)."""
         cfg = self.cfg
         images, labels, n_bad = next_batch(it, self.step, self.last_saved)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         self.skipped_local += n_bad
-        if self.supervised:
-            m = supervised_step(
-                self.net,
-                self.opt,
-                images,
-                labels.to(self.device, non_blocking=True),
-                world_size=self.dist.world_size,
-                bf16=self.bf16,
-            )
-        else:
-            hole = batch_masks(
-                cfg.mask.kind,
-                size=cfg.model.input_size,
-                region=cfg.mask.region or cfg.model.input_size // 2,
-                overlap=cfg.mask.overlap,
-                coverage=cfg.mask.coverage,
-                step=self.step,
-                seed=cfg.train.seed,
-                global_batch=cfg.train.batch_size,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                device=self.device,
-                shapes=self.shapes,
-            )
-            m = context_encoder_step(
-                self.parts,
-                images,
-                hole,
-                self.fill,
-                autoencoder=cfg.method == "autoencoder",
-                world_size=self.dist.world_size,
-                bf16=self.bf16,
-            )
+        m = self.method.step(images, labels, self.step)
         self.step += 1
         self.pending.append((self.step, m))
-        if (
-            self.main
-            and not self.supervised
-            and cfg.train.sample_every
-            and self.step % cfg.train.sample_every == 0
-        ):
-            self._sample(images, hole)
+        every = cfg.train.sample_every
+        # the last step always writes one, so a run shorter than sample_every has a grid too
+        if self.main and every and (self.step % every == 0 or self.step == cfg.train.steps):
+            self._sample(images)
 
-    def _sample(self, images: torch.Tensor, hole: torch.Tensor) -> None:
-        """Masked input / composited prediction / ground truth, 8 images, into samples/."""
-        self.net.eval()  # eval: no BatchNorm statistics update, no collective in synchronised BN
-        with torch.no_grad():
-            x, h = images[:8], hole[:8]
-            masked = torch.where(h, self.fill.view(1, 3, 1, 1), x)
-            pred = self.net(masked).float()
-        self.net.train()
-        save_grid(
-            self.run_dir / "samples" / f"step_{self.step:06d}.png",
-            [masked, composite(x, h, pred), x],
-        )
+    def _sample(self, images: torch.Tensor) -> None:
+        """The method's sample grid (e.g. masked input / prediction / ground truth) into samples/."""
+        rows = self.method.sample_rows(images)
+        if rows is not None:
+            save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rows)
 
     def _flush(self) -> None:
         """Copy pending metrics to the host once, stop on a non-finite loss, log the last step."""
@@ -472,7 +438,7 @@ class Trainer:
             (self.step - self.tick[1]) * self.cfg.train.batch_size / max(now - self.tick[0], 1e-9),
             2,
         )
-        row["lr"] = self.opt.param_groups[0]["lr"]
+        row["lr"] = self.method.optims["net"].param_groups[0]["lr"]
         if self.skipped_total:
             row["skipped_images"] = self.skipped_total
         self.logger.update(self.step, **row)
@@ -491,14 +457,8 @@ class Trainer:
                 "rng": rngs,
                 "fill_value": self.cfg.data.fill_value,
                 "world_size": self.dist.world_size,
-                "models": {
-                    "net": self.net.state_dict(),
-                    **({"disc": self.disc.state_dict()} if self.disc else {}),
-                },
-                "optims": {
-                    "net": self.opt.state_dict(),
-                    **({"disc": self.opt_d.state_dict()} if self.opt_d else {}),
-                },
+                "models": {k: m.state_dict() for k, m in self.method.models.items()},
+                "optims": {k: o.state_dict() for k, o in self.method.optims.items()},
                 "wall_time": self.wall_before + time.perf_counter() - self.session_start,
                 "skipped_images": self.skipped_total,
             }
@@ -524,7 +484,7 @@ class Trainer:
         if self.main:
             meta = {
                 "method": cfg.method,
-                "mask": None if self.supervised else cfg.mask.kind,
+                **self.method.meta(),
                 "config": to_dict(cfg),
                 "steps": self.step,
                 "wall_time_s": round(wall, 2),
@@ -534,11 +494,9 @@ class Trainer:
                 "fill_value": cfg.data.fill_value,
                 "git_commit": self.commit,
                 "run_dir": str(self.run_dir),
-                **({"classes": self.classes} if self.supervised else {}),
             }
-            save_encoder(
-                self.run_dir / "encoder.pt", self.net.encoder, self.enc_name, self.enc_kwargs, meta
-            )
+            encoder, name, kwargs = self.method.encoder()
+            save_encoder(self.run_dir / "encoder.pt", encoder, name, kwargs, meta)
             import json
 
             summary = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -147,6 +148,15 @@ def test_front_door_names():
 
 def test_wheel_installs_only_cebench(tmp_path):
     """Build the wheel; its only top-level name is `cebench`, and it imports from the wheel alone."""
+    src = tmp_path / "src"  # a copy, so that the build leaves nothing in the repository
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "cebench", "pretrain", "transfer", "benchmarks"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(
+            ROOT / name,
+            src / name,
+            **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / name).is_dir() else {}),
+        )
     r = subprocess.run(
         [
             sys.executable,
@@ -158,7 +168,7 @@ def test_wheel_installs_only_cebench(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(src),
         ],
         capture_output=True,
         text=True,

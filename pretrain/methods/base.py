@@ -1,0 +1,119 @@
+"""The method interface and its registry; the Trainer drives any registered method the same way.
+
+A method owns its networks and optimizers (by name, so checkpoints hold `models[name]` and
+`optims[name]`), its step and its sample grid; the Trainer owns the run's life: data order,
+signals, checkpoints, logging and encoder.pt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cebench.core import distributed as D
+from cebench.core.errors import ConfigError
+
+_METHODS: dict[str, type[PretrainMethod]] = {}
+
+
+def register_method(name: str) -> Callable[[type[PretrainMethod]], type[PretrainMethod]]:
+    """Class decorator: add a method under `name` (a duplicate name is refused)."""
+
+    def wrap(cls: type[PretrainMethod]) -> type[PretrainMethod]:
+        if name in _METHODS:
+            raise ValueError(f"pretraining method '{name}' is already registered")
+        cls.name = name
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[PretrainMethod]:
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method '{name}'; methods: {', '.join(list_methods())}")
+    return _METHODS[name]
+
+
+class PretrainMethod:
+    """One pretraining method (see the package docstring). Subclasses set the class attributes
+    and implement `build`, `step` and `encoder`."""
+
+    name: ClassVar[str] = ""
+    uses_labels: ClassVar[bool] = False  # trains on an ImageFolder tree (class per folder)
+    uses_fill: ClassVar[bool] = True  # drops pixels and needs the hole fill value
+    needs_mask: ClassVar[bool | None] = None  # True: a mask kind; False: mask none; None: any
+
+    def __init__(
+        self, cfg: Any, device: torch.device, dist: D.DistInfo, classes: list[str] | None = None
+    ) -> None:
+        self.cfg, self.device, self.dist = cfg, device, dist
+        self.classes = list(classes or [])
+        self.bf16 = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
+        self.fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.models: dict[str, nn.Module] = {}
+        self.optims: dict[str, torch.optim.Optimizer] = {}
+        self.build()
+
+    # ----- what a method defines
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Refuse config combinations this method cannot train (ConfigError naming the keys)."""
+        if cls.needs_mask is True and cfg.mask.kind == "none":
+            raise ConfigError(
+                f"method={cls.name} needs a mask (center, random-block, random-region); "
+                "mask none is --method autoencoder"
+            )
+        if cls.needs_mask is False and cfg.mask.kind != "none":
+            raise ConfigError(f"method={cls.name} needs mask.kind=none, got {cfg.mask.kind}")
+
+    @classmethod
+    def default_lr(cls, cfg: Any) -> float:
+        """optim.lr when the config leaves it empty."""
+        return cfg.optim.lr_d
+
+    def build(self) -> None:
+        raise NotImplementedError
+
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        """One optimisation step on this process's share of the batch of `step`; returns
+        detached 0-d metric tensors (see `cebench.pretrain.steps`)."""
+        raise NotImplementedError
+
+    def sample_rows(self, images: torch.Tensor) -> list[torch.Tensor] | None:
+        """Rows of the sample grid for the images of the last step, or None (no grid)."""
+        return None
+
+    def encoder(self) -> tuple[nn.Module, str, dict[str, Any]]:
+        """(encoder module, registry name, build kwargs): what encoder.pt holds."""
+        raise NotImplementedError
+
+    def meta(self) -> dict[str, Any]:
+        """Method-specific entries of encoder.pt's meta and summary.json."""
+        return {"mask": self.cfg.mask.kind if self.uses_fill else None}
+
+    # ----- helpers for subclasses
+    def prepare(self, module: nn.Module) -> nn.Module:
+        """Synchronised BatchNorm under several processes, then to the device, in train mode."""
+        if self.dist.enabled:
+            module = D.convert_sync_batchnorm(module, self.device.type)
+        return module.to(self.device, memory_format=self.fmt).train()
+
+    def adam(self, module: nn.Module, lr: float) -> torch.optim.Adam:
+        o = self.cfg.optim
+        return torch.optim.Adam(
+            module.parameters(),
+            lr=lr,
+            betas=(o.beta1, o.beta2),
+            weight_decay=o.weight_decay,
+            fused=self.device.type in ("cuda", "cpu") or None,  # one pass (benchmarks/README.md)
+        )

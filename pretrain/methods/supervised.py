@@ -1,0 +1,57 @@
+"""The supervised baseline: the same encoder trained with class labels (paper Table 2's first row).
+
+    cebench pretrain --method supervised --data data/builtin/imagefolder/train --out runs/sup
+
+The network is the registry encoder of the model config, global average pooling of its last stage
+and one linear layer; cross-entropy on an ImageFolder tree (one sub-folder per class). Only the
+encoder goes into encoder.pt, so it drops into every transfer harness as an upper reference.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from cebench.pretrain.methods.base import PretrainMethod, register_method
+from cebench.pretrain.models import build_encoder
+from cebench.pretrain.steps import supervised_step
+from cebench.pretrain.supervised import SupervisedNet
+
+
+@register_method("supervised")
+class Supervised(PretrainMethod):
+    uses_labels = True
+    uses_fill = False
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        pass  # the mask is not used
+
+    def build(self) -> None:
+        cfg = self.cfg
+        self.enc_name = cfg.model.encoder
+        self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": cfg.model.input_size}
+        net = SupervisedNet(build_encoder(self.enc_name, **self.enc_kwargs), len(self.classes))
+        self.models["net"] = self.prepare(net)
+        self.optims["net"] = self.adam(self.models["net"], cfg.optim.lr)
+
+    def step(
+        self, images: torch.Tensor, labels: torch.Tensor | None, step: int
+    ) -> dict[str, torch.Tensor]:
+        assert labels is not None
+        return supervised_step(
+            self.models["net"],
+            self.optims["net"],
+            images,
+            labels.to(self.device, non_blocking=True),
+            world_size=self.dist.world_size,
+            bf16=self.bf16,
+        )
+
+    def meta(self) -> dict[str, Any]:
+        return {"mask": None, "classes": self.classes}
+
+    def encoder(self) -> tuple[nn.Module, str, dict[str, Any]]:
+        return self.models["net"].encoder, self.enc_name, self.enc_kwargs
