@@ -186,7 +186,9 @@ def test_paper_style_run_end_to_end(voc48, tmp_path):
         epochs=1,
         batch_size=3,
     )
-    m = detect.run(cfg)["metrics"]
+    record = detect.run(cfg)
+    m = record["metrics"]
+    assert record["encoder"]["meta"]["rescale"]["mode"] == "full"  # Krähenbühl et al. first
     assert {"mAP_voc07", "AP", "AP50", "AP75", "per_class_AP_voc07"} <= set(m)
     assert m["score"] == m["mAP_voc07"] and m["score_metric"] == "mAP_voc07"
     assert 0 <= m["mAP_voc07"] <= 100 and m["image_size"] == [48, 64] and m["levels"] == ["conv4"]

@@ -292,6 +292,8 @@ def test_cli_writes_outputs_and_reports_errors(synth, tmp_path, capsys):
                 str(tmp_path / "missing"),
                 "--data",
                 str(synth),
+                "--preset",
+                "small",  # the paper preset's VOC2007 trainval/test splits are not in synth data
                 "--out",
                 str(tmp_path / "y"),
             ]

@@ -144,6 +144,8 @@ def paper_preset(**overrides: Any) -> DetectConfig:
     images, with the x0.1 step at 3/4. Test-time NMS 0.3 and score threshold 0.05 (its test
     config). Not Fast R-CNN: the RPN replaces selective search (2000 proposals per image kept,
     about what selective search gave), and biases do not get a doubled learning rate.
+    The encoder gets Krähenbühl et al.'s data-dependent rescaling first (`rescale="full"`, as the
+    paper's transfer protocol); the fresh fc6/fc7 keep PyTorch's default initialisation.
     """
     _check_renamed(overrides)
     cfg = DetectConfig(
@@ -167,6 +169,7 @@ def paper_preset(**overrides: Any) -> DetectConfig:
         batch_size=2,
         epochs=16,
         lr_step_at=0.75,
+        rescale="full",
     )
     return replace_validated(cfg, **overrides)
 
