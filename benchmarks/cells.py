@@ -2,7 +2,12 @@
 
 - pretrain cell  -> `cebench.pretrain.train.run(PretrainConfig)` (config: PretrainConfig keys, model preset first)
 - inpaint cell   -> `cebench inpaint` (config: its command-line options, `key: value` -> `--key value`)
-- transfer cell  -> `transfer.<classify|detect|segment>.run(<Task>Config)` (config: that dataclass's keys)
+- transfer cell  -> `transfer.<classify|detect|segment>.run(<Task>Config)` (config: that dataclass's keys,
+                    over `<kind>.<preset>_preset()` when the task names a preset, else its defaults)
+
+`cell_settings(cell, resolved)` is the one-line summary of what matters for comparing a cell with
+the paper (splits, sizes, heads, lr, dropout, masks, AP kind, rescaling); `cebench bench --list`
+prints it beside each cell.
 
 Metrics kept per cell are the numbers of the job's result: top-level numbers as they are, and
 per-layer results as "<metric>@<layer>" (e.g. score@conv3). The built-in data (`data.synth`) is
@@ -41,6 +46,108 @@ def transfer_config_class(kind: str) -> type:
     if cls is None:
         raise ConfigError(f"{TRANSFER_MODULES[kind]}.run has no config dataclass parameter")
     return cls
+
+
+def transfer_base_config(kind: str, preset: str = "") -> Any:
+    """The config a transfer cell starts from: `<kind>.<preset>_preset()`, or the defaults."""
+    cls = transfer_config_class(kind)
+    if not preset:
+        return cls()
+    module = importlib.import_module(TRANSFER_MODULES[kind])
+    make = getattr(module, f"{preset}_preset", None)
+    if make is None:
+        raise ConfigError(f"transfer harness '{kind}' has no preset '{preset}'")
+    return make()
+
+
+# resolved keys shown by `cell_settings`, in this order, when the cell's config has them
+PRETRAIN_SETTINGS = (
+    ("method", "method"),
+    ("model_preset", "model"),
+    ("model.encoder", "encoder"),
+    ("model.input_size", "size"),
+    ("model.bottleneck_dropout", "fc_dropout"),
+    ("model.init", "init"),
+    ("mask.kind", "mask"),
+    ("mask.shapes", "shapes"),
+    ("loss.lambda_rec", "rec"),
+    ("loss.lambda_adv", "adv"),
+    ("optim.lr", "lr"),
+    ("train.steps", "steps"),
+    ("train.batch_size", "batch"),
+    ("data.path", "data"),
+)
+TRANSFER_SETTINGS = (
+    ("encoder", "encoder"),
+    ("protocol", "protocol"),
+    ("data", "data"),
+    ("train_split", "train"),
+    ("val_split", "test"),
+    ("input_size", "size"),
+    ("min_size", "min_size"),
+    ("max_size", "max_size"),
+    ("eval_size", "eval_size"),
+    ("frozen", "frozen"),
+    ("head", "head"),
+    ("fc_dims", "fc_dims"),
+    ("representation_size", "fc_dims"),
+    ("fc_dropout", "fc_dropout"),
+    ("skips", "skips"),
+    ("random_crop", "random_crop"),
+    ("test_crops", "test_crops"),
+    ("ap", "ap"),
+    ("rescale", "rescale"),
+    ("optimizer", "optim"),
+    ("lr", "lr"),
+    ("epochs", "epochs"),
+    ("batch_size", "batch"),
+)
+INPAINT_SETTINGS = (
+    ("checkpoint", "checkpoint"),
+    ("images", "images"),
+    ("mask", "mask"),
+    ("method", "method"),
+    ("region", "region"),
+)
+
+
+def _lookup(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return KeyError
+        d = d[part]
+    return d
+
+
+def _short(value: Any, out_dir: Path | None) -> str:
+    text = "-" if value in (None, "") else str(value)
+    if out_dir is not None and text.startswith(str(out_dir)):
+        text = "OUT" + text[len(str(out_dir)) :]
+    return text.replace(" ", "")
+
+
+def cell_settings(cell: Cell, resolved: dict[str, Any], out_dir: Path | None = None) -> str:
+    """`key=value` pairs of the settings that matter, one line (paths below `out_dir` as OUT/...)."""
+    keys = {"pretrain": PRETRAIN_SETTINGS, "inpaint": INPAINT_SETTINGS}.get(
+        cell.kind, TRANSFER_SETTINGS
+    )
+    parts = [f"preset={cell.preset}"] if cell.kind == "transfer" and cell.preset else []
+    for key, label in keys:
+        value = _lookup(resolved, key)
+        if value is KeyError:
+            continue
+        if cell.kind == "pretrain" and key == "optim.lr" and value is None:
+            from cebench.pretrain.config import config_from_dict
+
+            value = config_from_dict(resolved).resolved_lr()  # what the run will use
+        if key == "input_size" and value is None:
+            value = "encoder"  # the encoder's own input size
+        if key == "mask.shapes" and _lookup(resolved, "mask.kind") != "random-region":
+            continue
+        if key == "mask.shapes" and not value:
+            value = "noise"  # the released trainer's thresholded-noise regions
+        parts.append(f"{label}={_short(value, out_dir)}")
+    return " ".join(parts)
 
 
 def flatten_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -92,6 +199,8 @@ def ensure_synth(suite: Suite, out_dir: Path) -> None:
         images=spec.images,
         unlabelled=spec.unlabelled,
         folder_images=spec.folder_images,
+        unlabelled_style=spec.unlabelled_style,
+        object_scale=spec.object_scale,
         force=True,
     )
     # validate it as `cebench data check` does before any cell trusts it
@@ -153,15 +262,17 @@ class CellExecutor:
                 ) from None
             return dict(cell.config)
         cls = transfer_config_class(cell.task_kind)
-        return to_dict(from_dict(cls, _deep_merge(to_dict(cls()), cell.config)))
+        base = transfer_base_config(cell.task_kind, cell.preset)
+        return to_dict(from_dict(cls, _deep_merge(to_dict(base), cell.config)))
 
     def run(self, cell: Cell, resolved: dict[str, Any], work: Path) -> dict[str, Any]:
         if cell.kind == "pretrain":
-            return self._pretrain(resolved)
+            return self._pretrain(resolved, work)
         if cell.kind == "inpaint":
             return self._inpaint(resolved, work)
         module = importlib.import_module(TRANSFER_MODULES[cell.task_kind])
         cfg = from_dict(transfer_config_class(cell.task_kind), resolved)
+        _check_hub_weights(cell, str(resolved.get("encoder", "")))
         record = module.run(cfg)
         return {
             "metrics": flatten_metrics(record.get("metrics", {})),
@@ -169,11 +280,17 @@ class CellExecutor:
             "artifacts": {"out_dir": str(getattr(cfg, "out", work))},
         }
 
-    def _pretrain(self, resolved: dict[str, Any]) -> dict[str, Any]:
+    def _pretrain(self, resolved: dict[str, Any], work: Path) -> dict[str, Any]:
+        from cebench.core.checkpoints import CKPT, NEXT, PREV
         from cebench.pretrain.config import PretrainConfig
         from cebench.pretrain.train import run
 
         cfg = from_dict(PretrainConfig, resolved)
+        run_dir = Path(cfg.train.out)
+        # the runner keeps the work dir of a cell stopped by a signal only when its config is the
+        # same (runner.STAMP): continue its checkpoint
+        if run_dir.resolve() == Path(work).resolve():
+            cfg.train.resume = any((run_dir / n).exists() for n in (CKPT, NEXT, PREV))
         run_dir = Path(run(cfg))
         if not (run_dir / "encoder.pt").is_file():
             raise TrainingError(f"pretraining finished without {run_dir / 'encoder.pt'}")
@@ -224,6 +341,23 @@ class CellExecutor:
             "device": record.get("device"),
             "artifacts": {"out_dir": str(out)},
         }
+
+
+def _check_hub_weights(cell: Cell, spec: str) -> None:
+    """A `hub:` encoder (an `external` arm) must be in the local cache: say so in one line."""
+    if not spec.startswith("hub:"):
+        return
+    from cebench.core.errors import CheckpointError
+    from cebench.transfer.encoders import resolve_encoder
+
+    try:
+        resolve_encoder(spec)
+    except CheckpointError as e:
+        raise CheckpointError(
+            f"arm '{cell.arm}' uses {spec}, whose ImageNet weights are not in the local cache "
+            f"(nothing is downloaded): {e}. Run the other arms with --only, or place the file "
+            "there first"
+        ) from None
 
 
 def _read_json(path: Path) -> dict[str, Any]:

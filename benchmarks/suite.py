@@ -15,7 +15,13 @@ when the runner resolves each cell, before anything runs. String values may hold
 A value that is exactly one placeholder keeps the placeholder's type (`steps: "{budgets.pretrain_steps}"`
 becomes an int). `{work}` is the cell's own directory `OUT/runs/<cell-id>`; `{encoder}` (transfer
 and inpaint cells) is the arm's pretraining run directory, or `random:<encoder>` /
-`random-rescaled:<encoder>` for the arms without pretraining.
+`random-rescaled:<encoder>` for the arms without pretraining; an `external` arm's `encoder` is a
+whole encoder spec used as it is (`hub:torchvision/alexnet`, a run directory, an encoder.pt).
+
+A task may name a harness preset (`preset: paper|small`): its cells start from
+`cebench.transfer.<kind>.<preset>_preset()` and apply the task's config keys over it. A pretrain
+section may start from a named config (`pretrain: {_base_: paper-alexnet}`), and a suite file
+from another suite (`_base_: paper`).
 """
 
 from __future__ import annotations
@@ -27,17 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
-from cebench.core.config import from_dict, load_yaml, named_yaml
+from cebench.core.config import from_dict, load_yaml, named_yaml, parse_value
 from cebench.core.errors import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
-Method = Literal["random", "random-rescaled", "supervised", "autoencoder", "context-encoder"]
 TaskKind = Literal["classify", "detect", "segment"]
-NO_PRETRAINING = ("random", "random-rescaled")
+# arms without a pretraining cell: a Gaussian init, or an encoder spec given as it is ("external")
+NO_PRETRAINING = ("random", "random-rescaled", "external")
 RESERVED_TASKS = ("pretrain", "inpaint")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_SUITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[A-Za-z0-9_-]+)?)\}")
 
 
@@ -50,6 +55,8 @@ class SynthSpec:
     images: int = 200  # VOC-format images (half train, half val)
     unlabelled: int = 400  # pretraining images
     folder_images: int = 120  # ImageFolder images (supervised pretraining)
+    unlabelled_style: str = "scenes"  # or "dead-leaves" (cebench.data.scenes.render_dead_leaves)
+    object_scale: float = 1.0  # multiplies the object radii of the VOC and unlabelled scenes
 
 
 @dataclass
@@ -62,9 +69,11 @@ class DataSpec:
 @dataclass
 class ArmSpec:
     name: str = ""
-    method: Method = "context-encoder"
+    method: str = "context-encoder"  # NO_PRETRAINING, or a registered pretraining method
     label: str = ""  # row name in the tables; defaults to name
-    encoder: str = "tiny"  # registry name, used for {arm.encoder} and random:<encoder>
+    # registry name, used for {arm.encoder} and random:<encoder>; for method "external" the whole
+    # encoder spec (hub:torchvision/alexnet, a run directory, an encoder.pt)
+    encoder: str = "tiny"
     mask: str = "none"  # center | random-block | random-region | none (metadata + {arm.mask})
     pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig overrides
     transfer: dict[str, Any] = field(default_factory=dict)  # overrides for every task of this arm
@@ -73,6 +82,7 @@ class ArmSpec:
     inpaint_config: dict[str, Any] = field(default_factory=dict)
     paper: dict[str, float] = field(default_factory=dict)  # task name -> the paper's number
     paper_time: str = ""  # the paper's pretraining time for this row
+    tasks: list[str] | None = None  # transfer tasks of this arm; None = all, [] = none
 
     def validate(self) -> None:
         if not _NAME.match(self.name):
@@ -92,6 +102,8 @@ class TaskSpec:
     scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
     digits: int = 1  # decimals shown in the table
     config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
+    # start from cebench.transfer.<kind>.<preset>_preset() ("" = the harness config's defaults)
+    preset: Literal["", "paper", "small"] = ""
     per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
 
     def validate(self) -> None:
@@ -104,6 +116,16 @@ class TaskSpec:
             raise ConfigError(
                 f"task '{self.name}' needs 'metric' (the result key shown in the table)"
             )
+
+
+@dataclass
+class PaperInpaintRow:
+    """One row of the paper's Table 1 (semantic inpainting), shown beside the suite's own."""
+
+    label: str = ""
+    l1_percent: float = 0.0
+    l2_percent: float = 0.0
+    psnr_db: float = 0.0
 
 
 @dataclass
@@ -124,11 +146,25 @@ class Suite:
     arms: list[ArmSpec] = field(default_factory=list)
     tasks: list[TaskSpec] = field(default_factory=list)
     dry_run: dict[str, Any] = field(default_factory=dict)  # --set overrides applied by --dry-run
+    paper_inpainting: list[PaperInpaintRow] = field(default_factory=list)  # Table 1 rows
     jobs: int = 1  # worker processes (1 = in-process); `cebench bench --jobs` overrides
 
     def validate(self) -> None:
+        if not _SUITE_NAME.match(self.name):  # it names the results folder: results/<name>
+            raise ConfigError(
+                f"suite name {self.name!r} must be letters, digits, '.', '_' and '-' "
+                "(it names the results folder; no '/' or '..')"
+            )
         if not self.seeds:
             raise ConfigError("suite needs at least one seed")
+        from cebench.pretrain.methods import list_methods
+
+        methods = [*NO_PRETRAINING, *list_methods()]
+        for i, arm in enumerate(self.arms):
+            if arm.method not in methods:
+                raise ConfigError(
+                    f"config key 'arms[{i}].method' must be one of {methods}, got {arm.method!r}"
+                )
         if not self.arms or not self.tasks:
             raise ConfigError(f"suite '{self.name}' needs at least one arm and one task")
         for what, items in (("arm", self.arms), ("task", self.tasks)):
@@ -136,6 +172,11 @@ class Suite:
             dup = {n for n in names if names.count(n) > 1}
             if dup:
                 raise ConfigError(f"duplicate {what} name(s): {sorted(dup)}")
+        tasks = [t.name for t in self.tasks]
+        for arm in self.arms:
+            bad = [t for t in arm.tasks or [] if t not in tasks]
+            if bad:
+                raise ConfigError(f"arm '{arm.name}': unknown task '{bad[0]}'; tasks: {tasks}")
 
     def arm(self, name: str) -> ArmSpec:
         return next(a for a in self.arms if a.name == name)
@@ -156,6 +197,7 @@ class Cell:
     config: dict[str, Any]  # overrides with placeholders resolved (target config's keys)
     depends: tuple[str, ...] = ()
     task_kind: str = ""  # classify | detect | segment for transfer cells
+    preset: str = ""  # transfer cells: the harness preset the config starts from
 
 
 def suite_path(name_or_file: str | Path) -> Path:
@@ -178,7 +220,7 @@ def load_suite(
             if "=" not in item:
                 raise ConfigError(f"--set {item!r} is not of the form key=value")
             key, value = item.split("=", 1)
-            _set_path(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+            _set_path(raw, key.strip(), parse_value(value, key.strip()) if value.strip() else "")
         return from_dict(Suite, raw)
     except ConfigError as e:
         raise ConfigError(f"suite {path}: {e}") from None
@@ -278,7 +320,9 @@ def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
                 },
             )
             deps: tuple[str, ...] = ()
-            if arm.method in NO_PRETRAINING:
+            if arm.method == "external":
+                encoder = arm.encoder
+            elif arm.method in NO_PRETRAINING:
                 encoder = f"{arm.method}:{arm.encoder}"
             else:
                 pid = cell_id(arm.name, "pretrain", seed)
@@ -314,6 +358,8 @@ def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
                         )
                     )
             for task in suite.tasks:
+                if arm.tasks is not None and task.name not in arm.tasks:
+                    continue
                 tid = cell_id(arm.name, task.name, seed)
                 tenv = dict(
                     env,
@@ -332,6 +378,7 @@ def plan_cells(suite: Suite, out_dir: str | Path) -> list[Cell]:
                         substitute(cfg, tenv, f"tasks.{task.name}.config"),
                         deps,
                         task.kind,
+                        task.preset,
                     )
                 )
     return pretrain + inpaint + transfer
@@ -349,9 +396,11 @@ def suite_meta(suite: Suite) -> dict[str, Any]:
                 "mask": a.mask,
                 "paper": a.paper,
                 "paper_time": a.paper_time,
+                "inpaint": a.inpaint,
             }
             for a in suite.arms
         ],
+        "paper_inpainting": [dataclasses.asdict(r) for r in suite.paper_inpainting],
         "tasks": [
             {
                 "name": t.name,

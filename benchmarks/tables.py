@@ -8,6 +8,11 @@ Table rows are the pretraining methods; columns are the pretraining time, each t
 headline metric and (for the inpainting arms) inpainting L2 and PSNR, as mean +- sample standard
 deviation over seeds; the best mean of each column is bold. The suite's labels, column order and
 the paper's numbers come from suite.json beside results.csv (written by `cebench bench`).
+
+A suite with `paper_inpainting` rows (the paper's Table 1) also gets an inpainting table in
+table.md: those rows, then two rows per inpainting arm, one per reading of Table 1 (the hole of
+the composited image; the whole predicted centre region of the raw prediction, as the released
+test code), each with mean L1 %, mean L2 % and PSNR (mean of per-image values).
 """
 
 from __future__ import annotations
@@ -89,7 +94,13 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
     """Rows and merged suite metadata of several results dirs (or CSV files); later rows win
     over earlier ones with the same suite, arm, task, metric and seed."""
     rows: dict[tuple, dict[str, Any]] = {}
-    meta: dict[str, Any] = {"arms": [], "tasks": [], "command": "", "names": []}
+    meta: dict[str, Any] = {
+        "arms": [],
+        "tasks": [],
+        "command": "",
+        "names": [],
+        "paper_inpainting": [],
+    }
     for p in map(Path, paths):
         csv_path = p / "results.csv" if p.is_dir() else p
         if not csv_path.is_file():
@@ -110,6 +121,10 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
             for key in ("arms", "tasks"):
                 known = {x["name"] for x in meta[key]}
                 meta[key] += [x for x in m.get(key, []) if x["name"] not in known]
+            known = {x["label"] for x in meta["paper_inpainting"]}
+            meta["paper_inpainting"] += [
+                x for x in m.get("paper_inpainting", []) if x["label"] not in known
+            ]
     rows_list = list(rows.values())
     _fill_meta(rows_list, meta)
     return rows_list, meta
@@ -238,6 +253,52 @@ def table_cells(
     return cols, text, best
 
 
+# Table 1's two readings: (reading, (l1 %, l2 %, PSNR) metric names of `cebench inpaint`)
+INPAINT_READINGS = [
+    ("hole, composited", ("l1_percent", "l2_percent", "psnr_mean_per_image_db")),
+    (
+        "whole region, raw",
+        (
+            "region_raw_l1_percent",
+            "region_raw_l2_percent",
+            "region_raw_psnr_mean_per_image_db",
+        ),
+    ),
+]
+
+
+def inpainting_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Markdown lines of the Table 1 comparison (empty without the paper's rows)."""
+    paper = meta.get("paper_inpainting") or []
+    if not paper:
+        return []
+    lines = [
+        "Inpainting, the paper's Table 1 (Paris StreetView, 100 test images, centre region) beside "
+        "ours; PSNR = mean of per-image PSNR",
+        "",
+        "| method | reading | mean L1 (%) | mean L2 (%) | PSNR (dB) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in paper:
+        lines.append(
+            f"| {r['label']} | paper | {r['l1_percent']:.2f} | {r['l2_percent']:.2f} "
+            f"| {r['psnr_db']:.2f} |"
+        )
+    for arm in meta["arms"]:
+        for reading, names in INPAINT_READINGS:
+            cells = []
+            for name in names:
+                xs = values(rows, arm["name"], "inpaint", name)
+                if not xs:
+                    cells.append("-")
+                    continue
+                m, s = mean_std(xs)
+                cells.append(f"{m:.2f}" + ("" if s is None else f" ± {s:.2f}"))
+            if any(c != "-" for c in cells):
+                lines.append(f"| {arm['label']} | {reading} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _seeds_note(rows: list[dict[str, Any]]) -> str:
     seeds = sorted({r["seed"] for r in rows})
     return (
@@ -261,6 +322,7 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: s
         cells = [f"**{t}**" if b else t for t, b in zip(t_row, b_row, strict=True)]
         lines.append(f"| {arm['label']} | " + " | ".join(cells) + " |")
     lines += ["", _seeds_note(rows), ""]
+    lines += inpainting_table(rows, meta)
     return "\n".join(lines)
 
 

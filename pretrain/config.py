@@ -23,17 +23,18 @@ from cebench.core.config import (
     apply_overrides,
     from_dict,
     load_yaml,
+    merge_bases,
     named_yaml,
     to_dict,
 )
 from cebench.core.errors import ConfigError
+from cebench.pretrain.methods import get_method
 from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).
 RELEASED_MEAN_RGB = (117 / 255, 104 / 255, 123 / 255)
 
-Method = Literal["context-encoder", "autoencoder", "supervised"]
 MaskKind = Literal["center", "random-block", "random-region", "none"]
 
 
@@ -52,12 +53,15 @@ class DataConfig:
     skip_bad_images: bool = (
         False  # replace an undecodable image by the next one (counted) instead of stopping
     )
+    max_pixels: int = 89_478_485  # an image with more pixels (w x h) is a bad image (PIL's level)
 
     def validate(self) -> None:
         if self.load_size < 0:
             raise ConfigError(f"data.load_size must be >= 0, got {self.load_size}")
         if self.fill_samples < 1:
             raise ConfigError(f"data.fill_samples must be >= 1, got {self.fill_samples}")
+        if self.max_pixels < 1:
+            raise ConfigError(f"data.max_pixels must be >= 1, got {self.max_pixels}")
         if self.fill_value is not None and (
             len(self.fill_value) != 3 or not all(0.0 <= v <= 1.0 for v in self.fill_value)
         ):
@@ -140,7 +144,7 @@ class TrainConfig:
     channels_last: bool = False
     log_every: int = 10
     save_every: int = 500
-    sample_every: int = 500  # PNG grid into samples/; 0 = never
+    sample_every: int = 500  # PNG grid into samples/, and one at the last step; 0 = never
     resume: bool = False
 
     def validate(self) -> None:
@@ -153,7 +157,7 @@ class TrainConfig:
 
 @dataclass
 class PretrainConfig:
-    method: Method = "context-encoder"
+    method: str = "context-encoder"  # a registered method (cebench.pretrain.methods)
     model_preset: str = "small-tiny"
     model: ModelConfig = field(default_factory=lambda: model_config("small-tiny"))
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +167,7 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
+        get_method(self.method)  # unknown method: ConfigError listing the registered ones
         if self.model_preset not in MODEL_PRESETS:
             raise ConfigError(
                 f"unknown model_preset '{self.model_preset}'; presets: {', '.join(sorted(MODEL_PRESETS))}"
@@ -181,12 +186,7 @@ class PretrainConfig:
         the joint loss (0 < lambda_rec < 1 and lambda_adv > 0), else equal to it."""
         if self.optim.lr is not None:
             return self.optim.lr
-        joint = (
-            self.method == "context-encoder"
-            and 0 < self.loss.lambda_rec < 1
-            and self.loss.lambda_adv > 0
-        )
-        return self.optim.lr_d * (10.0 if joint else 1.0)
+        return get_method(self.method).default_lr(self)
 
 
 def named_configs() -> list[str]:
@@ -210,7 +210,12 @@ def _preset_base(preset: str) -> dict[str, Any]:
 
 
 def config_from_dict(data: dict[str, Any], where: str = "") -> PretrainConfig:
-    """Defaults, then the model preset named in `data` (if any), then `data` itself."""
+    """Defaults, then the model preset named in `data` (if any), then `data` itself. A `_base_`
+    key in `data` (a named config or a YAML path) is merged in under `data` first."""
+    try:
+        data = merge_bases(data, where or "pretrain config", (CONFIG_DIR,))
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     preset = data.get("model_preset", PretrainConfig.model_preset)
     try:
         return from_dict(PretrainConfig, _deep_merge(_preset_base(str(preset)), data))
@@ -242,7 +247,7 @@ def load_pretrain_config(
 # keys a resumed run may change: where and how long it runs, not what it trains
 RUNTIME_KEYS = {
     "train": ("out", "steps", "resume", "device", "log_every", "save_every", "sample_every"),
-    "data": ("path", "workers"),
+    "data": ("path", "workers", "max_pixels"),
 }
 
 
@@ -281,23 +286,6 @@ def resumed_config(cfg: PretrainConfig, saved: dict[str, Any]) -> PretrainConfig
 
 
 def check_consistency(cfg: PretrainConfig) -> None:
-    """Method / mask / model combinations that cannot train (an error, not a silent change)."""
-    if cfg.method == "autoencoder" and cfg.mask.kind != "none":
-        raise ConfigError(f"method=autoencoder needs mask.kind=none, got {cfg.mask.kind}")
-    if cfg.method == "context-encoder" and cfg.mask.kind == "none":
-        raise ConfigError(
-            "method=context-encoder needs a mask (center, random-block, random-region); "
-            "mask none is --method autoencoder"
-        )
-    if cfg.method != "supervised" and cfg.model.predict == "region":
-        if cfg.mask.kind != "center":
-            raise ConfigError(
-                f"model.predict=region predicts the centre region; mask.kind={cfg.mask.kind} "
-                "needs model.predict=image and model.output_size=model.input_size"
-            )
-        region = cfg.mask.region or cfg.model.input_size // 2
-        if region != cfg.model.output_size:
-            raise ConfigError(
-                f"mask.region ({region}) must equal model.output_size "
-                f"({cfg.model.output_size}) when model.predict=region"
-            )
+    """Method / mask / model combinations that cannot train (an error, not a silent change):
+    each registered method checks its own (`PretrainMethod.check`)."""
+    get_method(cfg.method).check(cfg)

@@ -106,3 +106,14 @@ def test_paper_alexnet_variants_are_a_base_plus_the_keys_that_differ():
         assert cfg["model"]["bottleneck_dropout"] == 0.5 and cfg["model"]["init"] == "dcgan"
         assert cfg["loss"] == {"lambda_rec": 1.0, "lambda_adv": 0.0}
         assert (cfg["train"]["steps"], cfg["train"]["batch_size"]) == (100000, 64)
+
+
+def test_pretrain_section_with_base_names_a_config():
+    """A suite's pretrain section may start from a named config (`_base_: paper-alexnet-center`)."""
+    from cebench.pretrain.config import config_from_dict, load_pretrain_config
+
+    cfg = config_from_dict({"_base_": "paper-alexnet-center", "train": {"steps": 3}})
+    ref = load_pretrain_config("paper-alexnet-center", ["train.steps=3"])
+    assert cfg == ref and cfg.optim.lr == 1e-3
+    with pytest.raises(ConfigError, match="_base_ 'nope' not found"):
+        config_from_dict({"_base_": "nope"}, "suite pretrain")

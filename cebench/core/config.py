@@ -57,7 +57,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         (inner, *_rest) = typing.get_args(tp) or (Any,)
         if isinstance(value, str):
             value = (
-                yaml.safe_load(value)
+                parse_value(value, key)
                 if value.strip().startswith("[")
                 else [v for v in value.split(",") if v.strip()]
             )
@@ -101,6 +101,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
         return dict(value)
     return value
+
+
+def parse_value(raw: str, key: str) -> Any:
+    """A command-line value read as YAML (`[64, 64]`, `1e-3`, `true`); ConfigError if malformed."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        why = str(getattr(e, "problem", "") or "not valid YAML")
+        raise ConfigError(f"config key '{key}': value {raw!r} is malformed ({why})") from None
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -155,7 +164,7 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
                     + ", ".join(prefix + k for k in valid)
                 )
             if i == len(parts) - 1:
-                node[part] = yaml.safe_load(raw) if raw.strip() != "" else ""
+                node[part] = parse_value(raw, key.strip()) if raw.strip() != "" else ""
                 if isinstance(node[part], (dict, list)) or node[part] is None:
                     pass
                 elif not isinstance(node[part], str) and _unwrap_optional(valid[part])[0] is str:
@@ -202,7 +211,24 @@ def _load_with_bases(
     if key in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(key) :], key))
         raise ConfigError(f"config file {chain[-1]}: _base_ cycle: {cycle}")
-    data = _read_mapping(path)
+    return _merge_bases(_read_mapping(path), path, search_dirs, (*chain, key))
+
+
+def merge_bases(
+    data: dict[str, Any], where: str | Path, search_dirs: tuple[str | Path, ...] = ()
+) -> dict[str, Any]:
+    """`data` (a mapping not read from a file, e.g. a suite's pretrain section) with its
+    `_base_` configs merged in under it, as `load_yaml` does; relative paths are relative to the
+    current directory, and `where` names the mapping in errors."""
+    if BASE_KEY not in data:
+        return data
+    here = Path(f"<{where}>")  # a pseudo file name in the current directory, for the errors
+    return _merge_bases(dict(data), here, tuple(Path(d) for d in search_dirs), ())
+
+
+def _merge_bases(
+    data: dict[str, Any], path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...]
+) -> dict[str, Any]:
     bases = data.pop(BASE_KEY, None)
     if bases is None:
         return data
@@ -216,7 +242,7 @@ def _load_with_bases(
     merged: dict[str, Any] = {}
     for base in bases:
         base_path = _base_path(base.strip(), path, search_dirs)
-        merged = _deep_merge(merged, _load_with_bases(base_path, search_dirs, (*chain, key)))
+        merged = _deep_merge(merged, _load_with_bases(base_path, search_dirs, chain))
     return _deep_merge(merged, data)
 
 
