@@ -357,14 +357,23 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{side} is not readable JSON: {e}") from None
     if not isinstance(car, dict) or car.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{side} is not a cebench export sidecar (format {EXPORT_FORMAT})")
-    fmt = car.get("export_format")
-    encoder = build_encoder(car["encoder"], **car["kwargs"])
-    mapping, _ = key_map(encoder, car["encoder"], car["kwargs"], fmt)
+    name, kwargs, fmt = car.get("encoder"), car.get("kwargs"), car.get("export_format")
+    if not isinstance(name, str) or not isinstance(kwargs, dict) or fmt not in FORMATS:
+        raise CheckpointError(
+            f"{side}: 'encoder' (a name), 'kwargs' (a mapping) and 'export_format' "
+            f"({', '.join(FORMATS)}) are required"
+        )
+    try:
+        encoder = build_encoder(name, **kwargs)
+        mapping, _ = key_map(encoder, name, kwargs, fmt)
+    except Exception as e:  # built from the sidecar's fields: any failure is the file's
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{side}: encoder '{name}' with {kwargs}: {why}") from None
     _to_encoder(encoder, mapping, read_weights(path), str(path))
     meta = {k: car.get(k) for k in ("method", "mask", "steps", "git_commit", "normalize")}
     meta["normalize"] = meta["normalize"] or MINUS_ONE_ONE
     meta["exported_file"] = str(path)
-    return encoder, {"name": car["encoder"], "kwargs": car["kwargs"], "meta": meta}
+    return encoder, {"name": name, "kwargs": kwargs, "meta": meta}
 
 
 def encoder_from_native_file(name: str, kwargs: dict[str, Any], path: str | Path) -> nn.Module:

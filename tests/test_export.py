@@ -263,3 +263,11 @@ def test_bad_export_requests(tmp_path):
     (tmp_path / "bare.safetensors").write_bytes(b"")
     with pytest.raises(CheckpointError, match="no sidecar bare.safetensors.json"):
         resolve_encoder(str(tmp_path / "bare.safetensors"))
+    out = export_encoder(tmp_path, tmp_path / "t.pt")
+    car = json.loads(Path(str(out) + ".json").read_text())
+    Path(str(out) + ".json").write_text(json.dumps({**car, "kwargs": {"width": -1}}))
+    with pytest.raises(CheckpointError, match=r"t\.pt\.json: encoder 'tiny'"):
+        resolve_encoder(str(out))
+    Path(str(out) + ".json").write_text(json.dumps({**car, "export_format": "onnx"}))
+    with pytest.raises(CheckpointError, match="'export_format' .* required"):
+        resolve_encoder(str(out))
