@@ -201,8 +201,9 @@ class DetectionEvaluator:
     `predictions` maps image_id -> {"boxes": xyxy, "scores", "labels"} in the ground truth's image
     coordinates; `label_to_cat_id` maps contiguous labels to the ground truth's category ids
     (identity for VOC data). Numbers are pycocotools' COCOeval bbox statistics in percent:
-    AP (IoU .50:.05:.95), AP50 (IoU 0.5, the VOC-style number the paper reports; pycocotools
-    interpolates precision at 101 recall points, VOC2007 at 11) and AP75, plus per-class AP and AP50.
+    AP (IoU .50:.05:.95), AP50 (IoU 0.5; pycocotools interpolates precision at 101 recall points,
+    VOC2007 at 11: the paper's VOC07 number is `VOCDetectionEvaluator`'s) and AP75, plus per-class
+    AP and AP50.
     """
 
     def __init__(self, coco_gt, label_to_cat_id: dict[int, int] | None = None) -> None:
