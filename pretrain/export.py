@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from cebench.core.errors import CheckpointError, ConfigError
-from cebench.core.io import _atomic_write_bytes, atomic_save, atomic_write_text, safe_load
+from cebench.core.io import atomic_save, atomic_write_bytes, atomic_write_text, safe_load
 from cebench.core.provenance import git_commit
 from cebench.pretrain.encoder_file import load_encoder
 from cebench.pretrain.models import build_encoder
@@ -217,7 +217,7 @@ def write_weights(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save
 
     try:
-        _atomic_write_bytes(path, save(state, metadata={"format": "pt"}))
+        atomic_write_bytes(path, save(state, metadata={"format": "pt"}))
     except OSError as e:
         raise CheckpointError(f"could not write {path}: {e.strerror or e}") from e
 

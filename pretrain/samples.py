@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cebench.core.io import _atomic_write_bytes
+from cebench.core.io import atomic_write_bytes
 
 
 def paste_prediction(images: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
@@ -44,7 +44,7 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def save_png(path: str | Path, image: np.ndarray) -> None:
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="png")
-    _atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_grid(
