@@ -162,6 +162,20 @@ def test_detector_transform_uses_min_and_max_size():
         detect.small_preset(min_size=64, max_size=32)
 
 
+def test_c4_runs_alexnet_only_up_to_conv5_so_small_detector_images_work():
+    """At 64 px AlexNet's conv5 is 2x2 and pool5 would be empty: the c4 head never runs pool5."""
+    spec = "random:alexnet,width=0.25"
+    enc, info = resolve_encoder(spec, input_size=227)
+    cfg = detect.small_preset(encoder=spec, head="c4", min_size=64, max_size=64, roi_size=6)
+    model = detect.build_detector(enc, 3, 227, cfg, info["normalize"])
+    assert model.backbone.levels[0][0] == "conv5"
+    model.eval()
+    with torch.no_grad():
+        assert model([torch.rand(3, 64, 64)])[0]["boxes"].shape[-1] == 4
+    with pytest.raises(ConfigError, match="cannot run on 32x32 detector images"):
+        detect.build_detector(enc, 3, 227, replace_validated(cfg, min_size=32), info["normalize"])
+
+
 @pytest.fixture(scope="module")
 def voc48(tmp_path_factory):
     root = tmp_path_factory.mktemp("det-paper") / "data"

@@ -60,6 +60,7 @@ from cebench.core.errors import ConfigError, DatasetError
 from cebench.core.io import atomic_save
 from cebench.core.logger import MetricLogger
 from cebench.data.layout import guess_coco_val
+from cebench.pretrain.models.base import Encoder
 from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
@@ -68,7 +69,7 @@ from cebench.transfer.args import (
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
-from cebench.transfer.encoders import check_input_size, resolve_encoder
+from cebench.transfer.encoders import resolve_encoder
 from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
 from cebench.transfer.metrics import (
     DetectionEvaluator,
@@ -245,9 +246,42 @@ class EncoderBackbone(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        feats = self.encoder.forward_features(x)
+        feats = stage_features(self.encoder, x, self.levels[-1][0])
         maps = OrderedDict((str(i), feats[name]) for i, (name, _, _) in enumerate(self.levels))
         return self.fpn(maps) if self.fpn is not None else maps
+
+
+def stage_features(encoder: nn.Module, x: torch.Tensor, last: str) -> dict[str, torch.Tensor]:
+    """`forward_features` stopped after stage `last` when the encoder uses the base class's stage
+    loop (the c4 head never needs AlexNet's pool5, which a small detector image may not even
+    pass through); other encoders run whole."""
+    if type(encoder).forward_features is not Encoder.forward_features:
+        return encoder.forward_features(x)
+    out: dict[str, torch.Tensor] = {}
+    for name, stage in encoder.stages.items():
+        x = out[name] = stage(x)
+        if name == last:
+            break
+    return out
+
+
+@torch.no_grad()
+def check_detector_size(backbone: EncoderBackbone, size: int, spec: str) -> None:
+    """The backbone must run on size x size images and leave every map it uses at least 1x1."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        p = next(backbone.parameters())
+        maps = backbone(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    except RuntimeError as e:
+        raise ConfigError(
+            f"encoder {spec} cannot run on {size}x{size} detector images (min_size): "
+            f"{str(e).splitlines()[0]}"
+        ) from None
+    finally:
+        backbone.train(was)
+    if any(min(m.shape[-2:]) < 1 for m in maps.values()):
+        raise ConfigError(f"encoder {spec}: a feature map is empty for {size}x{size} images")
 
 
 def c4_level(encoder: nn.Module, stage: str = "", max_stride: int = 16) -> tuple[str, int, int]:
@@ -329,7 +363,7 @@ def build_detector(
     """Faster R-CNN from parts around `encoder`; `num_classes` excludes the background.
 
     Images are resized to `detector_size` (shorter side min_size, longer side <= max_size); the
-    encoder, fully convolutional, runs at that size. Anchors follow that size."""
+    encoder, fully convolutional, runs at that size (checked here). Anchors follow that size."""
     min_size, max_size = detector_size(cfg, input_size)
     if cfg.head == "c4":
         backbone = EncoderBackbone(encoder, [c4_level(encoder, cfg.roi_stage)], None, cfg.frozen)
@@ -343,6 +377,7 @@ def build_detector(
         names = [str(i) for i in range(len(backbone.levels))]
         roi = MultiScaleRoIAlign(names, output_size=cfg.roi_size, sampling_ratio=2)
         box_head = TwoMLPHead(backbone.out_channels * cfg.roi_size**2, cfg.representation_size)
+    check_detector_size(backbone, min_size, cfg.encoder or "(given)")
     sizes = anchor_sizes(backbone.levels, min_size)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
     return FasterRCNN(
@@ -533,8 +568,6 @@ def run(cfg: DetectConfig) -> dict[str, Any]:
         cfg.encoder, cfg.input_size, calibration, cfg.seed, rescale=cfg.rescale, device=device
     )
     min_size, max_size = detector_size(cfg, info["input_size"])
-    if min_size != info["input_size"]:  # the encoder runs at the detector's size
-        check_input_size(encoder, min_size, cfg.encoder)
     set_seed(cfg.seed)
     model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(
         device
