@@ -133,6 +133,9 @@ def test_fcn32s_head_has_conv_fc6_fc7_and_zero_scores():
     assert score.in_channels == 16 and not score.weight.any() and not score.bias.any()
     x = torch.rand(2, 3, 32, 32)
     assert fcn(x).shape == (2, 4, 32, 32)
+    even = segment.FCN(enc, 4, 64, 0, False, fc_dims=8, fc_kernel=6)  # AlexNet's 6x6 fc6
+    top = enc.forward_features(torch.rand(1, 3, 64, 64))["conv5"]
+    assert even.fc(top).shape[-2:] == top.shape[-2:]  # zero padding keeps the grid
     plain = segment.FCN(enc, 4, 32, 0, False)
     assert plain.fc is None and plain.scores["conv5"].in_channels == enc.num_features
     paper = segment.paper_preset()

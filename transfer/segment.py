@@ -123,6 +123,12 @@ def small_preset(**overrides: Any) -> SegmentConfig:
     return replace_validated(cfg, **overrides)
 
 
+def _same_padding(k: int) -> tuple[int, int, int, int]:
+    """(left, right, top, bottom) zero padding that keeps the size under a k x k stride-1 conv."""
+    before = (k - 1) // 2
+    return (before, k - 1 - before, before, k - 1 - before)
+
+
 class FCN(nn.Module):
     """Encoder + score layers on the last stage and `skips` finer stages, summed coarse to fine.
 
@@ -155,7 +161,9 @@ class FCN(nn.Module):
         if fc_dims:
             self.fc = nn.Sequential(
                 OrderedDict(
-                    fc6=nn.Conv2d(channels[last.name], fc_dims, fc_kernel, padding="same"),
+                    # zero padding that keeps the grid ("same"; for even k one more at the end)
+                    pad6=nn.ZeroPad2d(_same_padding(fc_kernel)),
+                    fc6=nn.Conv2d(channels[last.name], fc_dims, fc_kernel),
                     relu6=nn.ReLU(inplace=True),
                     drop6=nn.Dropout(fc_dropout),
                     fc7=nn.Conv2d(fc_dims, fc_dims, 1),
