@@ -10,7 +10,10 @@ neither of those imports the other's caller.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 from pathlib import Path
+from typing import Any
 
 from cebench.benchmarks.figures import render_figures
 from cebench.benchmarks.tables import (
@@ -21,7 +24,65 @@ from cebench.benchmarks.tables import (
     render_markdown,
     write_csv,
 )
+from cebench.core.errors import DatasetError
 from cebench.core.io import atomic_write_text
+from cebench.core.lock import prepare_out_dir
+
+_NUMBERS = {"seed": int, "value": float, "wall_time_s": float}
+
+
+def check_results_csv(path: str | Path) -> None:
+    """DatasetError naming the file, line and column of the first malformed row of a results.csv
+    (a results dir or the file itself); the reader trusts what passes."""
+    p = Path(path)
+    csv_path = p / "results.csv" if p.is_dir() else p
+    if not csv_path.is_file():
+        raise DatasetError(f"no results.csv at {csv_path}")
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != COLUMNS:
+                raise DatasetError(
+                    f"{csv_path}: not a cebench results.csv (columns {reader.fieldnames}, "
+                    f"expected {', '.join(COLUMNS)})"
+                )
+            for row in reader:
+                line = reader.line_num
+                if None in row or any(row[k] is None for k in COLUMNS):
+                    raise DatasetError(
+                        f"{csv_path} line {line}: the row does not have the header's "
+                        f"{len(COLUMNS)} columns"
+                    )
+                for key, kind in _NUMBERS.items():
+                    try:
+                        kind(row[key])
+                    except ValueError:
+                        raise DatasetError(
+                            f"{csv_path} line {line}: column '{key}' is {row[key]!r}, not "
+                            f"{'an integer' if kind is int else 'a number'}"
+                        ) from None
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise DatasetError(f"{csv_path}: not a readable CSV file ({e})") from None
+    suite_json = csv_path.parent / "suite.json"
+    if suite_json.is_file():
+        try:
+            meta = json.loads(suite_json.read_text())
+            ok = isinstance(meta, dict) and all(
+                isinstance(x, dict) and "name" in x
+                for key in ("arms", "tasks")
+                for x in meta.get(key, [])
+            )
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
+            raise DatasetError(f"{suite_json}: not valid JSON ({e})") from None
+        if not ok:
+            raise DatasetError(f"{suite_json}: not a cebench suite.json (arms/tasks without names)")
+
+
+def read_checked(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`read_results` after `check_results_csv` on every path."""
+    for p in paths:
+        check_results_csv(p)
+    return read_results(paths)
 
 
 def render_all(
@@ -34,8 +95,8 @@ def render_all(
     log=print,
 ) -> Path:
     """results.csv of every path -> OUT/table.md (+ table.tex, + figures/); returns table.md's path."""
-    rows, meta = read_results(paths)
-    out = Path(out)
+    rows, meta = read_checked(paths)
+    out = prepare_out_dir(out)
     command = command or meta.get("command", "")
     if len(paths) > 1 or Path(paths[0]).resolve() != out.resolve():
         write_csv([{k: r[k] for k in COLUMNS} for r in rows], out / "results.csv")
@@ -70,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
         + (f" --out {args.out}" if args.out else "")
         + (" --latex" if args.latex else "")
     )
-    origin = read_results(args.results)[1].get("command")
+    origin = read_checked(args.results)[1].get("command")
     if origin:
         command += f" {FROM} {origin}"
     path = render_all(

@@ -11,6 +11,11 @@ same, so an interrupted or extended suite continues where it stopped. A failed c
 OUT/cells/<cell-id>.error.json, the other cells go on (its dependants are reported as failed too)
 and the exit status is 1. OUT/results.csv, OUT/table.md and OUT/figures/ are regenerated from the
 cell files, never appended to.
+
+One `cebench bench` writes into OUT at a time (OUT/.cebench.lock; a second one is refused, naming
+the first one's pid). SIGINT / SIGTERM stop the whole suite: a pretraining cell saves its
+checkpoint, the finished cells are kept, the exit status is 130 / 143, and rerunning the same
+command continues, resuming the interrupted pretraining cell from its checkpoint.
 """
 
 from __future__ import annotations
@@ -20,9 +25,12 @@ import concurrent.futures as cf
 import fnmatch
 import json
 import multiprocessing
+import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -32,7 +40,8 @@ from typing import Any, Protocol
 from cebench.benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
 from cebench.core.config import config_hash
 from cebench.core.errors import CebenchError, ConfigError
-from cebench.core.io import atomic_write_text
+from cebench.core.io import atomic_write_text, inside
+from cebench.core.lock import folder_lock
 from cebench.core.provenance import git_commit
 
 
@@ -53,6 +62,38 @@ class Outcome:
     failed: dict[str, str] = field(default_factory=dict)  # cell id -> one-line error
     wall_s: float = 0.0
     cpu_s: float = 0.0  # CPU time of the cells that ran (their cost on otherwise idle cores)
+    stopped_by: int | None = None  # the signal that stopped the suite
+    interrupted: list[str] = field(default_factory=list)  # cells stopped half-way (resume on rerun)
+
+
+class CellStopped(BaseException):
+    """Raised by the suite's SIGINT/SIGTERM handler in a cell that has no handler of its own."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+
+_IN_CELL = {"now": False, "worker": False}
+STAMP = (
+    ".cell-config-hash"  # in a pretraining cell's work dir: the config its checkpoint belongs to
+)
+
+
+def _stop_cell(signum: int, frame: Any) -> None:
+    """SIGINT/SIGTERM: stop the running cell (a pretraining cell's own handler saves first); an
+    idle worker process ignores it."""
+    if _IN_CELL["now"] or not _IN_CELL["worker"]:
+        raise CellStopped(signum)
+
+
+def _stop_signal(e: BaseException) -> int | None:
+    """The signal number if `e` means "stopped by a signal", else None."""
+    from cebench.pretrain.trainer import TrainingInterrupted
+
+    if isinstance(e, (CellStopped, TrainingInterrupted)):
+        return e.signum
+    return None
 
 
 def code_version() -> str:
@@ -84,12 +125,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str) -> dict[str, Any]:
-    """Run one cell and never raise: the result or the error comes back as data (worker-safe)."""
+def _execute(
+    executor: Executor, cell: Cell, resolved: dict[str, Any], work: str, config_hash: str = ""
+) -> dict[str, Any]:
+    """Run one cell and never raise: the result or the error comes back as data (worker-safe).
+    A signal comes back as {"ok": False, "interrupted": signum}."""
     t0, c0 = time.time(), time.process_time()
+    _IN_CELL["now"] = True
     try:
-        shutil.rmtree(work, ignore_errors=True)  # a cell killed half-way leaves a stale directory
-        Path(work).mkdir(parents=True, exist_ok=True)
+        stamp = Path(work) / STAMP
+        # a pretraining cell stopped by a signal resumes from its checkpoint if its config is the
+        # same; any other half-done directory is stale
+        keep = bool(config_hash) and stamp.is_file() and stamp.read_text() == config_hash
+        if not (keep and cell.kind == "pretrain"):
+            shutil.rmtree(work, ignore_errors=True)
+            Path(work).mkdir(parents=True, exist_ok=True)
+            if cell.kind == "pretrain" and config_hash:
+                atomic_write_text(stamp, config_hash)
         result = executor.run(cell, resolved, Path(work))
         # CPU time of this process (all its threads): the cell's cost without other jobs' contention
         return {
@@ -99,6 +151,14 @@ def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str
             "cpu_time_s": time.process_time() - c0,
         }
     except BaseException as e:  # noqa: B036 -- a cell's failure must not stop the suite
+        signum = _stop_signal(e)
+        if signum is not None:
+            return {
+                "ok": False,
+                "interrupted": signum,
+                "error": f"stopped by signal {signum}",
+                "wall_time_s": time.time() - t0,
+            }
         if isinstance(e, KeyboardInterrupt):
             raise
         return {
@@ -107,16 +167,23 @@ def _execute(executor: Executor, cell: Cell, resolved: dict[str, Any], work: str
             "traceback": traceback.format_exc(),
             "wall_time_s": time.time() - t0,
         }
+    finally:
+        _IN_CELL["now"] = False
 
 
 def _init_worker(threads: int) -> None:
-    import os
     import threading
 
     import torch
 
     torch.set_num_threads(threads)
     parent = os.getppid()
+    # signals come from the runner only (it forwards each one once): a Ctrl-C at the terminal
+    # would otherwise reach every worker as well, and a second signal aborts a checkpoint save
+    os.setpgrp()
+    _IN_CELL["worker"] = True
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _stop_cell)
 
     def exit_with_parent() -> None:  # a killed runner must not leave workers writing into OUT
         while os.getppid() == parent:
@@ -140,7 +207,7 @@ class Runner:
     ) -> None:
         self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
         self.out = Path(out_dir).resolve()
-        self.cells_dir = self.out / "cells"
+        self.cells_dir = inside(self.out, "cells")
         self.command = command or f"cebench bench --suite {suite.name}"
         self.log = log
         self.cells = plan_cells(suite, self.out)
@@ -232,8 +299,15 @@ class Runner:
         atomic_write_text(self.cells_dir / f"{cell.id}.error.json", json.dumps(rec, indent=1))
 
     def run(self) -> Outcome:
+        """Run the selected cells; holds OUT's lock, and stops at SIGINT/SIGTERM (see the module
+        docstring; `Outcome.stopped_by` is then set)."""
+        with folder_lock(self.out, "cebench bench"):
+            for sub in ("cells", "runs", "data", "figures"):  # no symlink may lead out of OUT
+                inside(self.out, sub)
+            return self._run_locked()
+
+    def _run_locked(self) -> Outcome:
         t_start = time.time()
-        self.out.mkdir(parents=True, exist_ok=True)
         self.executor.prepare(self.suite, self.out)
         self.resolve_all()
         atomic_write_text(
@@ -253,19 +327,55 @@ class Runner:
         )
         self._progress_t0, self._times = time.time(), {}
         self._total = len(todo)
-        if self.jobs == 1:
-            self._run_serial(todo, outcome)
-        else:
-            self._run_pool(todo, outcome)
+        main_thread = threading.current_thread() is threading.main_thread()
+        handler = _stop_cell if self.jobs == 1 else self._forward_signal
+        old = (
+            {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+            if main_thread
+            else {}
+        )
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._outcome = outcome
+        try:
+            if self.jobs == 1:
+                self._run_serial(todo, outcome)
+            else:
+                self._run_pool(todo, outcome)
+        except CellStopped as e:  # a signal between two cells
+            outcome.stopped_by = e.signum
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
         self.write_outputs()
         outcome.wall_s = time.time() - t_start
         return outcome
+
+    def _forward_signal(self, signum: int, frame: Any) -> None:
+        """--jobs > 1: pass the first SIGINT/SIGTERM on to the worker processes once (they are in
+        their own process group) and start no new cell; a second one aborts at once."""
+        if self._outcome.stopped_by is not None:
+            raise KeyboardInterrupt
+        self._outcome.stopped_by = signum
+        procs = getattr(self._pool, "_processes", None) or {}
+        for proc in list(procs.values()):
+            try:
+                os.kill(proc.pid, signum)
+            except (ProcessLookupError, TypeError):
+                pass
 
     def _blocked(self, cell: Cell, outcome: Outcome) -> str | None:
         bad = [d for d in cell.depends if d in outcome.failed]
         return f"dependency {bad[0]} failed" if bad else None
 
     def _record(self, cell: Cell, res: dict[str, Any], outcome: Outcome) -> None:
+        if res.get("interrupted"):
+            outcome.stopped_by = outcome.stopped_by or res["interrupted"]
+            outcome.interrupted.append(cell.id)
+            self.log(
+                f"{cell.id} stopped by signal {res['interrupted']} after "
+                f"{res.get('wall_time_s', 0.0):.1f}s (not failed: rerun to continue it)"
+            )
+            return
         if res["ok"]:
             self._write_cell(cell, res)
             outcome.ran.append(cell.id)
@@ -297,14 +407,23 @@ class Runner:
             f"left {left} | elapsed {_fmt(time.time() - self._progress_t0)} | eta {eta_text}"
         )
 
+    def _work(self, cell: Cell) -> str:
+        return str(inside(self.out, "runs", cell.id))
+
     def _run_serial(self, todo: list[Cell], outcome: Outcome) -> None:
         for cell in todo:
+            if outcome.stopped_by is not None:
+                break
             reason = self._blocked(cell, outcome)
             res = (
                 {"ok": False, "error": reason, "wall_time_s": 0.0}
                 if reason
                 else _execute(
-                    self.executor, cell, self.resolved[cell.id], str(self.out / "runs" / cell.id)
+                    self.executor,
+                    cell,
+                    self.resolved[cell.id],
+                    self._work(cell),
+                    self.hashes[cell.id],
                 )
             )
             self._record(cell, res, outcome)
@@ -321,13 +440,13 @@ class Runner:
                 self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,)
             )
 
-        pool = new_pool()
+        pool = self._pool = new_pool()
         running: dict[cf.Future, tuple[Cell, cf.ProcessPoolExecutor]] = {}
         try:
-            while waiting or running:
+            while (waiting and outcome.stopped_by is None) or running:
                 finished = set(outcome.ran) | set(outcome.cached)
                 for cell in list(waiting):
-                    if len(running) >= self.jobs:
+                    if len(running) >= self.jobs or outcome.stopped_by is not None:
                         break
                     reason = self._blocked(cell, outcome)
                     if reason:
@@ -342,13 +461,14 @@ class Runner:
                             self.executor,
                             cell,
                             self.resolved[cell.id],
-                            str(self.out / "runs" / cell.id),
+                            self._work(cell),
+                            self.hashes[cell.id],
                         )
                         try:
                             fut = pool.submit(*args)
                         except cf.process.BrokenProcessPool:
                             pool.shutdown(wait=False, cancel_futures=True)
-                            pool = new_pool()
+                            pool = self._pool = new_pool()
                             fut = pool.submit(*args)
                         running[fut] = (cell, pool)
                 if not running:
@@ -366,7 +486,7 @@ class Runner:
                         }
                         if its_pool is pool:
                             pool.shutdown(wait=False, cancel_futures=True)
-                            pool = new_pool()
+                            pool = self._pool = new_pool()
                     self._record(cell, res, outcome)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -442,16 +562,23 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="worker processes (default: the suite's 'jobs', else 1 = in-process)",
     )
     p.add_argument(
-        "--list", action="store_true", help="list the cells and their state, run nothing"
+        "--list",
+        action="store_true",
+        help="list the cells, their state and resolved settings (splits, sizes, heads, lr, masks, AP, rescale); run nothing",
     )
     return p
 
 
 def main(args: argparse.Namespace) -> int:
-    from cebench.benchmarks.cells import CellExecutor
+    from cebench.benchmarks.cells import CellExecutor, cell_settings
 
     suite = load_suite(args.suite, args.overrides, dry_run=args.dry_run)
-    out = Path(args.out or f"results/{suite.name}{'-dry-run' if args.dry_run else ''}")
+    # the suite's name is a config value: it may only name a folder inside results/
+    out = (
+        Path(args.out)
+        if args.out
+        else inside("results", f"{suite.name}{'-dry-run' if args.dry_run else ''}")
+    )
     command = (
         "cebench bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
         if sys.argv[1:2] == ["bench"]
@@ -469,8 +596,9 @@ def main(args: argparse.Namespace) -> int:
     )
     if args.list:
         runner.resolve_all()
-        for cell in runner.selected:
-            print(f"{runner.state(cell):6s} {cell.id}  {runner.hashes[cell.id]}")
+        for cell in runner.selected:  # state, id, hash, then the settings that matter
+            settings = cell_settings(cell, runner.resolved[cell.id], runner.out)
+            print(f"{runner.state(cell):6s} {cell.id}  {runner.hashes[cell.id]}  {settings}")
         return 0
     outcome = runner.run()
     print(
@@ -481,4 +609,12 @@ def main(args: argparse.Namespace) -> int:
     )
     for cid, err in outcome.failed.items():
         print(f"  FAILED {cid}: {err}  (see {runner.out}/cells/{cid}.error.json)", file=sys.stderr)
+    if outcome.stopped_by is not None:
+        stopped = ", ".join(outcome.interrupted) or "none"
+        print(
+            f"bench {suite.name}: stopped by signal {outcome.stopped_by} (cells stopped half-way: "
+            f"{stopped}); rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 128 + outcome.stopped_by
     return 1 if outcome.failed else 0

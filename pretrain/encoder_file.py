@@ -52,11 +52,39 @@ def load_encoder(
         raise CheckpointError(
             f"{path} is not a cebench encoder checkpoint (expected format {ENCODER_FORMAT})"
         )
-    encoder = build_encoder(ckpt["name"], **ckpt["kwargs"])
+    name, kwargs, state = _parts(path, ckpt)
     try:
-        encoder.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
+        encoder = build_encoder(name, **kwargs)
+    except Exception as e:  # the file's kwargs (a negative width, ...): any failure is the file's
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise CheckpointError(
-            f"{path}: weights do not fit encoder '{ckpt['name']}' with {ckpt['kwargs']}: {e}"
+            f"{path}: malformed encoder checkpoint: cannot build encoder '{name}' with {kwargs} ({why})"
         ) from None
-    return encoder, {"name": ckpt["name"], "kwargs": ckpt["kwargs"], "meta": ckpt.get("meta", {})}
+    try:
+        encoder.load_state_dict(state)
+    except RuntimeError as e:
+        why = " ".join(str(e).split())[:300]
+        raise CheckpointError(
+            f"{path}: weights do not fit encoder '{name}' with {kwargs}: {why}"
+        ) from None
+    meta = ckpt.get("meta", {})
+    return encoder, {"name": name, "kwargs": kwargs, "meta": meta if isinstance(meta, dict) else {}}
+
+
+def _parts(path: str | Path, ckpt: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """name, kwargs and state_dict of a loaded encoder.pt, checked (CheckpointError naming the
+    field): a weights-only file can still hold anything."""
+    name, kwargs, state = ckpt.get("name"), ckpt.get("kwargs", {}), ckpt.get("state_dict")
+    bad = (
+        "'name' is missing or not a string"
+        if not isinstance(name, str) or not name
+        else "'kwargs' is not a mapping of names"
+        if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs)
+        else "'state_dict' is not a mapping of names to tensors"
+        if not isinstance(state, dict)
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+        else ""
+    )
+    if bad:
+        raise CheckpointError(f"{path}: malformed encoder checkpoint: {bad}")
+    return name, kwargs, state

@@ -256,8 +256,40 @@ def output_names(paths: list[Path], root: Path) -> list[str]:
     return names
 
 
+def check_geometry(
+    size: int, kind: str, region: int, overlap: int, coverage: float, batch_size: int
+) -> None:
+    """ConfigError naming the option whose value cannot make a mask (or a batch)."""
+    if size < 8:
+        raise ConfigError(f"--size must be >= 8 (the image side in pixels), got {size}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if overlap < 0:
+        raise ConfigError(f"--overlap must be >= 0, got {overlap}")
+    if kind == "center" and not 2 * overlap < region <= size:
+        raise ConfigError(
+            f"--region {region} with --overlap {overlap} does not fit a {size} px image "
+            "(need 2 * overlap < region <= size)"
+        )
+    if kind != "center" and not 0.0 < coverage <= 1.0:
+        raise ConfigError(f"--coverage must be in (0, 1], got {coverage}")
+
+
 def main(args: argparse.Namespace) -> int:
+    """`cebench inpaint`: one writer per --out (`cebench.core.lock`)."""
+    from cebench.core.lock import FolderLock
+
+    if args.region is not None and args.region < 1:
+        raise ConfigError(f"--region must be >= 1, got {args.region}")
+    if args.coverage is not None and not 0.0 < args.coverage <= 1.0:
+        raise ConfigError(f"--coverage must be in (0, 1], got {args.coverage}")
+    with FolderLock(args.out, "cebench inpaint"):
+        return _inpaint(args)
+
+
+def _inpaint(args: argparse.Namespace) -> int:
     from cebench.core.device import pick_device
+    from cebench.core.io import inside
     from cebench.pretrain.samples import save_png
 
     device = pick_device(args.device)
@@ -282,6 +314,7 @@ def main(args: argparse.Namespace) -> int:
             f"this model predicts the {cfg.model.output_size} px centre region only; "
             f"use --mask center (region {cfg.model.output_size})"
         )
+    check_geometry(size, kind, region, overlap, coverage, args.batch_size)
 
     paths, images = load_images(args.images, size)
     holes = image_masks(
@@ -309,7 +342,7 @@ def main(args: argparse.Namespace) -> int:
     for p, name, res, img, hole in zip(
         paths, output_names(paths, Path(args.images)), results, images, holes, strict=True
     ):
-        save_png(out / name, res)
+        save_png(inside(out, name), res)  # a name from a file name never leaves --out
         per_image.append({"image": str(p), **inpaint_metrics(res, img, hole)})
     for m, r in zip(per_image, raw_per_image, strict=False):
         m.update({"region_raw_l1": r["l1"], "region_raw_l2": r["l2"]})

@@ -143,7 +143,19 @@ def next_batch(it: Any, step: int, last_saved: int) -> Any:
         died = worker_death(e, step, last_saved)
         if died is None:
             raise
+        stop_workers(it)
         raise died from None
+
+
+def stop_workers(it: Any) -> None:
+    """Shut a data-loader iterator's workers down now: until then torch's SIGCHLD handler keeps the
+    dead worker registered and raises again at any later child's exit, far from here."""
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001 -- best effort: the run is stopping anyway
+            pass
 
 
 def worker_death(e: BaseException, step: int, last_saved: int) -> TrainingError | None:
@@ -209,6 +221,7 @@ def run(cfg: PretrainConfig) -> Path:
         )
         if died is None:
             raise
+        stop_workers(getattr(trainer, "loader_iter", None))
         raise died from None
     finally:
         set_max_pixels(old_limit)
@@ -368,7 +381,7 @@ class Trainer:
         self.skipped_local, self.last_row = 0, {}
         try:
             with SignalFlag() as sig:
-                it = iter(loader)
+                it = self.loader_iter = iter(loader)
                 while self.step < cfg.train.steps:
                     self.train_step(it)
                     stop = sig.signum is not None

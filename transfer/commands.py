@@ -49,4 +49,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    return importlib.import_module(HARNESSES[args.task][0]).main(args)
+    from cebench.core.lock import FolderLock
+
+    # one writer per --out; a file or an unwritable folder is refused before any work
+    with FolderLock(args.out, f"cebench transfer {args.task}"):
+        return importlib.import_module(HARNESSES[args.task][0]).main(args)

@@ -48,9 +48,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
+from cebench.core.config import parse_value
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.pretrain.encoder_file import load_encoder
 from cebench.pretrain.export import encoder_from_native_file, is_exported, load_exported
@@ -77,7 +77,7 @@ def _parse_name_kwargs(body: str, spec: str) -> tuple[str, dict[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"encoder spec '{spec}': '{item}' is not of the form key=value")
         k, v = item.split("=", 1)
-        kwargs[k.strip()] = yaml.safe_load(v)
+        kwargs[k.strip()] = parse_value(v, f"{spec}: {k.strip()}")
     return name, kwargs
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cebench.core.errors import CheckpointError
+from cebench.core.errors import CheckpointError, ConfigError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
@@ -64,13 +65,54 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def safe_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """`torch.load(weights_only=True)` with errors that name the file."""
+    """`torch.load(weights_only=True)` with one-line errors that name the file.
+
+    A file holding Python objects other than tensors and plain data is refused as unsafe (loading
+    it could run code); the message never suggests `weights_only=False`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(
+            f"checkpoint {path} is empty (0 bytes): not a cebench checkpoint (an interrupted copy?)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, pickle of a forbidden type, ...
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a weights-only file: {e}"
-        ) from None
+        raise CheckpointError(f"checkpoint {path} {_load_failure(e)}") from None
+
+
+def _load_failure(e: Exception) -> str:
+    """Why torch.load refused a file, in our words (torch's own advice is to load it unsafely)."""
+    text = str(e)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return (
+            f"is not a cebench checkpoint and is unsafe to load: it holds a Python object "
+            f"({unsafe.group(1)}) that could run code; cebench loads only tensors and plain data"
+        )
+    if "Weights only load failed" in text:
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+        why = detail.group(1).strip() if detail else "not a weights-only file"
+        return f"is not a cebench checkpoint (unreadable pickle: {why}); refusing to load it"
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    first = first.split(". This is an internal")[0]  # miniz's advice adds nothing
+    if "weights_only" in first or not first:
+        first = type(e).__name__
+    return f"is corrupt or not a cebench checkpoint ({first})"
+
+
+def inside(base: str | Path, *parts: str | Path) -> Path:
+    """`base/parts...` resolved, refused (ConfigError) unless it lies strictly inside `base`.
+
+    Every path built from a config value or a file name goes through here, so that `..`, an
+    absolute part or a symlink pointing out cannot make cebench write outside its folder."""
+    root = Path(base).resolve()
+    target = root.joinpath(*(str(p) for p in parts)).resolve()
+    if target == root or not target.is_relative_to(root):
+        shown = "/".join(str(p) for p in parts)
+        raise ConfigError(
+            f"'{shown}' would be outside {base} (resolves to {target}); names may not hold "
+            "'..', an absolute path or a symlink pointing out"
+        )
+    return target

@@ -40,6 +40,7 @@ class CheckReport:
     lines: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     formats: list[str] = field(default_factory=list)
+    max_pixels: int | None = None  # images above this are problems (None: load_rgb's limit)
 
     def summary(self) -> str:
         n = len(self.problems)
@@ -55,7 +56,7 @@ class _Sizes:
     def load(self, path: Path) -> tuple[int, int] | None:
         if path not in self.seen:
             try:
-                size = load_rgb(path).size
+                size = load_rgb(path, self.report.max_pixels).size
                 self.sizes[size] += 1
             except DatasetError as e:
                 self.report.problems.append(str(e))
@@ -223,9 +224,15 @@ def check_coco(ann_file: Path, image_root: Path | None, report: CheckReport) -> 
     report.lines.append(sizes.describe())
 
 
-def check(path: str | Path, images: str | Path | None = None) -> CheckReport:
-    """Check the dataset(s) at `path`; `images` = image root for a COCO json (else guessed)."""
-    path, report = Path(path), CheckReport()
+def check(
+    path: str | Path, images: str | Path | None = None, max_pixels: int | None = None
+) -> CheckReport:
+    """Check the dataset(s) at `path`; `images` = image root for a COCO json (else guessed).
+    An image larger than `max_pixels` (default `cebench.data.images.DEFAULT_MAX_PIXELS`) is a
+    problem: its header is read, it is not decoded."""
+    if max_pixels is not None and max_pixels < 1:
+        raise DatasetError(f"--max-pixels must be >= 1, got {max_pixels}")
+    path, report = Path(path), CheckReport(max_pixels=max_pixels)
     if not path.exists():
         report.problems.append(f"{path}: no such file or directory")
         return report

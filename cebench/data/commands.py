@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 EXAMPLES = """examples:
   cebench data synth --out data/builtin
@@ -109,21 +110,33 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from cebench.core.errors import ConfigError
     from cebench.data.synth import generate
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     start = time.perf_counter()
-    info = generate(
-        args.out,
-        seed=args.seed,
-        size=args.size,
-        images=args.images,
-        unlabelled=args.unlabelled,
-        folder_images=args.folder_images,
-        unlabelled_style=args.unlabelled_style,
-        object_scale=args.object_scale,
-        workers=args.workers,
-        force=args.force,
-    )
+    try:
+        info = generate(
+            out,
+            seed=args.seed,
+            size=args.size,
+            images=args.images,
+            unlabelled=args.unlabelled,
+            folder_images=args.folder_images,
+            unlabelled_style=args.unlabelled_style,
+            object_scale=args.object_scale,
+            workers=args.workers,
+            force=args.force,
+        )
+    except OSError as e:  # a read-only or full disk, no permission: nothing half-written is left
+        where = f" ({e.filename})" if e.filename else ""
+        raise ConfigError(
+            f"--out {out}: cannot write the dataset: {e.strerror or e}{where}"
+        ) from None
     elapsed = time.perf_counter() - start
     stats = info["statistics"]["VOC"]
     print(f"wrote {args.out} in {elapsed:.1f} s (seed {info['seed']}, {info['size']} px)")

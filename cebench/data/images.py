@@ -8,12 +8,16 @@
 `load_rgb` is the single place where pixel formats are normalised: grayscale, palette, RGBA/LA
 (composited over white, because the colour under a transparent pixel is arbitrary), CMYK,
 YCbCr, and 16/32-bit integer or float images (scaled to 0..255, never clipped). Any failure to
-read raises `DatasetError` naming the file.
+read raises `DatasetError` naming the file, and so does an image larger than the pixel limit
+(`max_pixels`, default DEFAULT_MAX_PIXELS; checked from the header before anything is decoded, so
+a small file that would decode to gigabytes costs nothing). `set_max_pixels(n)` changes the
+process-wide limit (pretraining's `data.max_pixels`, `cebench data check --max-pixels`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,39 @@ from cebench.core.errors import DatasetError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 # Errors PIL and its decoders raise for broken files; anything else is a real bug and propagates.
-_READ_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError)
+_READ_ERRORS = (
+    OSError,
+    UnidentifiedImageError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    Image.DecompressionBombError,
+)
+# PIL's own "could be a decompression bomb" level (it refuses outright at twice this): about
+# 9459 x 9459, 268 MB as 8-bit RGB
+DEFAULT_MAX_PIXELS = 89_478_485
+_LIMIT = {"max_pixels": DEFAULT_MAX_PIXELS}
+
+
+def set_max_pixels(max_pixels: int) -> int:
+    """Set the process-wide pixel limit of `load_rgb` (0 = PIL's own); returns the previous one."""
+    if max_pixels < 0:
+        raise DatasetError(f"the pixel limit must be >= 0, got {max_pixels}")
+    old, _LIMIT["max_pixels"] = _LIMIT["max_pixels"], max_pixels or DEFAULT_MAX_PIXELS
+    return old
+
+
+def too_large(path: str | Path, size: tuple[int, int], max_pixels: int | None = None) -> str | None:
+    """The problem with an image of `size` (w, h) under the pixel limit, or None."""
+    limit = max_pixels or _LIMIT["max_pixels"]
+    w, h = size
+    if w * h <= limit:
+        return None
+    return (
+        f"{path}: image is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of {limit / 1e6:.1f} "
+        f"Mpx (about {w * h * 3 / 1e9:.2f} GB decoded); raise data.max_pixels / --max-pixels or "
+        "shrink the image"
+    )
 
 
 def is_image_file(path: str | Path) -> bool:
@@ -96,16 +132,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | Path) -> Image.Image:
+def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     """Load an image file as an 8-bit RGB PIL image (EXIF orientation applied).
 
-    Raises DatasetError naming the file if it is missing, truncated, or not a readable image.
+    Raises DatasetError naming the file if it is missing, truncated, not a readable image, or
+    larger than `max_pixels` (default: the process-wide limit, see `set_max_pixels`).
     """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's bomb warning: our own limit speaks instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except _READ_ERRORS as e:
+        raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    problem = too_large(path, im.size, max_pixels)
+    if problem:
+        im.close()
+        raise DatasetError(problem)
+    try:
+        with im:
             im.load()  # decode now, so truncated files fail here and not later in a worker
             im = ImageOps.exif_transpose(im)
             return to_rgb(im)
