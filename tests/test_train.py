@@ -328,7 +328,9 @@ def test_bf16_autocast_and_channels_last_run(images, tmp_path):
 def test_run_shorter_than_sample_every_writes_a_final_grid(images, tmp_path):
     # 5 steps with sample_every=20: no multiple of 20 is reached, the last step writes one anyway;
     # sample_every=0 still means no grid at all
-    run_dir = run(tiny_config(images, tmp_path / "short", ["train.steps=5", "train.sample_every=20"]))
+    run_dir = run(
+        tiny_config(images, tmp_path / "short", ["train.steps=5", "train.sample_every=20"])
+    )
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_000005.png"]
     off = run(tiny_config(images, tmp_path / "off", ["train.steps=5", "train.sample_every=0"]))
     assert not (off / "samples").exists()
