@@ -353,6 +353,10 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}"
         )
+    for flag in ("batch_size", "threads", "probe_epochs"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)

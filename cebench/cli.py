@@ -9,7 +9,8 @@
 
 Each subcommand lives in its own module with `get_args_parser()` and `main(args)` (the
 torchvision references' shape); the module is imported only when its subcommand runs, so
-`cebench --help` is fast. Errors caused by input (`CebenchError`) print one line and exit 2.
+`cebench --help` is fast. Errors caused by input print one line and exit 2: a `CebenchError`
+(a bad file, key or value) and a command-line error (argparse's, without its usage block).
 """
 
 from __future__ import annotations
@@ -66,12 +67,30 @@ def _top_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """argparse errors as one line ("cebench pretrain: error: ... (see --help)"), exit 2; for the
+    parser and every sub-parser (`data synth`, `transfer classify`, ...)."""
+
+    def error(message: str, prog: str = parser.prog) -> None:
+        print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error  # type: ignore[method-assign]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                sub.prog = f"{parser.prog} {name}"
+                _one_line_errors(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     from cebench.core.errors import CebenchError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        args = _top_parser().parse_args(argv)
+        top = _top_parser()
+        _one_line_errors(top)
+        args = top.parse_args(argv)
         if args.version:
             from cebench import __version__
 
@@ -83,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     parser = module.get_args_parser()
     parser.prog = f"cebench {name}"
+    _one_line_errors(parser)
     args = parser.parse_args(rest)
     try:
         rc = module.main(args)

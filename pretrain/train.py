@@ -25,6 +25,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from cebench.core.checkpoints import CKPT, NEXT, PREV
+from cebench.core.device import pick_device
 from cebench.core.errors import ConfigError, DatasetError
 from cebench.core.lock import FolderLock
 from cebench.pretrain.config import PretrainConfig, load_pretrain_config, named_configs
@@ -74,15 +75,21 @@ def _first_image_side(data: str) -> int:
     from PIL import Image
 
     from cebench.data import list_images
+    from cebench.data.images import too_large
     from cebench.data.layout import detect_layout
 
+    if not Path(data).exists():
+        raise DatasetError(f"--data {data}: no such file or directory")
     kind, where = detect_layout(data)[0]
     where = {"synth": where / "unlabelled", "voc": where / "JPEGImages"}.get(kind, where)
     path = list_images(where if where.exists() else data)[0]
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # the header only: nothing is decoded
+            problem = too_large(path, im.size)
+            if problem:
+                raise DatasetError(problem)
             return min(im.size)
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: cannot read image ({e})") from None
 
 
@@ -98,8 +105,9 @@ def auto_config_name(data: str, method: str, mask: str | None) -> str:
     return "paper-alexnet"
 
 
-def build_config(args: argparse.Namespace) -> PretrainConfig:
-    """Named config (or the automatic choice) + the command-line flags + key=value overrides."""
+def build_config(args: argparse.Namespace, notes: list[str] | None = None) -> PretrainConfig:
+    """Named config (or the automatic choice) + the command-line flags + key=value overrides.
+    Notes for the user go to `notes` when given (printed once the run starts), else to stderr."""
     run_dir = Path(args.out)
     if args.resume and (run_dir / "config.yaml").is_file() and not args.config:
         name: str | None = str(run_dir / "config.yaml")  # resuming: start from the run's own config
@@ -136,10 +144,11 @@ def build_config(args: argparse.Namespace) -> PretrainConfig:
         if not args.data:
             raise ConfigError("--data is required (the training images)")
         name = auto_config_name(args.data, args.method or "context-encoder", args.mask)
-        print(
-            f"config: {name} (chosen for the image size of {args.data}; pass --config to choose)",
-            file=sys.stderr,
-        )
+        note = f"config: {name} (chosen for the image size of {args.data}; pass --config to choose)"
+        if notes is None:
+            print(note, file=sys.stderr)
+        else:
+            notes.append(note)
     cfg = load_pretrain_config(name, flags + list(args.overrides))
     if not cfg.data.path:
         raise ConfigError("--data is required (the training images)")
@@ -153,7 +162,9 @@ def _holds_run(run_dir: Path) -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = build_config(args)
+    notes: list[str] = []
+    cfg = build_config(args, notes)
+    pick_device(cfg.train.device)  # an unknown or absent device fails before anything is written
     # one writer per run directory (process 0 only under torchrun: the others write nothing);
     # held until the process ends, so a second `cebench pretrain` or `--resume` is refused
     lock = (
@@ -163,6 +174,8 @@ def main(args: argparse.Namespace) -> int:
     )
     try:
         with lock:
+            for note in notes if os.environ.get("RANK", "0") == "0" else []:
+                print(note, file=sys.stderr)
             run_dir = run(cfg)
     except TrainingInterrupted as e:
         if os.environ.get("RANK", "0") == "0":

@@ -103,6 +103,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line, column)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
+
+
 def parse_value(raw: str, key: str) -> Any:
     """A command-line value read as YAML (`[64, 64]`, `1e-3`, `true`); ConfigError if malformed."""
     try:
@@ -195,8 +202,10 @@ def _read_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a text file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
