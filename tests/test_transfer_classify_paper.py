@@ -17,7 +17,7 @@ from cebench.transfer.data import ClassificationView, crop_images, default_resiz
 from cebench.transfer.encoders import MINUS_ONE_ONE
 from cebench.transfer.metrics import voc07_mean_ap, voc_mean_ap
 
-ALEX = "random:alexnet,width=0.25,conv1_kernel=5,conv1_stride=2,conv1_padding=2"
+ALEX = "random:alexnet,width=0.125,conv1_kernel=5,conv1_stride=2,conv1_padding=2,norm=none"
 
 
 @pytest.fixture(autouse=True)
