@@ -276,6 +276,8 @@ def test_cli_writes_outputs_and_reports_errors(synth, tmp_path, capsys):
                 "nope:tiny",
                 "--data",
                 str(synth),
+                "--preset",
+                "small",  # the paper preset's VOC2007 trainval/test splits are not in synth data
                 "--out",
                 str(tmp_path / "x"),
             ]
