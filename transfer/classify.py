@@ -1,6 +1,7 @@
 """Image classification transfer: linear probe per layer, kNN, or full fine-tuning.
 
-    cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --protocol linear --out runs/cls
+    cebench transfer classify --encoder runs/ce/encoder.pt --data data/VOCdevkit/VOC2007 --out runs/cls   # the paper's protocol
+    cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --protocol linear --preset small --out runs/lin
     cebench transfer classify --encoder random:tiny --data data/builtin/imagefolder --protocol knn --preset small --out runs/knn
 
     from cebench.transfer.classify import ClassifyConfig, run, small_preset
@@ -8,21 +9,33 @@
     result["metrics"]["score"]     # mAP (VOC data) or top-1 (ImageFolder data), in percent
 
 Protocols (what is trained, defaults = `ClassifyConfig`):
-- "finetune" (the paper's classification column): encoder + a new linear head on the globally
-  average-pooled last stage, everything trained (the encoder stays frozen with `frozen=True`), SGD
-  momentum 0.9, lr 0.001, weight decay 5e-4, batch 32, 60 epochs, step decay x0.1 at 2/3, random
-  flips; in the spirit of the Krähenbühl et al. (2016) VOC2007 fine-tuning protocol the paper uses
-  (their exact iteration counts and crops are not reproduced).
+- "finetune" (the paper's classification column): encoder + a new head, everything trained (the
+  encoder stays frozen with `frozen=True`). Defaults: a linear head on the globally average-pooled
+  last stage, SGD momentum 0.9, lr 0.001, weight decay 5e-4, batch 32, 60 epochs, lr x0.1 at 2/3,
+  images resized to the input size, random flips, one test view.
+  `paper_preset()` is Krähenbühl et al.'s VOC 2007 protocol (ICLR 2016, arXiv 1511.06856), which
+  Pathak et al. (CVPR 2016) follow: `rescale="full"` (their data-dependent within- and
+  between-layer rescaling, here of the encoder and the new fc6/fc7 together, on
+  `calibration_images` training images), `head="fc"` (pool5 flattened -> fresh fc6, fc7 of 4096
+  with ReLU and dropout 0.5 -> linear classifier), training images resized to 256/227 of the input
+  and randomly cropped and flipped, 10-crop testing (corners + centre and their flips, logits
+  averaged), VOC 2007 11-point AP as the score, trainval -> test; SGD momentum 0.9, lr 0.001
+  halved every 1/8 of training, batch 16, weight decay 1e-6, 255 epochs (about 80,000
+  iterations): the schedule of their released evaluation code (philkr/voc-classification).
 - "linear": the encoder frozen; per stage, features average-pooled to <= 9216 dims (see
   `cebench.transfer.features`), standardised with training statistics, and a linear classifier trained on
   the cached features with Adam (lr 1e-3, weight decay 5e-4, batch 256, 100 epochs): the
   layer-wise linear-probe protocol of Zhang et al. (CVPR 2017), one classifier per layer.
 - "knn": the encoder frozen; cosine similarity on the same pooled features (L2-normalised),
   k = 20 neighbours voting with weight exp(sim / 0.07) (Wu et al., CVPR 2018, as in DINO).
-Metrics: top-1 (%) for single-label ImageFolder data; VOC mAP (%) for multi-label VOC data
-(per-class scikit-learn average precision, images with only difficult objects of a class left
-out of that class, mean over classes). Low-shot: `shots` labelled images per class or a
-`label_fraction` of the training set (the evaluation set is always whole).
+`head`, `random_crop`, `test_crops` and the lr steps concern "finetune" only; `rescale` applies to
+every protocol (the frozen features are then those of the rescaled encoder).
+Metrics: top-1 (%) for single-label ImageFolder data; for multi-label VOC data both mAPs (%):
+`mAP_area` (per-class scikit-learn average precision) and `mAP_voc07` (the VOC 2007 devkit's
+11-point interpolated AP), with per-class lists; `ap` picks the one reported as `score` / `mAP`.
+Images with only difficult objects of a class are left out of that class; the mean is over
+classes with a positive. Low-shot: `shots` labelled images per class or a `label_fraction` of
+the training set (the evaluation set is always whole).
 """
 
 from __future__ import annotations
