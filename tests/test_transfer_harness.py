@@ -176,8 +176,10 @@ def test_same_seed_same_metrics(synth, tmp_path):
 
 
 def test_feature_cache_hit_skips_the_encoder(synth, tmp_path, monkeypatch):
+    from cebench.transfer import harness
+
     calls = []
-    real = classify.resolve_encoder
+    real = harness.resolve_encoder
 
     def counting(*args, **kwargs):
         enc, info = real(*args, **kwargs)
@@ -185,7 +187,7 @@ def test_feature_cache_hit_skips_the_encoder(synth, tmp_path, monkeypatch):
         first.register_forward_pre_hook(lambda *_: calls.append(1))
         return enc, info
 
-    monkeypatch.setattr(classify, "resolve_encoder", counting)
+    monkeypatch.setattr(harness, "resolve_encoder", counting)
     cfg = classify.small_preset(
         encoder=FAMILIES["tiny"],
         data=str(synth / "imagefolder"),

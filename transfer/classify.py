@@ -41,7 +41,6 @@ the training set (the evaluation set is always whole).
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -50,10 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cebench.core.config import validate
-from cebench.core.device import pick_device
 from cebench.core.errors import ConfigError
-from cebench.core.io import atomic_save
 from cebench.core.logger import MetricLogger
 from cebench.transfer.args import (
     HarnessConfig,
@@ -75,11 +71,11 @@ from cebench.transfer.encoders import (
     MINUS_ONE_ONE,
     renormalize,
     rescale_,
-    resolve_encoder,
     weights_hash,
 )
 from cebench.transfer.features import default_cache_dir, extract_features
-from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.loop import make_optimizer, train_one_epoch
 from cebench.transfer.metrics import top1, voc07_mean_ap, voc_mean_ap
 
 
@@ -223,7 +219,7 @@ class FcLayers(nn.Sequential):
                 nn.init.constant_(m.bias, 0.1)
 
 
-class FinetuneModel(nn.Module):
+class FinetuneModel(FrozenEncoder):
     """Encoder -> neck -> linear classifier `head` (weights N(0, 0.01^2), bias 0).
 
     head="linear": the neck is a global average pool of the last stage; head="fc": the neck is
@@ -388,7 +384,7 @@ def _frozen_protocol(
     unknown = [name for name in layers if name not in encoder.feature_names]
     if unknown:
         raise ConfigError(
-            f"layer '{unknown[0]}' is not a stage of {info['name']}; stages: {', '.join(encoder.feature_names)}"
+            f"layer '{unknown[0]}' is not a stage of {info.name}; stages: {', '.join(encoder.feature_names)}"
         )
     cache = (
         None
@@ -400,11 +396,11 @@ def _frozen_protocol(
     feats, hits = {}, {}
     for name, view in (("train", train), ("val", val)):
         key = {
-            "encoder": info["hash"],
+            "encoder": info.hash,
             "data": files_fingerprint(view.image_paths(), str(view.classes)),
             "split": name,
             "input_size": view.size,
-            "normalize": info["normalize"],
+            "normalize": info.normalize,
         }
         loader = seeded_loader(view, 64, False, cfg.seed, cfg.num_workers)
         feats[name] = extract_features(encoder, loader, layers, key, cache, cfg.probe_dims, device)
@@ -467,26 +463,33 @@ def lr_milestones(cfg: ClassifyConfig, steps: int) -> list[int]:
     return list(range(every, steps, every)) or [steps]
 
 
-def _finetune(
-    cfg, encoder, info, train, val, device, log, calibration
-) -> tuple[dict[str, Any], dict[str, Any]]:
+def build_finetune_model(
+    cfg: ClassifyConfig, encoder: nn.Module, info, train, val, device, calibration
+) -> FinetuneModel:
+    """The fine-tuning network on `device`, its data views set for the protocol's crops; with the
+    fc head and rescaling on, fc6/fc7 are rescaled together with the encoder (Krähenbühl et al.)."""
     keep = low_shot_indices(train.targets(), cfg.shots, cfg.label_fraction, cfg.seed)
     train.indices = [train.indices[i] for i in keep]
     train.crop, train.resize_size = ("random" if cfg.random_crop else "none"), cfg.resize_size
     val.crop = "ten" if cfg.test_crops == 10 else "center" if cfg.random_crop else "none"
     val.resize_size = cfg.resize_size
-    size = info["input_size"]
+    size = info.input_size
     model = FinetuneModel(
-        encoder, len(train.classes), cfg.head, cfg.fc_dims, cfg.fc_dropout, size
+        encoder.to(device), len(train.classes), cfg.head, cfg.fc_dims, cfg.fc_dropout, size
     ).to(device)
     if cfg.head == "fc" and cfg.rescale != "none":
         # the fresh fc6/fc7 are part of the network Krähenbühl et al. rescale
-        images = renormalize(calibration(size), info["normalize"]).to(device)
+        images = renormalize(calibration(size), info.normalize).to(device)
         record = rescale_(model, images, cfg.rescale, forward=model.features, seed=cfg.seed)
-        info["meta"] = {**info["meta"], "rescale": {**record, "layers": "encoder, fc6, fc7"}}
-        info["hash"] = weights_hash(model.encoder)
+        info.meta = {**info.meta, "rescale": {**record, "layers": "encoder, fc6, fc7"}}
+        info.hash = weights_hash(model.encoder)
     if cfg.frozen:
-        freeze(model.encoder)
+        model.freeze_encoder()
+    return model
+
+
+def finetune(cfg: ClassifyConfig, model: FinetuneModel, train, device, log) -> None:
+    """SGD/Adam on every trainable parameter, step lr schedule (`lr_milestones`)."""
     opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     loader = seeded_loader(train, cfg.batch_size, True, cfg.seed, cfg.num_workers)
     steps = cfg.epochs * len(loader)
@@ -497,14 +500,18 @@ def _finetune(
 
     for epoch in range(cfg.epochs):
         model.train()
-        if cfg.frozen:
-            model.encoder.eval()
         stats = train_one_epoch(model, loader, loss_fn, opt, device, sched)
         log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
+
+
+def evaluate_finetuned(
+    cfg: ClassifyConfig, model: FinetuneModel, train, val, device
+) -> dict[str, Any]:
+    """Scores on `val` (10-crop averaged when test_crops=10): top-1 or both VOC APs."""
     batch = 64 // cfg.test_crops
     s, y = _predict(model, seeded_loader(val, batch, False, cfg.seed, cfg.num_workers), device)
     m = score(s, y, cfg.ap)
-    metrics = {
+    return {
         "score": m.get("mAP", m.get("top1")),
         **m,
         "train_images": len(train),
@@ -512,55 +519,82 @@ def _finetune(
         "test_crops": cfg.test_crops,
         "head": cfg.head,
     }
-    return metrics, {
-        "protocol": "finetune",
-        "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-    }
+
+
+class Classify(Harness):
+    """Linear probe, kNN or fine-tuning (see the module docstring); `run = Classify().run`.
+
+    For the frozen protocols the "model" is the probed encoder: `fit` extracts (cached) features
+    and trains one probe per layer, `evaluate` reports their scores."""
+
+    task = "classify"
+
+    def load_data(self, cfg: ClassifyConfig) -> Splits:
+        fmt, root = find_format(cfg.data)
+        train, val = classification_splits(
+            root, fmt, cfg.train_split, cfg.val_split, 0, MINUS_ONE_ONE
+        )
+        return Splits(train, val, fmt)
+
+    def calibration(self, cfg: ClassifyConfig, data: Splits):
+        def images(size: int) -> torch.Tensor:
+            view = ClassificationView(data.train.base, size, MINUS_ONE_ONE, False)
+            return calibration_batch(view, cfg.calibration_images, cfg.seed)
+
+        return images
+
+    def rescale(self, cfg: ClassifyConfig) -> str:
+        # with the fc head, the rescaling covers the new fc6/fc7 too: done in build
+        return "none" if cfg.protocol == "finetune" and cfg.head == "fc" else cfg.rescale
+
+    def log_total(self, cfg: ClassifyConfig) -> int | None:
+        return None
+
+    def describe(self, cfg: ClassifyConfig) -> str:
+        return f"classify/{cfg.protocol}"
+
+    def build(self, cfg: ClassifyConfig, encoder, info, data: Splits, device) -> dict[str, Any]:
+        for view in (data.train, data.val):
+            view.size, view.normalize = info.input_size, info.normalize
+        if cfg.protocol != "finetune":
+            return {"encoder": encoder}
+        calibration = self.calibration(cfg, data)
+        return {
+            "net": build_finetune_model(
+                cfg, encoder, info, data.train, data.val, device, calibration
+            )
+        }
+
+    def fit(
+        self, cfg: ClassifyConfig, model: dict[str, Any], data: Splits, info, device, log
+    ) -> None:
+        if "net" in model:
+            finetune(cfg, model["net"], data.train, device, log)
+        else:
+            model["metrics"], model["probes"] = _frozen_protocol(
+                cfg, model["encoder"], info, data.train, data.val, device, log
+            )
+
+    def evaluate(
+        self, cfg: ClassifyConfig, model: dict[str, Any], data: Splits, info, device
+    ) -> dict[str, Any]:
+        if "net" in model:
+            metrics = evaluate_finetuned(cfg, model["net"], data.train, data.val, device)
+        else:
+            metrics = model["metrics"]
+        return {**metrics, "format": data.format}
+
+    def checkpoint(
+        self, cfg: ClassifyConfig, model: dict[str, Any], data: Splits, info
+    ) -> dict[str, Any]:
+        if "net" in model:
+            weights = {k: v.cpu() for k, v in model["net"].state_dict().items()}
+            saved: dict[str, Any] = {"protocol": "finetune", "state_dict": weights}
+        else:
+            saved = model["probes"]
+        return {**saved, "classes": data.train.classes}
 
 
 def run(cfg: ClassifyConfig) -> dict[str, Any]:
     """Run one classification transfer job; writes metrics.json, log.jsonl, model.pt under cfg.out."""
-    validate(cfg)
-    if not cfg.out:
-        raise ConfigError("config key 'out' (--out) is required")
-    start = time.time()
-    set_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    fmt, root = find_format(cfg.data)
-    out = Path(cfg.out)
-    train, val = classification_splits(root, fmt, cfg.train_split, cfg.val_split, 0, MINUS_ONE_ONE)
-
-    def calibration(size: int) -> torch.Tensor:
-        view = ClassificationView(train.base, size, MINUS_ONE_ONE, False)
-        return calibration_batch(view, cfg.calibration_images, cfg.seed)
-
-    # with the fc head, the rescaling covers the new fc6/fc7 too: done in _finetune
-    fc_head = cfg.protocol == "finetune" and cfg.head == "fc"
-    encoder, info = resolve_encoder(
-        cfg.encoder,
-        cfg.input_size,
-        calibration,
-        cfg.seed,
-        rescale="none" if fc_head else cfg.rescale,
-        device=device,
-    )
-    for view in (train, val):
-        view.size, view.normalize = info["input_size"], info["normalize"]
-    set_seed(cfg.seed)
-    log = MetricLogger(out / "log.jsonl", total=None, desc=f"classify/{cfg.protocol}")
-    try:
-        if cfg.protocol == "finetune":
-            metrics, model = _finetune(
-                cfg, encoder.to(device), info, train, val, device, log, calibration
-            )
-        else:
-            metrics, model = _frozen_protocol(cfg, encoder, info, train, val, device, log)
-    finally:
-        log.close()
-    metrics["format"] = fmt
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(
-        {"task": "classify", **model, "classes": train.classes, "encoder": info["spec"]},
-        out / "model.pt",
-    )
-    return write_run(out, "classify", metrics, cfg, info, device, start)
+    return Classify().run(cfg)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,11 +53,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_pool
 from torchvision.transforms import functional as TF
 
-from cebench.core.config import validate
-from cebench.core.device import pick_device
 from cebench.core.errors import ConfigError, DatasetError
-from cebench.core.io import atomic_save
-from cebench.core.logger import MetricLogger
 from cebench.data.layout import guess_coco_val
 from cebench.pretrain.models.base import Encoder
 from cebench.transfer.args import (
@@ -69,8 +64,8 @@ from cebench.transfer.args import (
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
-from cebench.transfer.encoders import resolve_encoder
-from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.loop import make_optimizer, train_one_epoch
 from cebench.transfer.metrics import (
     DetectionEvaluator,
     VOCDetectionEvaluator,
@@ -215,7 +210,7 @@ def select_levels(
     return levels[-max_levels:]
 
 
-class EncoderBackbone(nn.Module):
+class EncoderBackbone(FrozenEncoder):
     """Encoder stages -> OrderedDict of maps ("0", "1", ...), optionally through an FPN."""
 
     def __init__(
@@ -228,9 +223,8 @@ class EncoderBackbone(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.levels = levels
-        self.frozen = frozen
         if frozen:
-            freeze(encoder)
+            self.freeze_encoder()
         if fpn_channels and len(levels) > 1:
             self.fpn = FeaturePyramidNetwork([c for _, c, _ in levels], fpn_channels)
             self.out_channels = fpn_channels
@@ -238,12 +232,6 @@ class EncoderBackbone(nn.Module):
             self.fpn = None
             self.levels = levels[-1:]
             self.out_channels = levels[-1][1]
-
-    def train(self, mode: bool = True) -> EncoderBackbone:
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = stage_features(self.encoder, x, self.levels[-1][0])
@@ -548,72 +536,88 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(cfg: DetectConfig) -> dict[str, Any]:
-    """Train and evaluate one detector; writes metrics.json, log.jsonl and model.pt under cfg.out."""
-    validate(cfg)
-    if not cfg.out:
-        raise ConfigError("config key 'out' (--out) is required")
-    start = time.time()
-    set_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    tr, va, coco_gt, label_to_cat, fmt = detection_splits(cfg)
-    out = Path(cfg.out)
+class Detect(Harness):
+    """Faster R-CNN on the encoder (see the module docstring); `run = Detect().run`."""
 
-    def calibration(size: int) -> torch.Tensor:
+    task = "detect"
+
+    def load_data(self, cfg: DetectConfig) -> Splits:
+        tr, va, coco_gt, label_to_cat, fmt = detection_splits(cfg)
+        return Splits(tr, va, fmt, {"coco_gt": coco_gt, "label_to_cat": label_to_cat})
+
+    def calibration(self, cfg: DetectConfig, data: Splits):
         from cebench.transfer.data import ResizedImages
 
-        return calibration_batch(ResizedImages(tr, size), cfg.calibration_images, cfg.seed)
+        return lambda size: calibration_batch(
+            ResizedImages(data.train, size), cfg.calibration_images, cfg.seed
+        )
 
-    encoder, info = resolve_encoder(
-        cfg.encoder, cfg.input_size, calibration, cfg.seed, rescale=cfg.rescale, device=device
-    )
-    min_size, max_size = detector_size(cfg, info["input_size"])
-    set_seed(cfg.seed)
-    model = build_detector(encoder, len(tr.classes), info["input_size"], cfg, info["normalize"]).to(
-        device
-    )
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    loader = seeded_loader(
-        DetectionView(tr, True), cfg.batch_size, True, cfg.seed, cfg.num_workers, _collate
-    )
-    steps = cfg.epochs * len(loader)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, [max(1, int(cfg.lr_step_at * steps))], 0.1)
-    log = MetricLogger(out / "log.jsonl", total=cfg.epochs, desc="detect")
-    try:
+    def build(self, cfg: DetectConfig, encoder, info, data: Splits, device) -> nn.Module:
+        return build_detector(
+            encoder, len(data.train.classes), info.input_size, cfg, info.normalize
+        ).to(device)
+
+    def fit(self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device, log) -> None:
+        opt = make_optimizer(
+            model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
+        )
+        loader = seeded_loader(
+            DetectionView(data.train, True),
+            cfg.batch_size,
+            True,
+            cfg.seed,
+            cfg.num_workers,
+            _collate,
+        )
+        steps = cfg.epochs * len(loader)
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, [max(1, int(cfg.lr_step_at * steps))], 0.1
+        )
         for epoch in range(cfg.epochs):
             model.train()
             stats = train_one_epoch(model, loader, detection_loss, opt, device, sched)
             log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
-    finally:
-        log.close()
-    val_loader = seeded_loader(
-        DetectionView(va, False), cfg.batch_size, False, cfg.seed, cfg.num_workers, _collate
-    )
-    evaluators = [
-        DetectionEvaluator(coco_gt, label_to_cat),
-        VOCDetectionEvaluator.from_coco(coco_gt, label_to_cat),
-    ]
-    metrics = evaluate(model, val_loader, evaluators, device)
-    if fmt == "voc":  # name the per-class entries after the dataset's classes
-        for key in ("per_class_AP", "per_class_AP50", "per_class_AP_voc07"):
-            metrics[key] = {tr.classes[int(k) - 1]: v for k, v in metrics[key].items()}
-    metrics.update(
-        score=metrics["mAP_voc07"] if cfg.ap == "voc07" else metrics["AP50"],
-        score_metric="mAP_voc07" if cfg.ap == "voc07" else "AP50",
-        image_size=[min_size, max_size],
-        format=fmt,
-        train_images=len(tr),
-        val_images=len(va),
-        levels=[name for name, _, _ in model.backbone.levels],
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(
-        {
-            "task": "detect",
+
+    def evaluate(
+        self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device
+    ) -> dict[str, Any]:
+        val_loader = seeded_loader(
+            DetectionView(data.val, False),
+            cfg.batch_size,
+            False,
+            cfg.seed,
+            cfg.num_workers,
+            _collate,
+        )
+        coco_gt, label_to_cat = data.extra["coco_gt"], data.extra["label_to_cat"]
+        evaluators = [
+            DetectionEvaluator(coco_gt, label_to_cat),
+            VOCDetectionEvaluator.from_coco(coco_gt, label_to_cat),
+        ]
+        metrics = evaluate(model, val_loader, evaluators, device)
+        classes = data.train.classes
+        if data.format == "voc":  # name the per-class entries after the dataset's classes
+            for key in ("per_class_AP", "per_class_AP50", "per_class_AP_voc07"):
+                metrics[key] = {classes[int(k) - 1]: v for k, v in metrics[key].items()}
+        min_size, max_size = detector_size(cfg, info.input_size)
+        metrics.update(
+            score=metrics["mAP_voc07"] if cfg.ap == "voc07" else metrics["AP50"],
+            score_metric="mAP_voc07" if cfg.ap == "voc07" else "AP50",
+            image_size=[min_size, max_size],
+            format=data.format,
+            train_images=len(data.train),
+            val_images=len(data.val),
+            levels=[name for name, _, _ in model.backbone.levels],
+        )
+        return metrics
+
+    def checkpoint(self, cfg: DetectConfig, model: nn.Module, data: Splits, info) -> dict[str, Any]:
+        return {
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "classes": list(tr.classes),
-            "encoder": info["spec"],
-        },
-        out / "model.pt",
-    )
-    return write_run(out, "detect", metrics, cfg, info, device, start)
+            "classes": list(data.train.classes),
+        }
+
+
+def run(cfg: DetectConfig) -> dict[str, Any]:
+    """Train and evaluate one detector; writes metrics.json, log.jsonl and model.pt under cfg.out."""
+    return Detect().run(cfg)

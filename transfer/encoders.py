@@ -42,8 +42,10 @@ Calibration images come in [-1, 1] and are renormalised to the statistics the we
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +79,7 @@ def _parse_name_kwargs(body: str, spec: str) -> tuple[str, dict[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"encoder spec '{spec}': '{item}' is not of the form key=value")
         k, v = item.split("=", 1)
-        kwargs[k.strip()] = parse_value(v, f"{spec}: {k.strip()}")
+        kwargs[k.strip()] = parse_value(v, f"{k.strip()}' in encoder spec '{spec}")
     return name, kwargs
 
 
@@ -348,6 +350,44 @@ def rescale_(
     return record
 
 
+@dataclass
+class EncoderInfo:
+    """What a harness knows about a resolved encoder (the second value of `resolve_encoder`).
+
+    Typed fields; `info["key"]` reads and writes the same fields (older callers), and `as_dict()`
+    is what metrics.json records."""
+
+    spec: str
+    name: str
+    kwargs: dict[str, Any]
+    meta: dict[str, Any]
+    normalize: dict[str, list[float]]
+    input_size: int
+    hash: str
+    path: str | None = None  # the encoder.pt or exported file it came from
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EncoderInfo:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 def _load_path(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     if path.is_dir():
         if not (path / "encoder.pt").is_file():
@@ -438,8 +478,8 @@ def resolve_encoder(
     seed: int = 0,
     rescale: str = "none",
     device: torch.device | str | None = None,
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the encoder named by `spec` (see module docstring) -> (encoder, info).
+) -> tuple[nn.Module, EncoderInfo]:
+    """Build the encoder named by `spec` (see module docstring) -> (encoder, EncoderInfo).
 
     `calibration_images` (random-rescaled or `rescale` != "none"): a batch in [-1, 1], or a
     function of the input size returning one (the harness then loads its training images at the
@@ -505,7 +545,7 @@ def resolve_encoder(
     else:
         info["meta"] = {**info["meta"], "rescale": {"mode": "none"}}
     info.update(spec=spec, input_size=size, hash=weights_hash(encoder))
-    return encoder, info
+    return encoder, EncoderInfo.from_dict(info)
 
 
 def renormalize(images: torch.Tensor, normalize: dict[str, list[float]]) -> torch.Tensor:

@@ -119,8 +119,8 @@ def write_run(
         "seed": cfg.seed,
         "wall_time_s": round(time.time() - start, 3),
         "device": describe(device),
-        "encoder": {k: v for k, v in info.items() if k != "meta"}
-        | {"meta": _plain(info.get("meta", {}))},
+        "encoder": {k: v for k, v in info.as_dict().items() if k != "meta"}
+        | {"meta": _plain(info.meta)},
         "commit": git_commit(),
     }
     atomic_write_text(out / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -43,11 +41,7 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from cebench.core.config import validate
-from cebench.core.device import pick_device
 from cebench.core.errors import ConfigError, DatasetError
-from cebench.core.io import atomic_save
-from cebench.core.logger import MetricLogger
 from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
@@ -57,8 +51,8 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
-from cebench.transfer.encoders import resolve_encoder
-from cebench.transfer.loop import freeze, make_optimizer, set_seed, train_one_epoch, write_run
+from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.loop import make_optimizer, train_one_epoch
 from cebench.transfer.metrics import ConfusionMatrix
 
 
@@ -129,7 +123,7 @@ def _same_padding(k: int) -> tuple[int, int, int, int]:
     return (before, k - 1 - before, before, k - 1 - before)
 
 
-class FCN(nn.Module):
+class FCN(FrozenEncoder):
     """Encoder + score layers on the last stage and `skips` finer stages, summed coarse to fine.
 
     With `fc_dims` > 0 the last stage first goes through FCN's convolutionalised fc6 (a
@@ -149,9 +143,8 @@ class FCN(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
-        self.frozen = frozen
         if frozen:
-            freeze(encoder)
+            self.freeze_encoder()
         levels = select_levels(encoder, input_size, skips + 1, min_stride=1) if skips else []
         last = encoder.feature_info[-1]
         names = [name for name, _, _ in levels if name != last.name][-skips:] if skips else []
@@ -178,12 +171,6 @@ class FCN(nn.Module):
         for n in self.stages[1:] if self.fc is None else self.stages:
             nn.init.zeros_(self.scores[n].weight)
             nn.init.zeros_(self.scores[n].bias)
-
-    def train(self, mode: bool = True) -> FCN:
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder.forward_features(x)
@@ -286,93 +273,97 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(cfg: SegmentConfig) -> dict[str, Any]:
-    """Train and evaluate one FCN; writes metrics.json, log.jsonl and model.pt under cfg.out."""
-    from cebench.data import VOCSegmentation
+class Segment(Harness):
+    """FCN on the encoder (see the module docstring); `run = Segment().run`."""
 
-    validate(cfg)
-    if not cfg.out:
-        raise ConfigError("config key 'out' (--out) is required")
-    start = time.time()
-    set_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    fmt, root = find_format(cfg.data)
-    if fmt != "voc":
-        raise DatasetError(
-            f"--data {cfg.data}: segmentation needs VOC-format data (SegmentationClass/)"
+    task = "segment"
+
+    def load_data(self, cfg: SegmentConfig) -> Splits:
+        from cebench.data import VOCSegmentation
+
+        fmt, root = find_format(cfg.data)
+        if fmt != "voc":
+            raise DatasetError(
+                f"--data {cfg.data}: segmentation needs VOC-format data (SegmentationClass/)"
+            )
+        tr, va = VOCSegmentation(root, cfg.train_split), VOCSegmentation(root, cfg.val_split)
+        return Splits(tr, va, fmt)
+
+    def calibration(self, cfg: SegmentConfig, data: Splits):
+        return lambda size: calibration_batch(
+            ResizedImages(data.train, size), cfg.calibration_images, cfg.seed
         )
-    tr, va = VOCSegmentation(root, cfg.train_split), VOCSegmentation(root, cfg.val_split)
-    num_classes = len(tr.classes) + 1  # + background
-    out = Path(cfg.out)
 
-    def calibration(size: int) -> torch.Tensor:
-        return calibration_batch(ResizedImages(tr, size), cfg.calibration_images, cfg.seed)
+    def build(self, cfg: SegmentConfig, encoder, info, data: Splits, device) -> FCN:
+        num_classes = len(data.train.classes) + 1  # + background
+        return FCN(
+            encoder,
+            num_classes,
+            info.input_size,
+            cfg.skips,
+            cfg.frozen,
+            cfg.fc_dims,
+            cfg.fc_kernel,
+            cfg.fc_dropout,
+        ).to(device)
 
-    encoder, info = resolve_encoder(
-        cfg.encoder, cfg.input_size, calibration, cfg.seed, rescale=cfg.rescale, device=device
-    )
-    size = info["input_size"]
-    set_seed(cfg.seed)
-    model = FCN(
-        encoder,
-        num_classes,
-        size,
-        cfg.skips,
-        cfg.frozen,
-        cfg.fc_dims,
-        cfg.fc_kernel,
-        cfg.fc_dropout,
-    ).to(device)
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    loader = seeded_loader(
-        SegmentationView(tr, size, info["normalize"], True),
-        cfg.batch_size,
-        True,
-        cfg.seed,
-        cfg.num_workers,
-    )
-    steps = max(1, cfg.epochs * len(loader))
-    if cfg.lr_schedule == "poly":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (1 - min(s, steps - 1) / steps) ** 0.9
+    def fit(self, cfg: SegmentConfig, model: FCN, data: Splits, info, device, log) -> None:
+        opt = make_optimizer(
+            model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
         )
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    log = MetricLogger(out / "log.jsonl", total=cfg.epochs, desc="segment")
-    try:
+        loader = seeded_loader(
+            SegmentationView(data.train, info.input_size, info.normalize, True),
+            cfg.batch_size,
+            True,
+            cfg.seed,
+            cfg.num_workers,
+        )
+        steps = max(1, cfg.epochs * len(loader))
+        if cfg.lr_schedule == "poly":
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda s: (1 - min(s, steps - 1) / steps) ** 0.9
+            )
+        else:
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
         for epoch in range(cfg.epochs):
             model.train()
             stats = train_one_epoch(model, loader, segmentation_loss, opt, device, sched)
             log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
-    finally:
-        log.close()
-    original = cfg.eval_size == "original"
-    val_loader = seeded_loader(
-        SegmentationView(va, size, info["normalize"], False, original_masks=original),
-        cfg.batch_size,
-        False,
-        cfg.seed,
-        cfg.num_workers,
-        images_and_masks if original else None,
-    )
-    metrics = evaluate(model, val_loader, num_classes, device)
-    metrics.update(
-        score=metrics["mIoU"],
-        format=fmt,
-        classes=["background", *tr.classes],
-        train_images=len(tr),
-        val_images=len(va),
-        stages=model.stages,
-        eval_size=cfg.eval_size,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_save(
-        {
-            "task": "segment",
+
+    def evaluate(
+        self, cfg: SegmentConfig, model: FCN, data: Splits, info, device
+    ) -> dict[str, Any]:
+        original = cfg.eval_size == "original"
+        val_loader = seeded_loader(
+            SegmentationView(
+                data.val, info.input_size, info.normalize, False, original_masks=original
+            ),
+            cfg.batch_size,
+            False,
+            cfg.seed,
+            cfg.num_workers,
+            images_and_masks if original else None,
+        )
+        classes = ["background", *data.train.classes]
+        metrics = evaluate(model, val_loader, len(classes), device)
+        metrics.update(
+            score=metrics["mIoU"],
+            format=data.format,
+            classes=classes,
+            train_images=len(data.train),
+            val_images=len(data.val),
+            stages=model.stages,
+            eval_size=cfg.eval_size,
+        )
+        return metrics
+
+    def checkpoint(self, cfg: SegmentConfig, model: FCN, data: Splits, info) -> dict[str, Any]:
+        return {
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "classes": ["background", *tr.classes],
-            "encoder": info["spec"],
-        },
-        out / "model.pt",
-    )
-    return write_run(out, "segment", metrics, cfg, info, device, start)
+            "classes": ["background", *data.train.classes],
+        }
+
+
+def run(cfg: SegmentConfig) -> dict[str, Any]:
+    """Train and evaluate one FCN; writes metrics.json, log.jsonl and model.pt under cfg.out."""
+    return Segment().run(cfg)

@@ -1,0 +1,144 @@
+"""The one skeleton every transfer harness runs (the torchvision references' `main`, once).
+
+    class Segment(Harness):            # transfer/segment.py
+        task = "segment"
+        def load_data(self, cfg): ...           # -> Splits(train, val, ...)
+        def build(self, cfg, encoder, info, data, device): ...   # -> the model
+        def fit(self, cfg, model, data, info, device, log): ...
+        def evaluate(self, cfg, model, data, info, device): ...  # -> metrics
+        def checkpoint(self, cfg, model, data, info): ...        # -> model.pt content
+    run = Segment().run                 # run(cfg) -> the metrics.json record
+
+`Harness.run` does, in this order and in no other place: validate the config, require `out`, seed,
+pick the device, load the data, resolve the encoder (with the harness's calibration batch and
+`cfg.rescale`, `cebench.transfer.encoders.resolve_encoder`), seed again, build, fit, evaluate and
+save (model.pt, metrics.json, config.yaml). Freezing a model's encoder is `FrozenEncoder`'s job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cebench.core.config import validate
+from cebench.core.device import pick_device
+from cebench.core.errors import ConfigError
+from cebench.core.io import atomic_save
+from cebench.core.logger import MetricLogger
+from cebench.transfer.encoders import EncoderInfo, resolve_encoder
+from cebench.transfer.loop import freeze, set_seed, write_run
+
+
+@dataclass
+class Splits:
+    """A harness's data: the training and evaluation sets and whatever else it needs."""
+
+    train: Any
+    val: Any
+    format: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FrozenEncoder(nn.Module):
+    """Base of the transfer models that hold `self.encoder`: `freeze_encoder()` stops its
+    gradients and keeps it in eval mode (fixed BatchNorm statistics) through every `train()`."""
+
+    frozen: bool = False
+
+    def freeze_encoder(self) -> None:
+        freeze(self.encoder)
+        self.frozen = True
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+
+class Harness:
+    task: str = ""
+
+    # ----- what each harness defines
+    def load_data(self, cfg: Any) -> Splits:
+        raise NotImplementedError
+
+    def calibration(self, cfg: Any, data: Splits) -> Callable[[int], torch.Tensor] | None:
+        """A function of the encoder's input size giving training images in [-1, 1] (for the
+        data-dependent rescaling); None when the harness has none."""
+        return None
+
+    def rescale(self, cfg: Any) -> str:
+        """The rescaling `resolve_encoder` applies (a harness may do it later itself)."""
+        return cfg.rescale
+
+    def log_total(self, cfg: Any) -> int | None:
+        return cfg.epochs
+
+    def build(
+        self, cfg: Any, encoder: nn.Module, info: EncoderInfo, data: Splits, device: torch.device
+    ) -> Any:
+        raise NotImplementedError
+
+    def fit(
+        self,
+        cfg: Any,
+        model: Any,
+        data: Splits,
+        info: EncoderInfo,
+        device: torch.device,
+        log: MetricLogger,
+    ) -> None:
+        raise NotImplementedError
+
+    def evaluate(
+        self, cfg: Any, model: Any, data: Splits, info: EncoderInfo, device: torch.device
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def checkpoint(self, cfg: Any, model: Any, data: Splits, info: EncoderInfo) -> dict[str, Any]:
+        """model.pt's content besides "task" and "encoder" (default: the model's weights)."""
+        return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
+
+    # ----- the skeleton
+    def run(self, cfg: Any) -> dict[str, Any]:
+        """Train and evaluate; writes metrics.json, config.yaml, log.jsonl and model.pt under cfg.out."""
+        validate(cfg)
+        if not cfg.out:
+            raise ConfigError("config key 'out' (--out) is required")
+        out = Path(cfg.out)
+        start = time.time()
+        set_seed(cfg.seed)
+        device = pick_device(cfg.device)
+        data = self.load_data(cfg)
+        encoder, info = resolve_encoder(
+            cfg.encoder,
+            cfg.input_size,
+            self.calibration(cfg, data),
+            cfg.seed,
+            rescale=self.rescale(cfg),
+            device=device,
+        )
+        set_seed(cfg.seed)
+        log = MetricLogger(out / "log.jsonl", total=self.log_total(cfg), desc=self.describe(cfg))
+        try:
+            model = self.build(cfg, encoder, info, data, device)
+            self.fit(cfg, model, data, info, device, log)
+        finally:
+            log.close()
+        metrics = self.evaluate(cfg, model, data, info, device)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_save(
+            {"task": self.task, **self.checkpoint(cfg, model, data, info), "encoder": info.spec},
+            out / "model.pt",
+        )
+        return write_run(out, self.task, metrics, cfg, info, device, start)
+
+    def describe(self, cfg: Any) -> str:
+        return self.task
