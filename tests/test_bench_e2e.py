@@ -24,7 +24,7 @@ def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
     assert len(runner.hashes) == len(runner.cells) == len(set(runner.hashes.values()))
     if name == "default":
         kinds = {c.kind for c in runner.cells}
-        assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 15 + 12 + 84
+        assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 15 + 12 + 105
         cfg = runner.resolved["ce-region.pretrain.s2"]
         assert cfg["mask"]["kind"] == "random-region" and cfg["train"]["seed"] == 2
         assert runner.resolved["random.detection.s1"]["encoder"] == "random:tiny,width=16,depth=5"
