@@ -237,7 +237,6 @@ class Trainer:
         self.run_dir = Path(cfg.train.out)
         self.state = self._find_checkpoint(cfg)
         if self.state is not None:
-            same_architecture(cfg, self.state["config"], self.run_dir)
             cfg = resumed_config(cfg, self.state["config"])
         check_consistency(cfg)
         self.method_cls = get_method(cfg.method)
@@ -279,6 +278,7 @@ class Trainer:
                 "continue it or choose another --out"
             )
         state, path = load_training_checkpoint(self.run_dir)
+        same_architecture(cfg, state["config"], self.run_dir)
         self.say(f"resuming {path} at step {state['step']} of {cfg.train.steps}")
         return state
 

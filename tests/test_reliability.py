@@ -336,7 +336,9 @@ def test_data_check_reports_an_image_over_the_pixel_limit(tmp_path, capsys):
     Image.fromarray(np.zeros((40, 30, 3), np.uint8)).save(folder / "small.png")
     report = check(folder)
     assert any(
-        "big.png: image is 12000x12000 = 144.0 Mpx, over the limit" in p for p in report.problems
+        "big.png: image is 12000x12000 = 144.0 Mpx (0.43 GB decoded), over the limit of 89.5 Mpx"
+        in p
+        for p in report.problems
     )
     assert len(report.problems) == 1
     assert check(folder, max_pixels=1000).problems[0].startswith(f"{folder / 'big.png'}")

@@ -94,7 +94,7 @@ def _load_failure(e: Exception) -> str:
     if "Weights only load failed" in text:
         detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
         why = detail.group(1).strip() if detail else "not a weights-only file"
-        return f"is not a cebench checkpoint (unreadable pickle: {why}); refusing to load it"
+        return f"is corrupt or not a cebench checkpoint (unreadable pickle: {why})"
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     first = first.split(". This is an internal")[0]  # miniz's advice adds nothing
     if "weights_only" in first or not first:

@@ -58,11 +58,16 @@ def too_large(path: str | Path, size: tuple[int, int], max_pixels: int | None = 
     w, h = size
     if w * h <= limit:
         return None
+    gb = w * h * 3 / 1e9
+    cost = f" ({gb:.2f} GB decoded)" if gb >= 0.01 else ""
     return (
-        f"{path}: image is {w}x{h} = {w * h / 1e6:.1f} Mpx, over the limit of {limit / 1e6:.1f} "
-        f"Mpx (about {w * h * 3 / 1e9:.2f} GB decoded); raise data.max_pixels / --max-pixels or "
-        "shrink the image"
+        f"{path}: image is {w}x{h} = {_pixels(w * h)}{cost}, over the limit of {_pixels(limit)}; "
+        "raise data.max_pixels / --max-pixels or shrink the image"
     )
+
+
+def _pixels(n: int) -> str:
+    return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n} px"
 
 
 def is_image_file(path: str | Path) -> bool:
