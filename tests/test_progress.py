@@ -74,7 +74,8 @@ def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
     from PIL import Image
 
     from cebench.data.synth import builtin_reason, generate
-    from cebench.transfer.args import config_from_args
+    from cebench.cli import main as cebench
+    from cebench.transfer.args import config_from_args, preset_note
     from cebench.transfer.classify import get_args_parser, paper_preset, small_preset
 
     generate(tmp_path / "b", size=32, images=4, unlabelled=0, folder_images=12, workers=1)
@@ -90,10 +91,17 @@ def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
 
     voc = str(tmp_path / "b" / "VOC")
     base = ["--encoder", "random:tiny", "--data", voc, "--out", str(tmp_path / "o")]
+    notes = {}
     for preset, maker in (("paper", paper_preset), ("small", small_preset)):
         args = get_args_parser().parse_args([*base, "--preset", preset])
         config_from_args(maker, args, {})
+        notes[preset] = preset_note(args)
+    assert notes["small"] is None  # the paper preset only
+    assert notes["paper"].startswith(f"note: {voc} looks like the built-in synthetic data")
+    assert "`--preset small`" in notes["paper"]
+    # when the paper preset then fails on this data (no VOC2007 trainval/test splits), the note
+    # joins the one-line error instead of standing on a line of its own
+    capsys.readouterr()
+    rc = cebench(["transfer", "classify", *base, "--preset", "paper"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1  # the paper preset only
-    assert err[0].startswith(f"note: {voc} looks like the built-in synthetic data")
-    assert "`--preset small`" in err[0]
+    assert rc == 2 and len(err) == 1 and "`--preset small`" in err[0] and "trainval" in err[0]

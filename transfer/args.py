@@ -10,7 +10,6 @@ config key (`cebench.core.config.apply_overrides`, unknown keys are errors). Not
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -140,23 +139,29 @@ def config_from_args(
         **extra,
     }
     cfg = preset(**{k: v for k, v in given.items() if v is not None})
-    if getattr(args, "preset", "small") != "small":
-        builtin_data_note(args.data or getattr(args, "coco_images", None))
     return apply_overrides(cfg, list(args.set))
 
 
-def builtin_data_note(data: str | None) -> None:
-    """On the built-in synthetic data with a non-small preset, say `--preset small` is its preset."""
+def preset_note(args: argparse.Namespace) -> str | None:
+    """On the built-in synthetic data with a non-small preset: a note saying `--preset small` is
+    the preset meant for it (the harness prints it once its data and encoder are ready, or adds it
+    to the one-line error when they are not)."""
+    if getattr(args, "preset", "small") == "small":
+        return None
+    return builtin_data_note(args.data or getattr(args, "coco_images", None))
+
+
+def builtin_data_note(data: str | None) -> str | None:
+    """The note for `data` when it looks like the built-in synthetic data, else None."""
     from cebench.data.synth import builtin_reason
 
     reason = builtin_reason(data)
-    if reason:
-        print(
-            f"note: {data} looks like the built-in synthetic data ({reason}); `--preset small` "
-            "is the preset meant for it (this preset runs the paper's epochs and sizes)",
-            file=sys.stderr,
-            flush=True,
-        )
+    if not reason:
+        return None
+    return (
+        f"note: {data} looks like the built-in synthetic data ({reason}); `--preset small` "
+        "is the preset meant for it (this preset runs the paper's epochs and sizes)"
+    )
 
 
 def replace_validated(cfg: T, **overrides: Any) -> T:

@@ -55,6 +55,7 @@ from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
     config_from_args,
+    preset_note,
     replace_validated,
     require_at_least,
 )
@@ -370,7 +371,7 @@ def main(args: argparse.Namespace) -> int:
         "layers": [s for s in args.layers.split(",") if s] if args.layers else None,
     }
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
-    m = run(cfg)["metrics"]
+    m = run(cfg, preset_note(args))["metrics"]
     print(
         f"classify/{cfg.protocol}: score {m['score']:.2f} ({'mAP' if m['format'] == 'voc' else 'top-1'}) -> {cfg.out}/metrics.json"
     )
@@ -595,6 +596,6 @@ class Classify(Harness):
         return {**saved, "classes": data.train.classes}
 
 
-def run(cfg: ClassifyConfig) -> dict[str, Any]:
+def run(cfg: ClassifyConfig, note: str | None = None) -> dict[str, Any]:
     """Run one classification transfer job; writes metrics.json, log.jsonl, model.pt under cfg.out."""
-    return Classify().run(cfg)
+    return Classify().run(cfg, note)

@@ -60,6 +60,7 @@ from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
     config_from_args,
+    preset_note,
     replace_validated,
     require_at_least,
 )
@@ -528,7 +529,7 @@ def main(args: argparse.Namespace) -> int:
         "head": args.head,
     }
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
-    m = run(cfg)["metrics"]
+    m = run(cfg, preset_note(args))["metrics"]
     print(
         f"detect: VOC07 mAP {m['mAP_voc07']:.2f} AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
         f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
@@ -618,6 +619,6 @@ class Detect(Harness):
         }
 
 
-def run(cfg: DetectConfig) -> dict[str, Any]:
+def run(cfg: DetectConfig, note: str | None = None) -> dict[str, Any]:
     """Train and evaluate one detector; writes metrics.json, log.jsonl and model.pt under cfg.out."""
-    return Detect().run(cfg)
+    return Detect().run(cfg, note)

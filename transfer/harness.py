@@ -17,6 +17,7 @@ save (model.pt, metrics.json, config.yaml). Freezing a model's encoder is `Froze
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from torch import nn
 
 from cebench.core.config import validate
 from cebench.core.device import pick_device
-from cebench.core.errors import ConfigError
+from cebench.core.errors import CebenchError, ConfigError
 from cebench.core.io import atomic_save
 from cebench.core.logger import MetricLogger
 from cebench.transfer.encoders import EncoderInfo, resolve_encoder
@@ -107,24 +108,33 @@ class Harness:
         return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
 
     # ----- the skeleton
-    def run(self, cfg: Any) -> dict[str, Any]:
-        """Train and evaluate; writes metrics.json, config.yaml, log.jsonl and model.pt under cfg.out."""
+    def run(self, cfg: Any, note: str | None = None) -> dict[str, Any]:
+        """Train and evaluate; writes metrics.json, config.yaml, log.jsonl and model.pt under
+        cfg.out. `note` (e.g. "--preset small is meant for this data") is printed once the data
+        and the encoder are ready, or joins the one-line error when they are not."""
         validate(cfg)
         if not cfg.out:
             raise ConfigError("config key 'out' (--out) is required")
         out = Path(cfg.out)
         start = time.time()
         set_seed(cfg.seed)
-        device = pick_device(cfg.device)
-        data = self.load_data(cfg)
-        encoder, info = resolve_encoder(
-            cfg.encoder,
-            cfg.input_size,
-            self.calibration(cfg, data),
-            cfg.seed,
-            rescale=self.rescale(cfg),
-            device=device,
-        )
+        try:
+            device = pick_device(cfg.device)
+            data = self.load_data(cfg)
+            encoder, info = resolve_encoder(
+                cfg.encoder,
+                cfg.input_size,
+                self.calibration(cfg, data),
+                cfg.seed,
+                rescale=self.rescale(cfg),
+                device=device,
+            )
+        except CebenchError as e:
+            if note:
+                raise type(e)(f"{e} ({note})") from None
+            raise
+        if note:
+            print(note, file=sys.stderr, flush=True)
         set_seed(cfg.seed)
         log = MetricLogger(out / "log.jsonl", total=self.log_total(cfg), desc=self.describe(cfg))
         try:

@@ -46,6 +46,7 @@ from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
     config_from_args,
+    preset_note,
     replace_validated,
     require_at_least,
 )
@@ -268,7 +269,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     extra = {"skips": args.skips}
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
-    m = run(cfg)["metrics"]
+    m = run(cfg, preset_note(args))["metrics"]
     print(f"segment: mIoU {m['mIoU']:.2f} pixel acc {m['pixel_acc']:.2f} -> {cfg.out}/metrics.json")
     return 0
 
@@ -364,6 +365,6 @@ class Segment(Harness):
         }
 
 
-def run(cfg: SegmentConfig) -> dict[str, Any]:
+def run(cfg: SegmentConfig, note: str | None = None) -> dict[str, Any]:
     """Train and evaluate one FCN; writes metrics.json, log.jsonl and model.pt under cfg.out."""
-    return Segment().run(cfg)
+    return Segment().run(cfg, note)
