@@ -244,10 +244,10 @@ class Trainer:
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
         self.ds, self.classes, fill_value = self._dataset(cfg)
         # the run's resolved config: a new object, the caller's is never changed
-        optim = cfg.optim
-        if optim.lr is None:
+        optim, self.notes = cfg.optim, []
+        if optim.lr is None:  # said once the run starts (after every check that can refuse it)
             optim = dataclasses.replace(optim, lr=cfg.resolved_lr())
-            self.say(
+            self.notes.append(
                 f"optim.lr = {optim.lr:g} (the {cfg.method} default; set optim.lr to change it)"
             )
         self.cfg = cfg = dataclasses.replace(
@@ -357,6 +357,8 @@ class Trainer:
     def train(self) -> Path:
         cfg = self.cfg
         loader = self._loader()
+        for note in self.notes:
+            self.say(note)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             header = (

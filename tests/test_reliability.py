@@ -353,3 +353,16 @@ def test_pretrain_max_pixels_key_applies_to_training_images(tmp_path, capsys):
     assert cebench(argv) == 2
     err = capsys.readouterr().err
     assert "over the limit" in err and "Traceback" not in err
+
+
+def test_too_few_training_images_is_one_line_before_any_note(tmp_path, capsys):
+    """The lr note is said once the run starts; a refused run prints only its error."""
+    data = write_images(tmp_path / "few", n=3, size=36)
+    rc = cebench(
+        ["pretrain", "--data", str(data), "--config", "small", "--out", str(tmp_path / "run"),
+         "--batch-size", "8", "model.input_size=32", "model.output_size=32",
+         "model.encoder_kwargs={width: 4}", "model.decoder_widths=[8,8]", "data.workers=0"]
+    )  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "3 images, fewer than the global batch size 8" in err[0]
