@@ -150,6 +150,10 @@ def build_config(args: argparse.Namespace, notes: list[str] | None = None) -> Pr
         else:
             notes.append(note)
     cfg = load_pretrain_config(name, flags + list(args.overrides))
+    if not cfg.data.path and args.resume and (run_dir / "config.yaml").is_file():
+        # resuming with another --config: the run's own training images, as its checkpoint holds
+        saved = load_pretrain_config(str(run_dir / "config.yaml")).data.path
+        cfg = load_pretrain_config(name, [f"data.path={saved}", *flags, *args.overrides])
     if not cfg.data.path:
         raise ConfigError("--data is required (the training images)")
     return cfg

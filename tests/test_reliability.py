@@ -366,3 +366,18 @@ def test_too_few_training_images_is_one_line_before_any_note(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "3 images, fewer than the global batch size 8" in err[0]
+
+
+def test_resume_with_another_config_file_keeps_the_runs_data(tmp_path, capsys):
+    data = write_images(tmp_path / "imgs", n=8, size=36)
+    run = tmp_path / "run"
+    common = ["model.input_size=32", "model.output_size=32", "model.encoder_kwargs={width: 4}",
+              "model.decoder_widths=[8,8]", "data.workers=0", "data.load_size=36"]  # fmt: skip
+    assert cebench(["pretrain", "--data", str(data), "--config", "small", "--out", str(run),
+                    "--steps", "2", "--batch-size", "4", *common]) == 0  # fmt: skip
+    capsys.readouterr()
+    rc = cebench(["pretrain", "--resume", "--config", "small", "--out", str(run), "--steps", "3",
+                  "--batch-size", "4", *common])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "--data is required" not in err and "resuming" in err
