@@ -146,12 +146,17 @@ def load_rgb(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: image file not found")
+    pil_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning: our own limit speaks instead
+        # PIL's bomb warning and error: our own limit speaks instead, from the header's size
+        Image.MAX_IMAGE_PIXELS = None
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
     except _READ_ERRORS as e:
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     problem = too_large(path, im.size, max_pixels)
     if problem:
         im.close()
