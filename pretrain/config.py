@@ -158,6 +158,8 @@ class TrainConfig:
 @dataclass
 class PretrainConfig:
     method: str = "context-encoder"  # a registered method (cebench.pretrain.methods)
+    # the method's own settings, checked against its `options_class` (e.g. {patch: 16, ratio: 0.75})
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
     model_preset: str = "small-tiny"
     model: ModelConfig = field(default_factory=lambda: model_config("small-tiny"))
     data: DataConfig = field(default_factory=DataConfig)
@@ -167,7 +169,8 @@ class PretrainConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        get_method(self.method)  # unknown method: ConfigError listing the registered ones
+        # unknown method: ConfigError listing the registered ones; unknown method_kwargs named
+        get_method(self.method).options(self)
         if self.model_preset not in MODEL_PRESETS:
             raise ConfigError(
                 f"unknown model_preset '{self.model_preset}'; presets: {', '.join(sorted(MODEL_PRESETS))}"

@@ -13,7 +13,14 @@ tests/test_methods.py does with a toy method). `cebench pretrain --method`, the 
 the suites' arm validation all read this registry.
 """
 
-from cebench.pretrain.methods import autoencoder, context_encoder, supervised  # noqa: F401
+from cebench.pretrain.methods import (  # noqa: F401
+    autoencoder,
+    context_encoder,
+    masked_patches,
+    relative_position,
+    rotation,
+    supervised,
+)
 from cebench.pretrain.methods.base import (
     PretrainMethod,
     get_method,

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cebench.core import distributed as D
+from cebench.core.config import from_dict
 from cebench.core.errors import ConfigError
 
 _METHODS: dict[str, type[PretrainMethod]] = {}
@@ -50,6 +51,8 @@ class PretrainMethod:
     uses_labels: ClassVar[bool] = False  # trains on an ImageFolder tree (class per folder)
     uses_fill: ClassVar[bool] = True  # drops pixels and needs the hole fill value
     needs_mask: ClassVar[bool | None] = None  # True: a mask kind; False: mask none; None: any
+    # the dataclass of the method's own settings (config key `method_kwargs`); None: it takes none
+    options_class: ClassVar[type | None] = None
 
     def __init__(
         self, cfg: Any, device: torch.device, dist: D.DistInfo, classes: list[str] | None = None
@@ -58,11 +61,23 @@ class PretrainMethod:
         self.classes = list(classes or [])
         self.bf16 = cfg.train.amp == "bf16" or (cfg.train.amp == "auto" and device.type == "cuda")
         self.fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.opts = self.options(cfg)
         self.models: dict[str, nn.Module] = {}
         self.optims: dict[str, torch.optim.Optimizer] = {}
         self.build()
 
     # ----- what a method defines
+    @classmethod
+    def options(cls, cfg: Any) -> Any:
+        """`cfg.method_kwargs` as this method's `options_class` (its defaults for missing keys);
+        an unknown key, a bad value, or any key for a method without options is a ConfigError."""
+        kwargs = dict(getattr(cfg, "method_kwargs", None) or {})
+        if cls.options_class is None:
+            if kwargs:
+                raise ConfigError(f"method={cls.name} takes no method_kwargs, got {sorted(kwargs)}")
+            return None
+        return from_dict(cls.options_class, kwargs, prefix="method_kwargs.")
+
     @classmethod
     def check(cls, cfg: Any) -> None:
         """Refuse config combinations this method cannot train (ConfigError naming the keys)."""
