@@ -155,8 +155,11 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
                 "encoder.pt holds only the encoder and cannot inpaint)"
             )
     cfg = config_from_dict(state["config"], str(p))
-    if cfg.method == "supervised":
-        raise CheckpointError(f"{p} is a supervised run: it has no decoder to inpaint with")
+    from cebench.pretrain.methods import get_method
+    from cebench.pretrain.methods.context_encoder import ContextEncoder
+
+    if not issubclass(get_method(cfg.method), ContextEncoder):  # supervised, rotation, ...
+        raise CheckpointError(f"{p} is a {cfg.method} run: it has no decoder to inpaint with")
     net = build_context_encoder(cfg.model)
     net.load_state_dict(state["models"]["net"])
     return net.to(device).eval(), cfg

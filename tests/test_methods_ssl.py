@@ -258,3 +258,20 @@ def test_method_kwargs_are_checked():
         check_consistency(load_pretrain_config("small-masked-patches", ["model.predict=region"]))
     for name in ("small-rotation", "small-relative-position", "small-masked-patches"):
         check_consistency(load_pretrain_config(name))
+
+
+def test_inpaint_refuses_a_run_without_a_decoder(ramps, tmp_path, capsys):
+    run_dir = run(tiny_config(ramps, tmp_path / "rot", ["method=rotation", "train.steps=1"]))
+    rc = cebench(
+        [
+            "inpaint",
+            "--checkpoint",
+            str(run_dir),
+            "--images",
+            str(ramps),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert rc == 2
+    assert "is a rotation run: it has no decoder to inpaint with" in capsys.readouterr().err
