@@ -204,8 +204,12 @@ class Runner:
         only: list[str] | None = None,
         command: str = "",
         log=print,
+        launcher: Any = None,
     ) -> None:
         self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
+        # None: this machine (--jobs); else an object whose run(runner, todo, outcome) runs the
+        # cells elsewhere (cebench.benchmarks.slurm.SlurmLauncher)
+        self.launcher = launcher
         self.out = Path(out_dir).resolve()
         self.cells_dir = inside(self.out, "cells")
         self.command = command or f"cebench bench --suite {suite.name}"
@@ -337,7 +341,9 @@ class Runner:
         self._pool: cf.ProcessPoolExecutor | None = None
         self._outcome = outcome
         try:
-            if self.jobs == 1:
+            if self.launcher is not None:
+                self.launcher.run(self, todo, outcome)
+            elif self.jobs == 1:
                 self._run_serial(todo, outcome)
             else:
                 self._run_pool(todo, outcome)
@@ -562,6 +568,25 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="worker processes (default: the suite's 'jobs', else 1 = in-process)",
     )
     p.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default=None,
+        help="where cells run (default: the suite's launcher.kind, else local): local = this "
+        "machine (--jobs), slurm = one Slurm job per cell via submitit (README: Running on a cluster)",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="--launcher slurm: submit the missing cells and return (watch with --status; "
+        "rerun the same command to collect the tables)",
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="show each cell: done, running / queued (Slurm job id), failed (reason, log), todo; "
+        "runs nothing",
+    )
+    p.add_argument(
         "--list",
         action="store_true",
         help="list the cells, their state and resolved settings (splits, sizes, heads, lr, masks, AP, rescale); run nothing",
@@ -585,6 +610,16 @@ def main(args: argparse.Namespace) -> int:
         else f"cebench bench --suite {args.suite}"
     )
     jobs = args.jobs if args.jobs is not None else suite.jobs
+    launcher = None
+    kind = args.launcher or suite.launcher.kind
+    if kind == "slurm":
+        from cebench.benchmarks.slurm import SlurmLauncher
+
+        if args.jobs is not None:
+            raise ConfigError("--jobs is for the local launcher; Slurm runs one job per cell")
+        launcher, jobs = SlurmLauncher(suite.launcher, wait=not args.no_wait), 1
+    elif args.no_wait:
+        raise ConfigError("--no-wait needs --launcher slurm")
     runner = Runner(
         suite,
         out,
@@ -593,7 +628,18 @@ def main(args: argparse.Namespace) -> int:
         only=args.only,
         command=command,
         log=lambda m: print(m, file=sys.stderr, flush=True),
+        launcher=launcher,
     )
+    if args.status:
+        from cebench.benchmarks.slurm import status_lines
+
+        runner.resolve_all()
+        print("\n".join(status_lines(runner)))
+        return 0
+    if launcher is None and not args.list:  # never run a cell a Slurm job is running
+        from cebench.benchmarks.slurm import refuse_if_jobs_active
+
+        refuse_if_jobs_active(runner.out, [c.id for c in runner.selected])
     if args.list:
         runner.resolve_all()
         for cell in runner.selected:  # state, id, hash, then the settings that matter

@@ -133,6 +133,112 @@ class InpaintSpec:
     config: dict[str, Any] = field(default_factory=dict)  # `cebench inpaint` options / config keys
 
 
+_SLURM_TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+))?(?::(\d+))?|(\d+)(?::(\d+))?(?::(\d+))?)$")
+# sbatch options the Slurm launcher sets itself (per cell), not to be given in `launcher.sbatch`
+_MANAGED_SBATCH = ("dependency", "output", "error", "job-name", "array", "open-mode", "wrap")
+
+
+def slurm_minutes(text: str, key: str = "time") -> int:
+    """A Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes."""
+    m = _SLURM_TIME.match(str(text).strip())
+    if not m:
+        raise ConfigError(
+            f"config key '{key}' must be a Slurm time limit (MM, HH:MM:SS or D-HH:MM:SS), got {text!r}"
+        )
+    g = [int(x) if x else 0 for x in m.groups()]
+    if m.group(1) is not None:  # D-HH[:MM[:SS]]
+        seconds = ((g[0] * 24 + g[1]) * 60 + g[2]) * 60 + g[3]
+    elif m.group(7) is not None:  # HH:MM:SS
+        seconds = (g[4] * 60 + g[5]) * 60 + g[6]
+    else:  # MM[:SS]
+        seconds = g[4] * 60 + g[5]
+    if seconds <= 0:
+        raise ConfigError(f"config key '{key}' must be a positive time limit, got {text!r}")
+    return max(1, -(-seconds // 60))
+
+
+@dataclass
+class ResourceSpec:
+    """What one Slurm job of a kind of cell asks for (`launcher.pretrain`, `.inpaint`, `.transfer`).
+
+    A pretraining cell with nodes x procs > 1 runs one training process per Slurm task, with
+    torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)."""
+
+    nodes: int = 1
+    gpus: int = 0  # GPUs per node
+    procs: int = 0  # processes (Slurm tasks) per node; 0 = one per GPU, at least one
+    cpus: int = 4  # CPU cores per process (data loading threads)
+    mem: str = ""  # memory per node, e.g. "32G" ("" = the partition's default)
+    # time limit, a string: "MM", "HH:MM:SS" or "D-HH:MM:SS" (YAML reads 1:00:00 unquoted as 3600)
+    time: Any = "4:00:00"
+
+    def processes(self) -> int:
+        """Processes per node: `procs`, else one per GPU (at least one)."""
+        return self.procs or max(1, self.gpus)
+
+    def minutes(self) -> int:
+        return slurm_minutes(self.time)
+
+    def check(self, where: str) -> None:
+        """ConfigError naming `where.<key>` for a bad value (called by LauncherSpec.validate)."""
+        for key in ("nodes", "cpus"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{where}.{key}' must be at least 1, got {getattr(self, key)}")
+        for key in ("gpus", "procs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"'{where}.{key}' must be 0 or more, got {getattr(self, key)}")
+        if self.mem and not re.fullmatch(r"\d+[KMGT]?B?", self.mem.upper()):
+            raise ConfigError(f"'{where}.mem' must look like 32G or 4000M, got {self.mem!r}")
+        if not isinstance(self.time, str):
+            raise ConfigError(
+                f'\'{where}.time\' must be a quoted string such as "24:00:00" or "90" '
+                f"(minutes), got the number {self.time!r} (YAML reads 1:00:00 unquoted as 3600)"
+            )
+        slurm_minutes(self.time, f"{where}.time")
+
+
+@dataclass
+class LauncherSpec:
+    """Where the cells run: `local` (this machine: in-process or --jobs worker processes) or
+    `slurm` (one Slurm job per cell, submitted through submitit; see cebench.benchmarks.slurm)."""
+
+    kind: Literal["local", "slurm"] = "local"
+    partition: str = ""  # "" = the cluster's default partition
+    account: str = ""
+    qos: str = ""
+    pretrain: ResourceSpec = field(default_factory=ResourceSpec)
+    inpaint: ResourceSpec = field(default_factory=ResourceSpec)
+    transfer: ResourceSpec = field(default_factory=ResourceSpec)
+    sbatch: dict[str, Any] = field(default_factory=dict)  # extra sbatch options: {constraint: a100}
+    setup: list[str] = field(default_factory=list)  # shell lines run before each job (module load)
+    signal_s: int = 120  # USR2 this long before the time limit: checkpoint and requeue
+    poll_s: float = 30.0  # how often a waiting `cebench bench` asks squeue about its jobs
+
+    def resources(self, kind: str) -> ResourceSpec:
+        return getattr(self, kind)
+
+    def validate(self) -> None:
+        for kind in ("pretrain", "inpaint", "transfer"):
+            self.resources(kind).check(f"launcher.{kind}")
+        for kind in ("inpaint", "transfer"):
+            spec = self.resources(kind)
+            if spec.nodes * spec.processes() > 1:
+                raise ConfigError(
+                    f"launcher.{kind}: only pretraining cells run several processes; "
+                    f"give {kind} cells nodes: 1 and procs: 1"
+                )
+        for key in self.sbatch:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]*", str(key)):
+                raise ConfigError(f"launcher.sbatch: {key!r} is not an sbatch option name")
+            if str(key).replace("_", "-") in _MANAGED_SBATCH:
+                raise ConfigError(
+                    f"launcher.sbatch: '{key}' is set by cebench for each cell; "
+                    f"not one of {list(_MANAGED_SBATCH)}"
+                )
+        if self.signal_s < 0 or self.poll_s <= 0:
+            raise ConfigError("launcher: signal_s must be >= 0 and poll_s > 0")
+
+
 @dataclass
 class Suite:
     name: str = ""
@@ -148,6 +254,7 @@ class Suite:
     dry_run: dict[str, Any] = field(default_factory=dict)  # --set overrides applied by --dry-run
     paper_inpainting: list[PaperInpaintRow] = field(default_factory=list)  # Table 1 rows
     jobs: int = 1  # worker processes (1 = in-process); `cebench bench --jobs` overrides
+    launcher: LauncherSpec = field(default_factory=LauncherSpec)  # `--launcher` overrides its kind
 
     def validate(self) -> None:
         if not _SUITE_NAME.match(self.name):  # it names the results folder: results/<name>
