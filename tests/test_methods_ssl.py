@@ -260,6 +260,26 @@ def test_method_kwargs_are_checked():
         check_consistency(load_pretrain_config(name))
 
 
+def test_relative_position_patches_and_encoder_size(images, tmp_path):
+    # the paper arm: Doersch's 96 px patches, 48 px gaps, 7 px jitter in a 398 px crop
+    paper = load_pretrain_config("paper-alexnet-relative-position")
+    check_consistency(paper)
+    opts = get_method("relative-position").options(paper)
+    assert patch_geometry(paper.model.input_size, opts) == (96, 48, 7) and opts.encoder_size == 227
+    # encoder.pt is written for encoder_size (the transfer size), patches stay at their own size
+    cfg = tiny_config(images, tmp_path / "r", ["method=relative-position", "mask.kind=none",
+                      "method_kwargs={encoder_size: 48}", "optim.lr=0.001"])  # fmt: skip
+    method = get_method("relative-position")(cfg, torch.device("cpu"), DistInfo())
+    assert method.encoder()[2]["input_size"] == 48 and method.patch == 7
+    a, b, labels = method.make_pairs(torch.rand(4, 3, 32, 32), step=0)
+    assert a.shape == b.shape == (4, 3, 7, 7) and labels.shape == (4,)
+    small = tiny_config(images, tmp_path / "s", ["method=relative-position",
+                        "model.encoder=alexnet", "model.encoder_kwargs={}",
+                        "method_kwargs={encoder_size: 227}"])  # fmt: skip
+    with pytest.raises(ConfigError, match="encoder alexnet cannot take 7 px patches"):
+        get_method("relative-position")(small, torch.device("cpu"), DistInfo())
+
+
 def test_inpaint_refuses_a_run_without_a_decoder(ramps, tmp_path, capsys):
     run_dir = run(tiny_config(ramps, tmp_path / "rot", ["method=rotation", "train.steps=1"]))
     rc = cebench(

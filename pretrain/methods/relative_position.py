@@ -12,7 +12,8 @@ row-major, top-left = 0, the centre skipped: see NEIGHBOURS). Network (late fusi
 paper's pair network): one shared encoder (the config's registry encoder) per patch, global
 average pooling of its last stage and a shared fc6 (+ ReLU) per patch, then fc7 (+ ReLU) over the
 two concatenated fc6 outputs and fc8 to the 8 classes. Only the encoder goes into encoder.pt,
-built for model.input_size like every other arm (convolutions run at the patch size here).
+built for model.input_size like every other arm (or for `encoder_size`; its convolutions run at
+the patch size here).
 
 The paper's precautions against trivial shortcuts (method_kwargs, RelativePositionOptions):
 - gaps between the patches (Doersch: 96 px patches, 48 px gap: gap_ratio 0.5), so low-level cues
@@ -69,10 +70,16 @@ class RelativePositionOptions:
     colour: Literal["drop", "project", "none"] = "drop"  # against chromatic aberration
     hidden: int = 512  # width of fc6 (per patch) and fc7 (the pair)
     all_positions: bool = False  # all 8 neighbours of each image instead of one random one
+    # input size written into encoder.pt (the transfer harnesses' default); 0 = model.input_size.
+    # Doersch: 96 px patches from ~400 px images, transfer at 227 px (paper-alexnet-relative-position)
+    encoder_size: int = 0
 
     def validate(self) -> None:
-        if self.patch < 0 or self.hidden < 1:
-            raise ConfigError("method_kwargs.patch must be >= 0 and method_kwargs.hidden >= 1")
+        if self.patch < 0 or self.hidden < 1 or self.encoder_size < 0:
+            raise ConfigError(
+                "method_kwargs.patch and method_kwargs.encoder_size must be >= 0, "
+                "method_kwargs.hidden >= 1"
+            )
         if self.gap_ratio < 0 or self.jitter_ratio < 0:
             raise ConfigError("method_kwargs.gap_ratio and method_kwargs.jitter_ratio must be >= 0")
 
@@ -182,7 +189,8 @@ class RelativePosition(PretrainMethod):
         cfg = self.cfg
         self.patch, self.gap, self.jitter = patch_geometry(cfg.model.input_size, self.opts)
         self.enc_name = cfg.model.encoder
-        self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": cfg.model.input_size}
+        size = self.opts.encoder_size or cfg.model.input_size
+        self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": size}
         encoder = build_encoder(self.enc_name, **self.enc_kwargs)
         try:
             encoder.output_shape(self.patch)
