@@ -92,8 +92,8 @@ def test_paper_suite_dry_run(tmp_path):
     assert cebench(["bench", "--suite", "paper", "--dry-run", "--out", str(out)]) == 0
     md = (out / "table.md").read_text()
     assert "| Context encoder (random region) |" in md and "56.5" in md and "14 hours" in md
-    # 7 pretraining cells, 6 inpainting cells, 4 tasks x 9 arms (the inpainting net has none)
-    assert len(list((out / "cells").glob("*.json"))) == 7 + 6 + 4 * 9
+    # 8 pretraining cells, 6 inpainting cells, 4 tasks x 10 arms (the inpainting net has none)
+    assert len(list((out / "cells").glob("*.json"))) == 8 + 6 + 4 * 10
     assert "| Context encoder (L2 + adversarial) | paper | 9.37 | 1.96 | 18.58 |" in md
 
 

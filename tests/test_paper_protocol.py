@@ -165,3 +165,14 @@ def test_inpainting_table_prints_table_1_beside_both_readings():
     label = "Context encoder (inpainting net, Paris, L2 + adversarial)"
     assert f"| {label} | hole, composited | 12.00 | 3.00 | 16.00 |" in md
     assert f"| {label} | whole region, raw | 10.50 | 2.50 | 17.25 |" in md
+
+
+def test_relative_position_row(paper):
+    """Table 2's Doersch et al. row: its own pretraining at the paper's patch sizes, the paper's
+    numbers beside it, rescaled before fine-tuning like the other self-supervised rows."""
+    suite, runner, s, out = paper
+    arm = suite.arm("relative-position")
+    assert arm.paper == {"cls-finetune": 55.3, "detection": 46.6}
+    cfg = runner.resolved["relative-position.pretrain.s0"]
+    assert cfg["method"] == "relative-position" and cfg["model"]["encoder"] == "alexnet"
+    assert s["relative-position.cls-finetune.s0"]["rescale"] == "full"
