@@ -60,6 +60,7 @@ ENDED = {
     "BOOT_FAIL",
     "DEADLINE",
 }
+GRACE_S = 5.0  # a job must look ended this long before its cell counts as failed
 QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED"}
 
 
@@ -227,8 +228,13 @@ def squeue(job_ids: list[str]) -> dict[str, tuple[str, str]]:
 
 def active_jobs(out: Path, cell_ids: list[str]) -> dict[str, dict[str, Any]]:
     """{cell id: its job record with 'state' and 'reason'} for the cells whose recorded job is
-    still queued or running."""
-    records = {c: r for c in cell_ids if (r := read_job(out, c)) is not None}
+    still queued or running (a job that has written its cell's record is only exiting)."""
+    records = {
+        c: r
+        for c in cell_ids
+        if (r := read_job(out, c)) is not None
+        and _read(inside(out, "cells", f"{c}.json")).get("config_hash") != r.get("config_hash")
+    }
     if not records:
         return {}
     states = squeue(sorted({r["job_id"] for r in records.values()}))
@@ -378,7 +384,7 @@ class SlurmLauncher:
     def follow(self, runner: Any, outcome: Any) -> None:
         """Poll squeue until every job in flight has ended; record each cell as it finishes."""
         pending = dict(self.in_flight)
-        gone_once: set[str] = set()
+        gone_since: dict[str, float] = {}  # cell -> when its job was first seen ended or absent
         while pending:
             states = squeue(sorted(set(pending.values())))
             for cid, jid in list(pending.items()):
@@ -392,9 +398,10 @@ class SlurmLauncher:
                     continue
                 state = states.get(jid, ("", ""))[0]
                 if state and state not in ENDED:
+                    gone_since.pop(cid, None)
                     continue
-                if cid not in gone_once:  # a record may reach a network file system late
-                    gone_once.add(cid)
+                # a record may reach a network file system late, and a requeue is not atomic
+                if time.time() - gone_since.setdefault(cid, time.time()) < GRACE_S:
                     continue
                 pending.pop(cid)
                 self._failed(runner, cell, jid, state, outcome)
@@ -433,6 +440,8 @@ def status_lines(runner: Any) -> list[str]:
     for cell in runner.selected:
         state = runner.state(cell)
         job = read_job(out, cell.id) if has_jobs else None
+        if job is not None and job.get("config_hash") != runner.hashes[cell.id]:
+            job = None  # a job of another config: says nothing about this one
         where = f"log {job['log']}" if job else ""
         if state == "done":
             detail = f"job {job['job_id']}" if job else ""
@@ -444,15 +453,17 @@ def status_lines(runner: Any) -> list[str]:
                 f" ({reason})" if state == "queued" and reason not in ("", "None") else ""
             )
             if rec.get("config_hash") != runner.hashes[cell.id]:
-                detail += " (an older config)"
-        elif state == "failed":
-            err = _read(runner.cells_dir / f"{cell.id}.error.json").get("error", "?")
-            detail = err.splitlines()[0] if err else "?"
+                detail += " (another config)"
+            where = f"log {rec['log']}"
+        elif (err := _read(runner.cells_dir / f"{cell.id}.error.json")).get(
+            "config_hash"
+        ) == runner.hashes[cell.id]:
+            state, detail = "failed", (err.get("error") or "?").splitlines()[0]
             where = where or f"see {runner.cells_dir / (cell.id + '.error.json')}"
-        elif job is not None and state in ("todo", "stale"):
+        elif job is not None:
             state, detail = "failed", f"job {job['job_id']} ended without a result"
         else:
-            detail = ""
+            detail, where = "", ""
         lines.append(f"{state:8s} {cell.id:34s} {detail}{'  ' + where if where else ''}".rstrip())
     return lines
 
