@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,6 +64,9 @@ class SlurmCluster:
         self.conf = self.root / "slurm.conf"
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
         self.pids: dict[str, Path] = {d: self.root / f"{d}.pid" for d in DAEMONS}
+        self.socket = self.root / "munge" / "munge.socket"
+        if len(str(self.socket)) > 100:  # a Unix socket path has at most 107 bytes
+            self.socket = Path(tempfile.mkdtemp(prefix="cebench-munge-")) / "munge.socket"
 
     def _write_files(self) -> None:
         r = self.root
@@ -80,7 +84,7 @@ class SlurmCluster:
             "SlurmctldPort": _free_port(),
             "SlurmdPort": _free_port(),
             "AuthType": "auth/munge",
-            "AuthInfo": f"socket={r / 'munge' / 'munge.socket'}",
+            "AuthInfo": f"socket={self.socket}",
             "CredType": "cred/munge",
             "SlurmUser": "root",
             "SlurmdUser": "root",
@@ -122,7 +126,7 @@ class SlurmCluster:
             _exe("munged"),
             "--force",
             f"--key-file={r / 'munge' / 'munge.key'}",
-            f"--socket={r / 'munge' / 'munge.socket'}",
+            f"--socket={self.socket}",
             f"--pid-file={self.pids['munged']}",
             f"--log-file={r / 'log' / 'munged.log'}",
             f"--seed-file={r / 'munge' / 'munged.seed'}",
