@@ -10,6 +10,11 @@ from a generator seeded with (seed, epoch, index). So resuming at step s continu
 batch an uninterrupted run would have used, worker processes never hold state that matters, and
 N processes that each take their slice of the global batch see exactly what one process sees.
 The last incomplete global batch of an epoch is dropped (every step has the same batch size).
+
+With a load size, large JPEGs are decoded at reduced scale (`load_rgb(draft_side=...)`, libjpeg's
+DCT scaling: a 4000x3000 photo for load size 72 decodes as 500x375), so a folder of camera photos
+does not make decoding the bottleneck; `draft=False` decodes at full size. PNGs cannot be drafted:
+`cebench data prepare` writes a resized copy once (cebench.data.prepare).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ class TrainImages(torch.utils.data.Dataset):
         crop: str = "random",
         flip: bool = True,
         skip_bad_images: bool = False,
+        draft: bool = True,
     ) -> None:
         if not paths:
             raise DatasetError("no training images")
@@ -73,6 +79,9 @@ class TrainImages(torch.utils.data.Dataset):
         self.labels = list(labels) if labels is not None else None
         self.size, self.load_size, self.crop, self.flip = size, load_size, crop, flip
         self.skip_bad_images = skip_bad_images
+        # what the image is resized to before cropping (no draft without a load size: the crop
+        # then comes from the full-resolution image)
+        self.draft_side = max(load_size, size) if (draft and load_size) else 0
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -82,7 +91,7 @@ class TrainImages(torch.utils.data.Dataset):
         for attempt in range(len(self.paths)):
             j = (index + attempt) % len(self.paths)
             try:
-                return load_rgb(self.paths[j]), j, skipped
+                return load_rgb(self.paths[j], draft_side=self.draft_side), j, skipped
             except DatasetError:
                 if not self.skip_bad_images:
                     raise
@@ -178,7 +187,7 @@ def dataset_mean(
     total, count = np.zeros(3), 0
     for i in sorted(set(picks.tolist())):
         try:
-            img = load_rgb(paths[i])
+            img = load_rgb(paths[i], draft_side=load_size)
         except DatasetError:
             if not skip_bad_images:
                 raise

@@ -125,6 +125,17 @@ CASES: list[tuple[str, str, str | None]] = [
     ("check-max-pixels", "data check {imgs} --max-pixels 0", None),
     ("check-max-pixels-text", "data check {imgs} --max-pixels many", None),
     ("check-no-path", "data check", None),
+    # --- data prepare
+    ("prepare-src-file", "data prepare {afile} --size 32 --out {root}/out", OUT),
+    ("prepare-src-missing", "data prepare {root}/nothing --size 32 --out {root}/out", OUT),
+    ("prepare-size", "data prepare {imgs} --size 2 --out {root}/out", OUT),
+    ("prepare-size-text", "data prepare {imgs} --size big --out {root}/out", OUT),
+    ("prepare-no-size", "data prepare {imgs} --out {root}/out", OUT),
+    ("prepare-workers", "data prepare {imgs} --size 32 --workers 0 --out {root}/out", OUT),
+    ("prepare-out-file", "data prepare {imgs} --size 32 --out {afile}", None),
+    ("prepare-out-foreign", "data prepare {imgs} --size 32 --out {data}", None),
+    ("prepare-out-inside", "data prepare {imgs} --size 32 --out {imgs}/copy", None),
+    ("prepare-out-unwritable", "data prepare {imgs} --size 32 --out {unwritable}", None),
     # --- pretrain
     ("pretrain-out-file", "pretrain --data {imgs} --steps 1 --out {afile}", None),
     ("pretrain-out-unwritable", "pretrain --data {imgs} --steps 1 --out {unwritable}", None),

@@ -1,10 +1,12 @@
-"""`cebench data`: generate the built-in synthetic dataset, or validate a dataset folder.
+"""`cebench data`: generate the built-in synthetic dataset, validate a dataset folder, or write a
+resized copy of a photo folder.
 
 cebench data synth --out data/builtin
 cebench data synth --out data/tiny --size 32 --images 48 --unlabelled 48 --folder-images 60 --seed 1
 cebench data check data/builtin
 cebench data check VOCdevkit/VOC2007
 cebench data check coco/annotations/instances_val2017.json --images coco/val2017
+cebench data prepare ~/photos --size 160 --out data/photos-160
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ EXAMPLES = """examples:
   cebench data check data/builtin
   cebench data check VOCdevkit/VOC2007
   cebench data check coco/annotations/instances_val2017.json --images coco/val2017
+  cebench data prepare ~/photos --size 160 --out data/photos-160
+      resized copy (shorter side 160, same names and order) to train on instead of ~/photos
 
 `check` exits 0 when no problem is found and 1 otherwise, after listing every problem.
 """
@@ -30,11 +34,12 @@ EXAMPLES = """examples:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cebench data",
-        description="Generate the built-in synthetic dataset (synth) or validate a dataset (check).",
+        description="Generate the built-in synthetic dataset (synth), validate a dataset (check) "
+        "or write a resized copy of an image folder (prepare).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
-    sub = p.add_subparsers(dest="action", required=True, metavar="{synth,check}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{synth,check,prepare}")
     s = sub.add_parser(
         "synth",
         help="write the synthetic dataset (unlabelled, VOC, COCO, ImageFolder) from a seed",
@@ -106,7 +111,54 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="an image with more pixels (width x height) is a problem "
         "(default 89478485, PIL's decompression-bomb level)",
     )
+    r = sub.add_parser(
+        "prepare",
+        help="resized copy of an image folder (shorter side --size, same names and order), "
+        "so training does not decode full-size photos",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    r.add_argument("src", help="folder of images (searched recursively)")
+    r.add_argument(
+        "--size",
+        type=int,
+        required=True,
+        help="shorter side in pixels; >= the config's data.load_size (e.g. 160)",
+    )
+    r.add_argument(
+        "--out", required=True, help="output folder (new, or one this command wrote: updated)"
+    )
+    r.add_argument("--workers", type=int, default=1, help="processes (default 1)")
+    r.add_argument(
+        "--force", action="store_true", help="replace an --out that holds something else"
+    )
     return p
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from cebench.core.errors import ConfigError
+    from cebench.data.prepare import prepare
+
+    try:
+        info = prepare(
+            args.src,
+            args.out,
+            args.size,
+            workers=args.workers,
+            force=args.force,
+            say=lambda m: print(m, flush=True),
+        )
+    except OSError as e:  # a read-only or full disk, no permission
+        where = f" ({e.filename})" if e.filename else ""
+        raise ConfigError(f"--out {args.out}: cannot write: {e.strerror or e}{where}") from None
+    copied = sum(1 for f in info["files"].values() if f.get("copied"))
+    bad = sum(1 for f in info["files"].values() if f.get("unreadable"))
+    print(
+        f"prepared {args.out}: {info['count']} images at {args.size} px "
+        f"({info['written']} written, {info['kept']} already there, {copied} copied as they were"
+        f"{f', {bad} unreadable (copied)' if bad else ''}) in {info['seconds']:.1f} s"
+    )
+    return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -165,7 +217,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    return _synth(args) if args.action == "synth" else _check(args)
+    return {"synth": _synth, "check": _check, "prepare": _prepare}[args.action](args)
 
 
 if __name__ == "__main__":
