@@ -2,6 +2,7 @@
 
     cebench bench --suite benchmarks/suites/default-steps.yaml --out results/default-study/steps
     python -m cebench.benchmarks.steps_curve results/default-study/steps   # -> .../steps_curve.png
+    python -m cebench.benchmarks.steps_curve OUT1 OUT2 --out curve.png      # arms of both folders
 
 Arms named `<series>-<steps>` (ce-400, ae-1600, ...) are points of the series `<series>`; an arm
 without a step suffix (random) is drawn as a horizontal band (mean +- sample std over seeds).
@@ -39,8 +40,12 @@ def _mean_std(v: list[float]) -> tuple[float, float]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
-def plot(results: Path, task: str, out: Path, metric: str = "score") -> Path:
-    scores = read_scores(results / "results.csv", task, metric)
+def plot(results: Path | list[Path], task: str, out: Path, metric: str = "score") -> Path:
+    """Draw the curve of one or more results folders (an arm in several: the later one wins)."""
+    folders = [results] if isinstance(results, Path) else list(results)
+    scores: dict[str, list[float]] = {}
+    for folder in folders:
+        scores.update(read_scores(folder / "results.csv", task, metric))
     series: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     flat: dict[str, tuple[float, float]] = {}
     for arm, v in scores.items():
@@ -63,7 +68,7 @@ def plot(results: Path, task: str, out: Path, metric: str = "score") -> Path:
     ax.minorticks_off()
     ax.set_xlabel("pretraining steps (batch 32)")
     ax.set_ylabel(f"{task} {metric} (%)")
-    ax.set_title(f"{results.name}: {task} vs pretraining steps")
+    ax.set_title(f"{task} vs pretraining steps")
     ax.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -74,12 +79,15 @@ def plot(results: Path, task: str, out: Path, metric: str = "score") -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("results", type=Path, help="a `cebench bench` output folder (results.csv)")
+    p.add_argument(
+        "results", type=Path, nargs="+", help="`cebench bench` output folders (results.csv)"
+    )
     p.add_argument("--task", default="cls-linear")
     p.add_argument("--metric", default="score")
     p.add_argument("--out", type=Path, default=None, help="default RESULTS/steps_curve.png")
     args = p.parse_args(argv)
-    print(plot(args.results, args.task, args.out or args.results / "steps_curve.png", args.metric))
+    out = args.out or args.results[0] / "steps_curve.png"
+    print(plot(args.results, args.task, out, args.metric))
     return 0
 
 

@@ -25,3 +25,14 @@ def test_steps_curve_reads_per_seed_scores_and_writes_the_png(tmp_path):
     }
     assert main([str(tmp_path)]) == 0
     assert (tmp_path / "steps_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_steps_curve_merges_several_results_folders(tmp_path):
+    for name, arm in (("a", "ce-400"), ("b", "ce-6400")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.csv").write_text(
+            HEADER + f"s,{arm},cls-linear,score,0,30.0,h,c,cpu,1\n"
+        )
+    out = tmp_path / "curve.png"
+    assert main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
+    assert out.is_file() and not (tmp_path / "a" / "steps_curve.png").exists()
