@@ -171,12 +171,15 @@ def _execute(
         _IN_CELL["now"] = False
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(jobs: int) -> None:
     import threading
 
-    import torch
+    from cebench.core.threads import set_threads
 
-    torch.set_num_threads(threads)
+    # threads = CPUs / jobs (cebench.core.threads); the cells' own set_threads() finds the same
+    # through CEBENCH_JOBS, and so do processes a cell starts
+    os.environ["CEBENCH_JOBS"] = str(jobs)
+    set_threads(jobs=jobs)
     parent = os.getppid()
     # signals come from the runner only (it forwards each one once): a Ctrl-C at the terminal
     # would otherwise reach every worker as well, and a second signal aborts a checkpoint save
@@ -435,15 +438,21 @@ class Runner:
             self._record(cell, res, outcome)
 
     def _run_pool(self, todo: list[Cell], outcome: Outcome) -> None:
-        """Worker processes (one torch thread each); a cell starts once its dependencies finished.
+        """Worker processes (CPUs // jobs torch threads each, `cebench.core.threads`); a cell starts
+        once its dependencies finished.
         A worker that dies (segfault, out of memory) fails the cells it took down with it, and the
         pool is rebuilt for the rest."""
         waiting = list(todo)
         ctx = multiprocessing.get_context("spawn")
+        from cebench.core.threads import set_threads, threads_note
+
+        set_threads(jobs=self.jobs)  # said once here; the workers (same choice) stay quiet
+        if note := threads_note():
+            print(note, file=sys.stderr, flush=True)
 
         def new_pool() -> cf.ProcessPoolExecutor:
             return cf.ProcessPoolExecutor(
-                self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(1,)
+                self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(self.jobs,)
             )
 
         pool = self._pool = new_pool()

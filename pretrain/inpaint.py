@@ -320,6 +320,11 @@ def _inpaint(args: argparse.Namespace) -> int:
     check_geometry(size, kind, region, overlap, coverage, args.batch_size)
 
     paths, images = load_images(args.images, size)
+    from cebench.core.threads import set_threads, threads_note
+
+    set_threads()  # CPUs this process may use / concurrent jobs (cebench.core.threads)
+    if note := threads_note():
+        print(note, file=sys.stderr)
     holes = image_masks(
         kind, len(images), size, region=region, overlap=overlap, coverage=coverage, seed=args.seed
     )

@@ -48,6 +48,7 @@ from cebench.core.errors import CheckpointError, ConfigError, DatasetError, Trai
 from cebench.core.io import atomic_write_text
 from cebench.core.logger import MetricLogger
 from cebench.core.provenance import git_commit
+from cebench.core.threads import data_worker_init, set_threads, threads_note
 from cebench.data import ImageFolderDataset, list_images
 from cebench.data.images import set_max_pixels
 from cebench.pretrain.config import (
@@ -208,6 +209,7 @@ def run(cfg: PretrainConfig) -> Path:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
     trainer = None
+    set_threads()  # CPUs this process may use / concurrent jobs (cebench.core.threads)
     old_limit = set_max_pixels(cfg.data.max_pixels)  # load_rgb's limit, in the loader workers too
     try:
         trainer = Trainer(cfg, device, dist)
@@ -351,12 +353,15 @@ class Trainer:
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
+            worker_init_fn=data_worker_init if workers > 0 else None,
         )
 
     # ----- the loop
     def train(self) -> Path:
         cfg = self.cfg
         loader = self._loader()
+        if note := threads_note():  # said with the other notes: every check has passed
+            self.notes.append(note)
         for note in self.notes:
             self.say(note)
         if self.main:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 # Tiny models: one intra-op thread is fastest and avoids oversubscription when pytest, data
 # workers and DDP processes share 2 cores.
 torch.set_num_threads(1)
+# ... and the commands run in-process (and their subprocesses) keep it (cebench.core.threads)
+os.environ.setdefault("CEBENCH_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)

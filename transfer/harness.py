@@ -32,6 +32,7 @@ from cebench.core.device import pick_device
 from cebench.core.errors import CebenchError, ConfigError
 from cebench.core.io import atomic_save
 from cebench.core.logger import MetricLogger
+from cebench.core.threads import set_threads, threads_note
 from cebench.transfer.encoders import EncoderInfo, resolve_encoder
 from cebench.transfer.loop import freeze, set_seed, write_run
 
@@ -133,8 +134,10 @@ class Harness:
             if note:
                 raise type(e)(f"{e} ({note})") from None
             raise
-        if note:
-            print(note, file=sys.stderr, flush=True)
+        set_threads()  # CPUs this process may use / concurrent jobs (cebench.core.threads)
+        for line in (note, threads_note()):
+            if line:
+                print(line, file=sys.stderr, flush=True)
         set_seed(cfg.seed)
         log = MetricLogger(out / "log.jsonl", total=self.log_total(cfg), desc=self.describe(cfg))
         try:

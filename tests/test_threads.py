@@ -1,0 +1,97 @@
+"""Torch threads from the CPUs this process may use and the concurrent jobs (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cebench.core.threads as T
+from cebench.core.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _keep_threads(monkeypatch):
+    n = torch.get_num_threads()
+    monkeypatch.setattr(T, "_STATE", {"last": None, "said": None})
+    monkeypatch.delenv(T._SAID_ENV, raising=False)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize(
+    "cpus,jobs,threads", [(2, 1, 2), (2, 2, 1), (2, 3, 1), (16, 4, 4), (7, 2, 3), (1, 1, 1)]
+)
+def test_threads_are_cpus_over_jobs(cpus, jobs, threads):
+    assert T.choose_threads(cpus, jobs) == threads
+    assert T.resolve_threads(cpus=cpus, jobs=jobs, env={}) == T.ThreadChoice(
+        threads, "auto", cpus, jobs
+    )
+
+
+def test_jobs_come_from_bench_and_torchrun():
+    env = {"CEBENCH_JOBS": "2", "LOCAL_WORLD_SIZE": "2"}
+    assert T.resolve_threads(cpus=16, env=env).threads == 4
+    assert T.resolve_threads(cpus=16, env={"CEBENCH_JOBS": "3"}).threads == 5
+    assert T.resolve_threads(cpus=16, jobs=8, env=env).threads == 2  # an explicit count wins
+
+
+def test_override_precedence():
+    env = {"CEBENCH_THREADS": "3", "OMP_NUM_THREADS": "5", "CEBENCH_JOBS": "2"}
+    assert T.resolve_threads(6, cpus=16, env=env) == T.ThreadChoice(6, "setting", 16, 2)
+    assert T.resolve_threads(None, cpus=16, env=env).source == "CEBENCH_THREADS"
+    assert T.resolve_threads(0, cpus=16, env=env).threads == 3  # 0 = automatic
+    del env["CEBENCH_THREADS"]
+    assert T.resolve_threads(cpus=16, env=env) == T.ThreadChoice(5, "OMP_NUM_THREADS", 16, 2)
+    assert T.resolve_threads(cpus=16, env={"OMP_NUM_THREADS": "4,2"}).threads == 4
+    del env["OMP_NUM_THREADS"]
+    assert T.resolve_threads(cpus=16, env=env).threads == 8
+    for bad in ({"CEBENCH_THREADS": "0"}, {"OMP_NUM_THREADS": "many"}, {"CEBENCH_JOBS": "-1"}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            T.resolve_threads(cpus=2, env=bad)
+    with pytest.raises(ConfigError, match="threads"):
+        T.resolve_threads(-1, cpus=2, env={})
+
+
+def test_available_cpus_follow_affinity_and_cgroup_quota(monkeypatch, tmp_path):
+    monkeypatch.setattr(T.os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(T, "_cgroup_cpus", lambda: None)
+    assert T.available_cpus() == 3
+    monkeypatch.setattr(T, "_cgroup_cpus", lambda: 2)
+    assert T.available_cpus() == 2
+    monkeypatch.undo()
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert T._cgroup_cpus(tmp_path) == 2
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert T._cgroup_cpus(tmp_path) is None
+    assert T._cgroup_cpus(tmp_path / "none") is None
+
+
+def test_set_threads_applies_and_says_it_once(monkeypatch):
+    monkeypatch.setenv("CEBENCH_THREADS", "1")
+    torch.set_num_threads(2)
+    choice = T.set_threads()
+    assert torch.get_num_threads() == 1 and choice.source == "CEBENCH_THREADS"
+    line = T.threads_note()
+    assert line is not None and line.startswith("threads: 1 torch threads")
+    assert T.threads_note() is None
+    # a child process that inherits the environment and makes the same choice stays quiet
+    monkeypatch.setattr(T, "_STATE", {"last": None, "said": None})
+    T.set_threads()
+    assert T.threads_note() is None
+
+
+def test_data_worker_init_uses_one_thread():
+    torch.set_num_threads(2)
+    T.data_worker_init(0)
+    assert torch.get_num_threads() == 1
+
+
+def test_pretraining_loader_workers_get_one_thread(tmp_path):
+    from _train_helpers import tiny_config, write_images
+
+    from cebench.core.distributed import DistInfo
+    from cebench.pretrain.trainer import Trainer
+
+    cfg = tiny_config(write_images(tmp_path / "img", n=8), tmp_path / "run", ["data.workers=1"])
+    loader = Trainer(cfg, torch.device("cpu"), DistInfo())._loader()
+    assert loader.worker_init_fn is T.data_worker_init
