@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import dataclasses
 import fnmatch
 import json
 import multiprocessing
@@ -243,6 +244,7 @@ class Runner:
 
     def resolve_all(self) -> None:
         """Check every cell's config before running anything; hash it with its dependencies' hashes."""
+        synth = self.suite.data.synth
         for cell in self.cells:
             try:
                 resolved = self.executor.resolve(cell)
@@ -256,6 +258,8 @@ class Runner:
                     "seed": cell.seed,
                     "config": _portable(resolved, str(self.out)),
                     "depends": [self.hashes[d] for d in cell.depends],
+                    # the generated data's spec: its paths stay the same when it changes
+                    **({"synth": dataclasses.asdict(synth)} if synth is not None else {}),
                 }
             )
 

@@ -305,3 +305,21 @@ def _alive(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_change_of_the_generated_data_spec_reruns_the_cells(tmp_path):
+    """Cells read the generated data through the same paths whatever its spec: the spec is part
+    of every cell's hash, so a changed spec never reuses cells computed on the old data."""
+    from cebench.benchmarks.cells import CellExecutor
+    from cebench.benchmarks.runner import Runner
+    from cebench.benchmarks.suite import load_suite
+
+    def hashes(overrides):
+        runner = Runner(load_suite("mini", overrides), tmp_path, CellExecutor(), log=lambda m: None)
+        runner.resolve_all()
+        return runner.hashes
+
+    base, same = hashes([]), hashes([])
+    other = hashes(["data.synth.object_scale=1.6"])
+    assert base == same
+    assert all(base[c] != other[c] for c in base)
