@@ -198,6 +198,12 @@ def _init_worker(jobs: int) -> None:
 
 
 class Runner:
+    # what a launcher's job process calls; cebench.benchmarks.slurm takes them from the runner
+    # it is handed, so that it does not import this module (which imports it)
+    execute_cell = staticmethod(_execute)
+    stop_cell = staticmethod(_stop_cell)
+    work_stamp = STAMP
+
     def __init__(
         self,
         suite: Suite,

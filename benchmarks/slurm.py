@@ -82,6 +82,7 @@ class CellJob:
     config_hash: str
     code_version: str
     executor: Any
+    runner_cls: Any  # cebench.benchmarks.runner.Runner: execute_cell, stop_cell, work_stamp
 
     def __call__(self) -> str:
         import submitit
@@ -91,12 +92,12 @@ class CellJob:
         if world > 1:  # torchrun's variables, from the Slurm tasks of this job
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         _set_threads()
-        requeue = _install_signal_handlers()
+        requeue = _install_signal_handlers(self.runner_cls.stop_cell)
         if rank != 0:
             return self._other_rank()
-        from cebench.benchmarks.runner import _execute
-
-        res = _execute(self.executor, self.cell, self.resolved, self._work(), self.config_hash)
+        res = self.runner_cls.execute_cell(
+            self.executor, self.cell, self.resolved, self._work(), self.config_hash
+        )
         writer = _writer(self)
         if res.get("interrupted"):
             if requeue["asked"]:  # time limit or preemption notice: continue in a new allocation
@@ -122,7 +123,6 @@ class CellJob:
 
     def _other_rank(self) -> str:
         """Ranks > 0 of a multi-process pretraining cell: train, write nothing (rank 0 writes)."""
-        from cebench.benchmarks.runner import STAMP
         from cebench.core.checkpoints import CKPT, NEXT, PREV
         from cebench.core.config import from_dict
         from cebench.pretrain.config import PretrainConfig
@@ -130,7 +130,7 @@ class CellJob:
 
         work = Path(self._work())
         cfg = from_dict(PretrainConfig, self.resolved)
-        stamp = work / STAMP
+        stamp = work / self.runner_cls.work_stamp
         # rank 0 keeps the checkpoint exactly when the stamp matches (runner._execute)
         same = stamp.is_file() and stamp.read_text() == self.config_hash
         cfg.train.resume = same and any((work / n).exists() for n in (CKPT, NEXT, PREV))
@@ -149,15 +149,12 @@ def _set_threads() -> None:
         torch.set_num_threads(int(cpus))
 
 
-def _install_signal_handlers() -> dict[str, bool]:
+def _install_signal_handlers(stop_cell: Any) -> dict[str, bool]:
     """SIGTERM/SIGINT stop the cell (a pretraining cell saves first); USR2 does the same and asks
     for a requeue. Replaces submitit's handlers, which would requeue without a checkpoint."""
-    from cebench.benchmarks.runner import _IN_CELL, _stop_cell
-
     asked = {"asked": False}
-    _IN_CELL["worker"] = False  # a signal outside the cell raises too (nothing to lose there)
     for s in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(s, _stop_cell)
+        signal.signal(s, stop_cell)
 
     def usr2(signum: int, frame: Any) -> None:
         asked["asked"] = True
@@ -172,9 +169,7 @@ def _install_signal_handlers() -> dict[str, bool]:
 def _writer(job: CellJob) -> Any:
     """A Runner with just what `_write_cell` / `_write_error` read, so that a job writes its
     record exactly as a local run does."""
-    from cebench.benchmarks.runner import Runner
-
-    w = Runner.__new__(Runner)
+    w = job.runner_cls.__new__(job.runner_cls)
     w.suite, w.code_version = job.suite, job.code_version
     w.out = Path(job.out)
     w.cells_dir = inside(w.out, "cells")
@@ -357,6 +352,7 @@ class SlurmLauncher:
             config_hash=runner.hashes[cell.id],
             code_version=runner.code_version,
             executor=runner.executor,
+            runner_cls=type(runner),
         )
         try:
             submitted = self._executor(runner, cell, depends).submit(job)
