@@ -21,12 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
-from cebench.pretrain.methods.base import PretrainMethod, register_method
-from cebench.pretrain.models import build_encoder
+from cebench.pretrain.methods.base import register_method
+from cebench.pretrain.methods.supervised import Supervised
 from cebench.pretrain.steps import supervised_step
-from cebench.pretrain.supervised import SupervisedNet
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -42,20 +40,13 @@ def four_rotations(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @register_method("rotation")
-class Rotation(PretrainMethod):
-    uses_fill = False
+class Rotation(Supervised):
+    """The supervised network and step with the 4 rotations as the labels."""
 
-    @classmethod
-    def check(cls, cfg: Any) -> None:
-        pass  # the mask is not used
+    uses_labels = False
 
-    def build(self) -> None:
-        cfg = self.cfg
-        self.enc_name = cfg.model.encoder
-        self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": cfg.model.input_size}
-        net = SupervisedNet(build_encoder(self.enc_name, **self.enc_kwargs), ROTATIONS)
-        self.models["net"] = self.prepare(net)
-        self.optims["net"] = self.adam(self.models["net"], cfg.optim.lr)
+    def num_outputs(self) -> int:
+        return ROTATIONS
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor | None, step: int
@@ -77,6 +68,3 @@ class Rotation(PretrainMethod):
 
     def meta(self) -> dict[str, Any]:
         return {"mask": None}
-
-    def encoder(self) -> tuple[nn.Module, str, dict[str, Any]]:
-        return self.models["net"].encoder, self.enc_name, self.enc_kwargs

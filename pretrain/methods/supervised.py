@@ -33,9 +33,13 @@ class Supervised(PretrainMethod):
         cfg = self.cfg
         self.enc_name = cfg.model.encoder
         self.enc_kwargs = {**cfg.model.encoder_kwargs, "input_size": cfg.model.input_size}
-        net = SupervisedNet(build_encoder(self.enc_name, **self.enc_kwargs), len(self.classes))
+        net = SupervisedNet(build_encoder(self.enc_name, **self.enc_kwargs), self.num_outputs())
         self.models["net"] = self.prepare(net)
         self.optims["net"] = self.adam(self.models["net"], cfg.optim.lr)
+
+    def num_outputs(self) -> int:
+        """Outputs of the linear head: the classes (a subclass with other targets changes it)."""
+        return len(self.classes)
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor | None, step: int
