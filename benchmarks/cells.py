@@ -192,17 +192,7 @@ def ensure_synth(suite: Suite, out_dir: Path) -> None:
         return
     from cebench.data.synth import generate
 
-    generate(
-        root,
-        seed=spec.seed,
-        size=spec.size,
-        images=spec.images,
-        unlabelled=spec.unlabelled,
-        folder_images=spec.folder_images,
-        unlabelled_style=spec.unlabelled_style,
-        object_scale=spec.object_scale,
-        force=True,
-    )
+    generate(root, **want, force=True)  # the spec's keys are generate()'s
     # validate it as `cebench data check` does before any cell trusts it
     from cebench.core.errors import DatasetError
     from cebench.data.check import check
