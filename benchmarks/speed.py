@@ -5,6 +5,8 @@
     cebench speed --configs paper-inpainting --steps 5 --warmup 1
     cebench speed --threads 1                       # stable ratios on a shared, busy CPU
     cebench speed --json --steps 1 --warmup 0 --configs small --batch-size 4   # seconds (tests)
+    cebench speed --configs none --photos --workdir /tmp/speed   # camera-sized photo folder
+    cebench speed --configs none --contention                    # a competing process (minutes)
 
 For each configuration (named pretraining configs: "paper-inpainting" = 128 px, batch 64, 4000-d
 bottleneck, joint loss; "paper-alexnet" = 227 px AlexNet, random-region masks; "small" = the
@@ -21,7 +23,16 @@ bottleneck, joint loss; "paper-alexnet" = 227 px AlexNet, random-region masks; "
 - transfer: frozen feature extraction (`cebench.transfer.features.compute_features`) and the linear probe
   on cached features (`cebench.transfer.classify.train_linear_probe`);
 - peak memory of a step (CUDA: max_memory_allocated; CPU: the process's peak RSS, VmHWM, reset
-  before each step) and FLOPs per step (FlopCounterMode), so TFLOP/s / device peak = utilisation.
+  before each step) and FLOPs per step (FlopCounterMode); its TFLOP/s as a fraction of this
+  device's bf16 and fp32 matmul peak, measured in the same run (one large square matmul).
+
+--photos: the `small` config on camera-sized files (6 JPEGs 4000x3000 with sensor-like noise, 2
+PNGs 2560x1600; written once into --workdir): its training rate against the training DataLoader
+with the default workers decoding them at full size (plain), in JPEG draft mode (draft: what
+training does), and from `cebench data prepare`'s copy at the load size (prepared), and the
+copy's own cost. --contention: `cebench pretrain` (small config) alone and with a second one
+competing for the CPUs, for the automatic thread count and one thread, each with passive and
+with OpenMP's default wait policy (cebench.core.threads).
 
 Images are synthetic (smooth random JPEGs, 2 x 1.5 times the config's load size, so the data path
 decodes and resizes as on real photos), written to a temporary directory: nothing is downloaded.
@@ -31,7 +42,9 @@ JSON (last line with --json): {"date", "device", "torch", "threads", "git_commit
 "plain_step_s", "ours_img_per_s", "plain_img_per_s", "ratio", "loss_ours", "loss_plain",
 "flops_per_step", "ours_tflops", "ours_peak_mem_gib", "plain_peak_mem_gib", "mem_kind",
 "data_workers", "data_img_per_s", "data_over_train", "features_img_per_s", "probe_images",
-"probe_epochs", "probe_s"}}}. Times are seconds, memory GiB; null where not measured.
+"probe_epochs", "probe_s", "of_bf16_peak", "of_fp32_peak"}}}, with "matmul_peak_tflops": {"n",
+"reps", "bf16", "fp32"}, "photos" (--photos) and "contention" (--contention) beside "configs".
+Times are seconds, memory GiB; null where not measured.
 """
 
 from __future__ import annotations
@@ -66,7 +79,29 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n")[1],
     )
-    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=sorted(CONFIGS))
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=DEFAULT_CONFIGS,
+        choices=[*sorted(CONFIGS), "none"],
+        help="configurations for the main table (none: only the cases below)",
+    )
+    p.add_argument(
+        "--photos",
+        action="store_true",
+        help="also the photo-folder case: 4000x3000 JPEGs and large PNGs, the small config's "
+        "training rate vs data loading plain / draft / prepared",
+    )
+    p.add_argument(
+        "--contention",
+        action="store_true",
+        help="also the slowdown of a cebench pretrain run (small config) with a second one "
+        "competing for the CPUs (subprocesses, a few minutes)",
+    )
+    p.add_argument(
+        "--workdir",
+        help="keep the generated images here between runs (default: a temporary folder)",
+    )
     p.add_argument(
         "--steps", type=int, default=2, help="timed repetitions (each: 1 ours + 1 plain step)"
     )
@@ -79,7 +114,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads (default: torch's); 1 gives stable ratios on a busy machine",
+        help="torch intra-op threads (default: CPUs // jobs, cebench.core.threads); "
+        "1 gives stable ratios on a busy machine",
     )
     return p
 
@@ -323,6 +359,276 @@ def _transfer(
     return rate, time.perf_counter() - t
 
 
+# ----- the machine's matmul peak
+def measure_peak(device: torch.device, reps: int = 5) -> dict[str, Any]:
+    """bf16 and fp32 TFLOP/s of one large square matmul (best of `reps`), the yardstick for each
+    configuration's TFLOP/s (`of_bf16_peak`, `of_fp32_peak`)."""
+    n = 8192 if device.type == "cuda" else 2048
+    out: dict[str, Any] = {"n": n, "reps": reps}
+    for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b  # warm-up
+        _sync(device)
+        best = float("inf")
+        for _ in range(reps):
+            t = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+        out[name] = round(2 * n**3 / best / 1e12, 4)
+    return out
+
+
+# ----- a folder of camera-sized photos
+PHOTO_JPEGS = 6  # 4000x3000 (12 Mpx), quality 90 with sensor-like noise: about 4 MB each
+PHOTO_PNGS = 2  # 2560x1600 wallpapers, lossless: about 10 MB each
+PHOTO_JPEG_SIZE, PHOTO_PNG_SIZE = (4000, 3000), (2560, 1600)
+
+
+def write_photos(folder: Path, seed: int = 0) -> list[Path]:
+    """Camera-sized files (cached: kept when already there): smooth colour fields with noise, so
+    they compress (and decode) like photos rather than like flat synthetic images."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = [(f"{i:02d}.jpg", *PHOTO_JPEG_SIZE) for i in range(PHOTO_JPEGS)]
+    specs += [(f"{i + PHOTO_JPEGS:02d}.png", *PHOTO_PNG_SIZE) for i in range(PHOTO_PNGS)]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for name, w, h in specs:
+        path = folder / name
+        paths.append(path)
+        low = torch.from_numpy(rng.uniform(0, 1, (1, 3, 12, 16))).float()
+        if path.is_file() and Image.open(path).size == (w, h):
+            continue
+        img = torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic")[0]
+        arr = img.permute(1, 2, 0).clamp(0, 1).numpy() * 255
+        arr += rng.normal(0, 10, arr.shape).astype(np.float32)
+        tmp = path.with_name(f".{name}.tmp{path.suffix}")
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(tmp, quality=90)
+        os.replace(tmp, path)
+    return paths
+
+
+def _data_rate(paths: list[Path], cfg: Any, draft: bool, batches: int, workers: int) -> float:
+    """Images/s of the training DataLoader (`TrainImages` + `StepBatchSampler`, `workers`
+    processes) over `paths`, after the first batch (which starts the workers)."""
+    from cebench.core.threads import data_worker_init
+    from cebench.pretrain.train_data import StepBatchSampler, TrainImages, collate
+
+    ds = TrainImages(
+        paths,
+        size=cfg.model.input_size,
+        load_size=cfg.data.load_size,
+        crop=cfg.data.crop,
+        flip=cfg.data.flip,
+        draft=draft,
+    )
+    b = cfg.train.batch_size
+    sampler = StepBatchSampler(len(ds), b, cfg.train.seed, 0, batches + 1)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=data_worker_init if workers else None,
+    )
+    it = iter(loader)
+    next(it)
+    t = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    rate = batches * b / (time.perf_counter() - t)
+    del it
+    return rate
+
+
+def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The `small` config on a folder of camera-sized photos: its training rate (steps on one
+    preloaded batch) against data loading with the default workers, decoding the files at full
+    size (plain), in JPEG draft mode (draft, what training does) and from `cebench data prepare`'s
+    copy at the load size (prepared); and the preparation's own rate (one process, from scratch)."""
+    import shutil
+
+    from cebench.core.device import pick_device
+    from cebench.core.distributed import DistInfo
+    from cebench.data.prepare import prepare
+    from cebench.pretrain.trainer import Trainer
+
+    files = write_photos(workdir / "photos")
+    probe = _config("small", workdir / "none", workdir / "run-photos", args.batch_size, args.device)
+    b, load = probe.train.batch_size, probe.data.load_size or probe.model.input_size
+    small = workdir / f"images-{load}"
+    if not small.is_dir():
+        write_images(small, max(2 * b, 16), round(load * 2), round(load * 1.5))
+    cfg = _config("small", small, workdir / "run-photos", args.batch_size, args.device)
+    shutil.rmtree(workdir / "run-photos", ignore_errors=True)
+    trainer = Trainer(cfg, pick_device(cfg.train.device), DistInfo())
+    trainer.pending, trainer.skipped_local = [], 0
+    images, labels, _ = next(iter(trainer._loader()))
+    batch = _Repeat((images, labels, 0))
+    times = []
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        trainer.train_step(batch)
+        trainer.pending.clear()
+        _sync(trainer.device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    train_rate = b / statistics.median(times)
+
+    prepared = workdir / f"photos-{load}"
+    shutil.rmtree(prepared, ignore_errors=True)
+    t = time.perf_counter()
+    prepare(workdir / "photos", prepared, load)
+    prepare_s = time.perf_counter() - t
+    # the file list cycled to two global batches (the sampler needs at least one)
+    n = max(2 * b, len(files))
+    src = [files[i % len(files)] for i in range(n)]
+    dst = [prepared / p.name for p in src]
+    workers = cfg.data.workers if cfg.data.workers >= 0 else min(4, os.cpu_count() or 1)
+    slow = max(2, min(args.steps, 4))  # full-size decoding takes seconds per batch
+    rates = {
+        "plain": _data_rate(src, cfg, False, slow, workers),
+        "draft": _data_rate(src, cfg, True, slow, workers),
+        "prepared": _data_rate(dst, cfg, True, max(8, args.steps), workers),
+    }
+    mpx = [_megapixels(p) for p in files]
+    return {
+        "config": "small",
+        "batch_size": b,
+        "load_size": load,
+        "files": len(files),
+        "jpeg_size": list(PHOTO_JPEG_SIZE),
+        "png_size": list(PHOTO_PNG_SIZE),
+        "jpegs": PHOTO_JPEGS,
+        "pngs": PHOTO_PNGS,
+        "median_mpx": round(statistics.median(mpx), 2),
+        "mbytes": round(sum(p.stat().st_size for p in files) / 1e6, 1),
+        "data_workers": workers,
+        "train_img_per_s": round(train_rate, 2),
+        **{f"data_{k}_img_per_s": round(v, 2) for k, v in rates.items()},
+        **{f"data_{k}_over_train": round(v / train_rate, 2) for k, v in rates.items()},
+        "prepare_s": round(prepare_s, 2),
+        "prepare_img_per_s": round(len(files) / prepare_s, 2),
+    }
+
+
+def _megapixels(path: Path) -> float:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size[0] * im.size[1] / 1e6
+
+
+# ----- a competing process
+CONTENTION_STEPS = (10, 30)  # the measured run's steps: timed from the first to the second
+
+
+def _pretrain_argv(data: Path, out: Path, steps: int, log_every: int) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from cebench.cli import main; sys.exit(main(sys.argv[1:]))",
+        "pretrain",
+        "--config",
+        CONFIGS["small"],
+        "--data",
+        str(data),
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "train.sample_every=0",
+        f"train.save_every={steps}",
+        f"train.log_every={log_every}",
+    ]
+
+
+def _seconds_per_step(run: Path) -> float:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    t = {r["step"]: r["time"] for r in rows}
+    a, b = CONTENTION_STEPS
+    return (t[b] - t[a]) / (b - a)
+
+
+def _one_run(data: Path, work: Path, env: dict[str, str], competitor: bool) -> tuple[float, str]:
+    """(seconds per step of a measured `cebench pretrain` run, its 'threads:' line), alone or
+    while a second identical run trains (started first, stopped when the measured one ends)."""
+    import shutil
+    import subprocess
+
+    for d in ("measured", "competitor"):
+        shutil.rmtree(work / d, ignore_errors=True)
+    other = None
+    if competitor:
+        other = subprocess.Popen(
+            _pretrain_argv(data, work / "competitor", 100_000, 1),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 120
+        while not (work / "competitor" / "metrics.jsonl").is_file() and time.time() < deadline:
+            time.sleep(0.5)  # training has started (one step logged)
+    try:
+        done = subprocess.run(
+            _pretrain_argv(data, work / "measured", CONTENTION_STEPS[1], CONTENTION_STEPS[0]),
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        if other is not None:
+            other.terminate()
+            other.wait()
+    if done.returncode != 0:
+        raise RuntimeError(f"cebench pretrain failed: {done.stderr.strip()[-500:]}")
+    line = next((ln for ln in done.stderr.splitlines() if ln.startswith("threads:")), "")
+    return _seconds_per_step(work / "measured"), line
+
+
+def measure_contention(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The `small` config's `cebench pretrain` (default workers) alone and with a second such
+    run competing, for the thread choices x OpenMP wait policies below; alone and competing runs
+    alternate, each variant `max(1, --steps // 2)` times; the slowdown is the median competing
+    time over the median alone time (seconds per step between steps 10 and 30)."""
+    probe = _config("small", workdir / "none", workdir / "none", None, "cpu")
+    load = probe.data.load_size or probe.model.input_size
+    data = workdir / f"images-{load}"
+    if not data.is_dir():
+        write_images(data, 2 * probe.train.batch_size, round(load * 2), round(load * 1.5))
+    base = {
+        k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "CEBENCH_", "_CEBENCH"))
+    }
+    variants = {
+        "auto threads, passive OpenMP (default)": {},
+        "auto threads, OpenMP's default wait": {"CEBENCH_OMP_PASSIVE": "0"},
+        "1 thread, passive OpenMP": {"CEBENCH_THREADS": "1"},
+        "1 thread, OpenMP's default wait": {"CEBENCH_THREADS": "1", "CEBENCH_OMP_PASSIVE": "0"},
+    }
+    reps = max(1, args.steps // 2)
+    out: dict[str, Any] = {"config": "small", "steps": list(CONTENTION_STEPS), "reps": reps}
+    work = workdir / "contention"
+    work.mkdir(parents=True, exist_ok=True)
+    for name, extra in variants.items():
+        env = {**base, **extra}
+        alone, competing, line = [], [], ""
+        for _ in range(reps):
+            s, line = _one_run(data, work, env, False)
+            alone.append(s)
+            competing.append(_one_run(data, work, env, True)[0])
+        a, c = statistics.median(alone), statistics.median(competing)
+        out[name] = {
+            "threads": int(line.split()[1]) if line else None,
+            "alone_step_s": round(a, 4),
+            "competing_step_s": round(c, 4),
+            "slowdown": round(c / a, 2),
+        }
+    return out
+
+
 # ----- output
 def format_table(results: dict[str, dict[str, Any]]) -> str:
     def f(v: Any, nd: int = 1) -> str:
@@ -330,17 +636,63 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
     head = (
         "| config | batch | amp | ours img/s | plain img/s | ours/plain | data img/s | data/train "
-        "| peak mem ours / plain (GiB) | TFLOP/s | features img/s | probe s |"
+        "| peak mem ours / plain (GiB) | TFLOP/s | of matmul peak | features img/s | probe s |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for name, r in results.items():
         rows.append(
             f"| {name} | {r['batch_size']} | {r['amp']} | {f(r['ours_img_per_s'])} | "
             f"{f(r['plain_img_per_s'])} | {f(r['ratio'], 2)} | {f(r['data_img_per_s'])} | "
             f"{f(r['data_over_train'], 1)} | {f(r['ours_peak_mem_gib'], 2)} / "
-            f"{f(r['plain_peak_mem_gib'], 2)} | {f(r['ours_tflops'], 3)} | "
+            f"{f(r['plain_peak_mem_gib'], 2)} | {f(r['ours_tflops'], 3)} | {_of_peak(r)} | "
             f"{f(r['features_img_per_s'])} | {f(r['probe_s'], 2)} ({r['probe_epochs']} ep) |"
         )
+    return "\n".join(rows)
+
+
+def _of_peak(r: dict[str, Any]) -> str:
+    """The configuration's TFLOP/s over the matmul peak of its own precision (the other one
+    in brackets)."""
+    own, other = ("bf16", "fp32") if r["amp"] == "bf16" else ("fp32", "bf16")
+    if r.get(f"of_{own}_peak") is None:
+        return "-"
+    return f"{100 * r[f'of_{own}_peak']:.0f}% {own} ({100 * r[f'of_{other}_peak']:.0f}% {other})"
+
+
+def format_photos(r: dict[str, Any]) -> str:
+    head = (
+        f"photo folder: {r['files']} files ({r['jpegs']} JPEG {'x'.join(map(str, r['jpeg_size']))}, "
+        f"{r['pngs']} PNG {'x'.join(map(str, r['png_size']))}, {r['mbytes']} MB), `{r['config']}` config (load size {r['load_size']}, "
+        f"batch {r['batch_size']}), {r['data_workers']} data workers\n\n"
+        "| data path | data img/s | training img/s | data/train |\n|---|---|---|---|"
+    )
+    rows = [head]
+    for k in ("plain", "draft", "prepared"):
+        rows.append(
+            f"| {k} | {r[f'data_{k}_img_per_s']:.1f} | {r['train_img_per_s']:.1f} | "
+            f"{r[f'data_{k}_over_train']:.2f} |"
+        )
+    rows.append(
+        f"\npreparing the copy (cebench data prepare, 1 process): {r['prepare_s']:.1f} s, "
+        f"{r['prepare_img_per_s']:.1f} images/s"
+    )
+    return "\n".join(rows)
+
+
+def format_contention(r: dict[str, Any]) -> str:
+    a, b = r["steps"]
+    rows = [
+        f"competing process: `cebench pretrain --config small-dcgan` alone vs with a second one "
+        f"running, s/step over steps {a}-{b}, median of {r['reps']}\n",
+        "| variant | threads | alone s/step | competing s/step | slowdown |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in r.items():
+        if isinstance(v, dict):
+            rows.append(
+                f"| {name} | {v['threads']} | {v['alone_step_s']:.3f} | "
+                f"{v['competing_step_s']:.3f} | {v['slowdown']:.2f}x |"
+            )
     return "\n".join(rows)
 
 
@@ -357,15 +709,50 @@ def main(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from cebench.core.threads import set_threads, threads_note
+
     device = pick_device(args.device)
+    configs = [c for c in args.configs if c != "none"]
+    if not (configs or args.photos or args.contention):
+        raise ConfigError("--configs none: nothing to measure (add --photos or --contention)")
     results: dict[str, dict[str, Any]] = {}
+    photos = contention = None
+    if args.workdir:
+        try:
+            Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--workdir {args.workdir}: {e.strerror or e}") from None
+    set_threads(args.threads)  # after every check: the line below is the run's first
+    if note := threads_note():
+        print(note, file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(prefix="cebench-speed-") as tmp:
-        for name in args.configs:
+        work = Path(args.workdir or tmp)
+        peak = measure_peak(device) if configs else {}
+        for name in configs:
             print(f"speed: {name} ...", file=sys.stderr, flush=True)
-            results[name] = measure_config(name, args, Path(tmp))
-    print(format_table(results))
+            results[name] = measure_config(name, args, work)
+            for prec in ("bf16", "fp32"):
+                if peak.get(prec):
+                    results[name][f"of_{prec}_peak"] = round(
+                        results[name]["ours_tflops"] / peak[prec], 4
+                    )
+        if args.photos:
+            print("speed: photos ...", file=sys.stderr, flush=True)
+            photos = measure_photos(args, work)
+        if args.contention:
+            print("speed: contention ...", file=sys.stderr, flush=True)
+            contention = measure_contention(args, work)
+    if results:
+        print(format_table(results))
+    if peak:
+        print(
+            f"matmul peak (one {peak['n']}x{peak['n']} matmul, best of {peak['reps']}): "
+            f"bf16 {peak['bf16']:.3f} TFLOP/s, fp32 {peak['fp32']:.3f} TFLOP/s"
+        )
+    if photos:
+        print(format_photos(photos))
+    if contention:
+        print(format_contention(contention))
     for name, r in results.items():
         if device.type == "cpu" and r["ours_peak_mem_gib"] > CPU_MEMORY_LIMIT_GIB:
             print(f"note: {name} peaks at {r['ours_peak_mem_gib']:.1f} GiB RSS (> 8 GiB)")
@@ -377,6 +764,9 @@ def main(args: argparse.Namespace) -> int:
             "threads": torch.get_num_threads(),
             "git_commit": git_commit(),
             "configs": results,
+            "matmul_peak_tflops": peak or None,
+            "photos": photos,
+            "contention": contention,
         }
         print(json.dumps(out))
     return 0

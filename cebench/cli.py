@@ -85,6 +85,9 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from cebench.core.errors import CebenchError
+    from cebench.core.threads import passive_openmp
+
+    passive_openmp()  # before torch loads OpenMP: no spinning threads on shared cores
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:

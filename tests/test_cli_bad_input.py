@@ -274,6 +274,8 @@ CASES += [
     ("speed-threads", "speed --threads -2", None),
     ("speed-batch", "speed --batch-size 0", None),
     ("speed-config", "speed --configs nosuch", None),
+    ("speed-nothing", "speed --configs none", None),
+    ("speed-workdir-file", "speed --configs none --photos --workdir {afile}", None),
 ]
 
 

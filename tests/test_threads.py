@@ -95,3 +95,21 @@ def test_pretraining_loader_workers_get_one_thread(tmp_path):
     cfg = tiny_config(write_images(tmp_path / "img", n=8), tmp_path / "run", ["data.workers=1"])
     loader = Trainer(cfg, torch.device("cpu"), DistInfo())._loader()
     assert loader.worker_init_fn is T.data_worker_init
+
+
+def test_passive_openmp_unless_set():
+    env: dict[str, str] = {}
+    assert T.passive_openmp(env) and env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert not T.passive_openmp(env) and env["OMP_WAIT_POLICY"] == "ACTIVE"
+    env = {"CEBENCH_OMP_PASSIVE": "0"}
+    assert not T.passive_openmp(env) and "OMP_WAIT_POLICY" not in env
+
+
+def test_the_cebench_command_sets_it_before_torch_runs(monkeypatch, capsys):
+    from cebench.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("CEBENCH_OMP_PASSIVE", raising=False)
+    assert main(["--version"]) == 0
+    assert T.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # inherited by every process it starts

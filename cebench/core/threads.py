@@ -17,7 +17,14 @@ once and sets CEBENCH_JOBS=N in its workers; torchrun's LOCAL_WORLD_SIZE process
 machine too, so jobs = CEBENCH_JOBS x LOCAL_WORLD_SIZE. Data-loader workers use one thread each
 (`data_worker_init`, the DataLoader's worker_init_fn).
 
-Override, first found wins: an explicit setting (`train.threads`, `cebench speed --threads`), the
+OpenMP's wait policy: torch's libgomp threads spin (busy-wait) at the end of every parallel
+region before they sleep. On a shared machine a spinning thread burns the time slice its partner
+needs, and with one competing process a 2-thread step ran 6x slower than alone (1.5x with
+OMP_WAIT_POLICY=PASSIVE; README, Speed). `passive_openmp()`, called by the `cebench` command
+before torch is imported, sets OMP_WAIT_POLICY=PASSIVE unless the environment already sets it
+(CEBENCH_OMP_PASSIVE=0 keeps OpenMP's default).
+
+Override, first found wins: an explicit setting (`cebench speed --threads`), the
 environment variable CEBENCH_THREADS, OMP_NUM_THREADS (what OpenMP itself reads), then the rule.
 """
 
@@ -48,8 +55,7 @@ class ThreadChoice:
         else:
             why = f"from {self.source}; {self.cpus} CPUs available"
         return (
-            f"threads: {self.threads} torch threads ({why}; "
-            "train.threads, --threads or CEBENCH_THREADS to change)"
+            f"threads: {self.threads} torch threads ({why}; CEBENCH_THREADS or --threads to change)"
         )
 
 
@@ -141,6 +147,16 @@ def threads_note() -> str | None:
         return None
     os.environ[_SAID_ENV] = str(choice.threads)
     return choice.line()
+
+
+def passive_openmp(env: dict[str, str] | None = None) -> bool:
+    """Set OMP_WAIT_POLICY=PASSIVE (see module doc) unless it is set or CEBENCH_OMP_PASSIVE=0;
+    effective only before torch is first imported. Returns whether it was set."""
+    env = os.environ if env is None else env
+    if "OMP_WAIT_POLICY" in env or env.get("CEBENCH_OMP_PASSIVE", "1").strip() == "0":
+        return False
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
 
 
 def data_worker_init(worker_id: int) -> None:
