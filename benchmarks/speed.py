@@ -42,7 +42,8 @@ JSON (last line with --json): {"date", "device", "torch", "threads", "git_commit
 "plain_step_s", "ours_img_per_s", "plain_img_per_s", "ratio", "loss_ours", "loss_plain",
 "flops_per_step", "ours_tflops", "ours_peak_mem_gib", "plain_peak_mem_gib", "mem_kind",
 "data_workers", "data_img_per_s", "data_over_train", "features_img_per_s", "probe_images",
-"probe_epochs", "probe_s", "of_bf16_peak", "of_fp32_peak"}}}, with "matmul_peak_tflops": {"n",
+"probe_epochs", "probe_s", "compile_s", "compiled_step_s", "compiled_speedup", "of_bf16_peak",
+"of_fp32_peak"}}}, with "matmul_peak_tflops": {"n",
 "reps", "bf16", "fp32"}, "photos" (--photos) and "contention" (--contention) beside "configs".
 Times are seconds, memory GiB; null where not measured.
 """
@@ -109,6 +110,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="override the config's batch size")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-plain", action="store_true", help="skip the plain reference")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="A/B: also time ours with every network compiled (torch.compile, inductor), "
+        "interleaved; compile time reported apart",
+    )
     p.add_argument("--probe-epochs", type=int, default=10)
     p.add_argument("--json", action="store_true", help="also print one JSON line at the end")
     p.add_argument(
@@ -221,6 +228,23 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     plain = None
     if not args.no_plain:
         plain = PlainStep.from_config(cfg, device)
+    compiled, compile_s = None, None
+    if args.compile:  # the same run, seed and weights, every network compiled in place
+        compiled = Trainer(cfg, device, DistInfo())
+        compiled.pending, compiled.skipped_local = [], 0
+        for module in compiled.method.models.values():
+            module.compile()
+        t = time.perf_counter()
+        compiled.train_step(ours_it)  # the first call compiles (forward and backward)
+        compiled.pending.clear()
+        _sync(device)
+        compile_s = time.perf_counter() - t
+
+    def compiled_step() -> None:
+        assert compiled is not None
+        compiled.train_step(ours_it)
+        compiled.pending.clear()
+        _sync(device)
 
     def ours_step() -> float:
         trainer.train_step(ours_it)
@@ -244,6 +268,8 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
             ours_step()
         if plain is not None:
             plain_step()
+        if compiled is not None:
+            compiled_step()
     if args.warmup == 0:  # count on a copy so the timed steps start from the same state
         mods = [*trainer.method.models.values(), *trainer.method.optims.values()]
         saved = [copy.deepcopy(m.state_dict()) for m in mods]
@@ -255,6 +281,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
             m.load_state_dict(state)
 
     t_ours, t_plain, ratios, mem_ours, mem_plain = [], [], [], 0.0, 0.0
+    t_comp, comp_ratios = [], []
     loss_ours = loss_plain = None
     mem_kind = ""
     for _ in range(args.steps):
@@ -271,6 +298,11 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
             t_plain.append(time.perf_counter() - t)
             mem_plain = max(mem_plain, _peak_gib(device)[0])
             ratios.append(t_plain[-1] / t_ours[-1])
+        if compiled is not None:
+            t = time.perf_counter()
+            compiled_step()
+            t_comp.append(time.perf_counter() - t)
+            comp_ratios.append(t_ours[-1] / t_comp[-1])
     ours_s = statistics.median(t_ours)
     plain_s = statistics.median(t_plain) if t_plain else None
 
@@ -332,6 +364,9 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "probe_images": 4 * len(images),
         "probe_epochs": args.probe_epochs,
         "probe_s": round(probe_s, 3),
+        "compile_s": round(compile_s, 2) if compile_s is not None else None,
+        "compiled_step_s": round(statistics.median(t_comp), 4) if t_comp else None,
+        "compiled_speedup": round(statistics.median(comp_ratios), 3) if comp_ratios else None,
     }
 
 
@@ -749,6 +784,13 @@ def main(args: argparse.Namespace) -> int:
             f"matmul peak (one {peak['n']}x{peak['n']} matmul, best of {peak['reps']}): "
             f"bf16 {peak['bf16']:.3f} TFLOP/s, fp32 {peak['fp32']:.3f} TFLOP/s"
         )
+    for name, r in results.items():
+        if r["compile_s"] is not None:
+            print(
+                f"torch.compile ({name}): {r['compile_s']:.1f} s to compile, then "
+                f"{r['compiled_step_s']:.3f} s/step vs {r['ours_step_s']:.3f} eager "
+                f"(x{r['compiled_speedup']:.2f})"
+            )
     if photos:
         print(format_photos(photos))
     if contention:
