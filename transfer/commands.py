@@ -21,8 +21,14 @@ HARNESSES = {
         "cebench.transfer.classify",
         "linear probe per layer, kNN or fine-tuning; top-1 or VOC mAP",
     ),
-    "detect": ("cebench.transfer.detect", "Faster R-CNN on the encoder (FPN or Fast R-CNN-style c4 head); VOC07 mAP, COCO AP"),
-    "segment": ("cebench.transfer.segment", "FCN on the encoder (FCN-32s fc6/fc7 option); mean IU at original size"),
+    "detect": (
+        "cebench.transfer.detect",
+        "Faster R-CNN on the encoder (FPN or Fast R-CNN-style c4 head); VOC07 mAP, COCO AP",
+    ),
+    "segment": (
+        "cebench.transfer.segment",
+        "FCN on the encoder (FCN-32s fc6/fc7 option); mean IU at original size",
+    ),
 }
 
 
