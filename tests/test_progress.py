@@ -73,8 +73,8 @@ def test_heartbeat_is_silent_on_a_terminal():
 def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
     from PIL import Image
 
-    from cebench.data.synth import builtin_reason, generate
     from cebench.cli import main as cebench
+    from cebench.data.synth import builtin_reason, generate
     from cebench.transfer.args import config_from_args, preset_note
     from cebench.transfer.classify import get_args_parser, paper_preset, small_preset
 
