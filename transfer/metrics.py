@@ -44,15 +44,19 @@ def voc_mean_ap(
     the VOC2007 11-point interpolation). A class with no positive example gets AP nan and is left
     out of the mean.
     """
+    return _mean_class_ap(scores, targets, lambda y, s: float(average_precision_score(y, s)))
+
+
+def _mean_class_ap(scores, targets, class_ap) -> tuple[float, list[float]]:
+    """Per class c: `class_ap(positive, score)` (in [0, 1]) over the examples whose target is not
+    -1, in percent (nan without positives); the mean over the classes that have one."""
     s = np.asarray(scores, dtype=np.float64)
     t = np.asarray(targets)
     aps: list[float] = []
     for c in range(t.shape[1]):
         keep = t[:, c] >= 0
         y = t[keep, c] > 0
-        aps.append(
-            float(average_precision_score(y, s[keep, c])) * 100.0 if y.any() else float("nan")
-        )
+        aps.append(class_ap(y, s[keep, c]) * 100.0 if y.any() else float("nan"))
     valid = [a for a in aps if not math.isnan(a)]
     return (float(np.mean(valid)) if valid else float("nan")), aps
 
@@ -94,19 +98,7 @@ def voc07_mean_ap(
     Same inputs and conventions as `voc_mean_ap` (targets 1 / 0 / -1, -1 left out of the class's
     ranking, a class without positives gets nan and is left out of the mean). This is the figure
     the paper's classification column (and Krähenbühl et al.'s protocol) reports."""
-    s = np.asarray(scores, dtype=np.float64)
-    t = np.asarray(targets)
-    aps: list[float] = []
-    for c in range(t.shape[1]):
-        keep = t[:, c] >= 0
-        y = t[keep, c] > 0
-        if not y.any():
-            aps.append(float("nan"))
-            continue
-        recall, precision = ranking_pr(s[keep, c], y)
-        aps.append(voc07_ap(recall, precision) * 100.0)
-    valid = [a for a in aps if not math.isnan(a)]
-    return (float(np.mean(valid)) if valid else float("nan")), aps
+    return _mean_class_ap(scores, targets, lambda y, s: voc07_ap(*ranking_pr(s, y)))
 
 
 def _is_dist() -> bool:
