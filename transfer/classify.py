@@ -76,7 +76,7 @@ from cebench.transfer.encoders import (
 )
 from cebench.transfer.features import default_cache_dir, extract_features
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
-from cebench.transfer.loop import make_optimizer, train_one_epoch
+from cebench.transfer.loop import make_optimizer, train_epochs, train_one_epoch
 from cebench.transfer.metrics import top1, voc07_mean_ap, voc_mean_ap
 
 
@@ -499,10 +499,7 @@ def finetune(cfg: ClassifyConfig, model: FinetuneModel, train, device, log) -> N
     def loss_fn(m: nn.Module, batch, dev) -> torch.Tensor:
         return classification_loss(m(batch[0].to(dev)), batch[1].to(dev))
 
-    for epoch in range(cfg.epochs):
-        model.train()
-        stats = train_one_epoch(model, loader, loss_fn, opt, device, sched)
-        log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
+    train_epochs(model, loader, loss_fn, opt, device, sched, cfg.epochs, log)
 
 
 def evaluate_finetuned(

@@ -66,7 +66,7 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
-from cebench.transfer.loop import make_optimizer, train_one_epoch
+from cebench.transfer.loop import make_optimizer, train_epochs
 from cebench.transfer.metrics import (
     DetectionEvaluator,
     VOCDetectionEvaluator,
@@ -574,10 +574,7 @@ class Detect(Harness):
         sched = torch.optim.lr_scheduler.MultiStepLR(
             opt, [max(1, int(cfg.lr_step_at * steps))], 0.1
         )
-        for epoch in range(cfg.epochs):
-            model.train()
-            stats = train_one_epoch(model, loader, detection_loss, opt, device, sched)
-            log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
+        train_epochs(model, loader, detection_loss, opt, device, sched, cfg.epochs, log)
 
     def evaluate(
         self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device

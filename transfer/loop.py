@@ -85,6 +85,14 @@ def train_one_epoch(
     return {"loss": total / max(count, 1)}
 
 
+def train_epochs(model, loader, loss_fn, opt, device, scheduler, epochs: int, log) -> None:
+    """`epochs` passes of `train_one_epoch` in train mode, one log line (loss, lr) per epoch."""
+    for epoch in range(epochs):
+        model.train()
+        stats = train_one_epoch(model, loader, loss_fn, opt, device, scheduler)
+        log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
+
+
 def _batch_images(batch: Any) -> int:
     """Images in a batch: (images, targets) with a tensor or a list of images first."""
     first = batch[0] if isinstance(batch, (tuple, list)) and batch else batch

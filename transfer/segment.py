@@ -53,7 +53,7 @@ from cebench.transfer.args import (
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
-from cebench.transfer.loop import make_optimizer, train_one_epoch
+from cebench.transfer.loop import make_optimizer, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix
 
 
@@ -326,10 +326,7 @@ class Segment(Harness):
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        for epoch in range(cfg.epochs):
-            model.train()
-            stats = train_one_epoch(model, loader, segmentation_loss, opt, device, sched)
-            log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
+        train_epochs(model, loader, segmentation_loss, opt, device, sched, cfg.epochs, log)
 
     def evaluate(
         self, cfg: SegmentConfig, model: FCN, data: Splits, info, device
