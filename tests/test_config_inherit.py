@@ -117,3 +117,31 @@ def test_pretrain_section_with_base_names_a_config():
     assert cfg == ref and cfg.optim.lr == 1e-3
     with pytest.raises(ConfigError, match="_base_ 'nope' not found"):
         config_from_dict({"_base_": "nope"}, "suite pretrain")
+
+
+def test_plus_key_extends_the_bases_list(tmp_path):
+    _write(tmp_path / "base.yaml", "lst: [1, 2]\nsec: {arms: [a], x: 1}\nother: [5]\n")
+    child = _write(tmp_path / "child.yaml", "_base_: base\nlst+: [3]\nsec: {arms+: [b, c]}\n")
+    assert load_yaml(child) == {"lst": [1, 2, 3], "sec": {"arms": ["a", "b", "c"], "x": 1},
+                                "other": [5]}  # fmt: skip
+    # a grandchild extends the resolved list of its base (which itself extended)
+    grand = _write(tmp_path / "grand.yaml", "_base_: child\nlst+: [4]\n")
+    assert load_yaml(grand)["lst"] == [1, 2, 3, 4]
+    # two bases: the list merged from both (the later one replaced it) is extended
+    _write(tmp_path / "b2.yaml", "lst: [7]\n")
+    both = _write(tmp_path / "both.yaml", "_base_: [base, b2]\nlst+: [8]\n")
+    assert load_yaml(both)["lst"] == [7, 8]
+
+
+def test_plus_key_errors_name_the_file_and_key(tmp_path):
+    _write(tmp_path / "base.yaml", "lst: [1]\nnum: 3\n")
+    cases = {
+        "nobase.yaml": ("lst+: [1]\n", "'lst\\+' extends the bases' list 'lst'.*NoneType"),
+        "notlist.yaml": ("_base_: base\nnum+: [1]\n", "'num\\+' extends.*got int"),
+        "missing.yaml": ("_base_: base\nnew+: [1]\n", "'new\\+' extends.*NoneType"),
+        "both.yaml": ("_base_: base\nlst: [2]\nlst+: [3]\n", "both 'lst' and 'lst\\+' are set"),
+        "scalar.yaml": ("_base_: base\nlst+: 2\n", "'lst\\+' must be a list, got 2"),
+    }
+    for name, (text, msg) in cases.items():
+        with pytest.raises(ConfigError, match=f"{name}: {msg}"):
+            load_yaml(_write(tmp_path / name, text))

@@ -191,9 +191,11 @@ def load_yaml(path: str | Path, search_dirs: tuple[str | Path, ...] = ()) -> dic
     `_base_: NAME_OR_PATH` (or a list of them) names configs this file inherits from, as
     mmengine's `_base_`: the bases are loaded (recursively), deep-merged in order, and then this
     file's own keys are deep-merged over them (a mapping merges key by key; any other value,
-    lists included, replaces). A name ending in .yaml/.yml or holding a '/' is a path relative to
-    this file; a bare name is `<name>.yaml` in this file's folder, then in `search_dirs`. A
-    missing base or a cycle is a ConfigError naming the file."""
+    lists included, replaces). A key written `NAME+` (`arms+: [...]`) extends instead: the bases'
+    list at NAME followed by these items (at any depth; NAME must be a list in the bases, and
+    NAME and NAME+ may not both be in one mapping). A name ending in .yaml/.yml or holding a '/'
+    is a path relative to this file; a bare name is `<name>.yaml` in this file's folder, then in
+    `search_dirs`. A missing base or a cycle is a ConfigError naming the file."""
     return _load_with_bases(Path(path), tuple(Path(d) for d in search_dirs), ())
 
 
@@ -240,7 +242,7 @@ def _merge_bases(
 ) -> dict[str, Any]:
     bases = data.pop(BASE_KEY, None)
     if bases is None:
-        return data
+        return _extend_lists({}, data, path)  # a `NAME+` key with nothing to extend is refused
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) and b.strip() for b in bases):
@@ -252,7 +254,33 @@ def _merge_bases(
     for base in bases:
         base_path = _base_path(base.strip(), path, search_dirs)
         merged = _deep_merge(merged, _load_with_bases(base_path, search_dirs, chain))
-    return _deep_merge(merged, data)
+    return _deep_merge(merged, _extend_lists(merged, data, path))
+
+
+EXTEND_SUFFIX = "+"
+
+
+def _extend_lists(base: dict[str, Any], data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`data` with each `NAME+: [items]` key (at any depth of nested mappings) replaced by
+    `NAME: base's list at NAME + items`, ready to deep-merge over `base`."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if not (isinstance(key, str) and key.endswith(EXTEND_SUFFIX)):
+            under = base.get(key) if isinstance(base.get(key), dict) else {}
+            out[key] = _extend_lists(under, value, path) if isinstance(value, dict) else value
+            continue
+        name = key[: -len(EXTEND_SUFFIX)]
+        if name in data:
+            raise ConfigError(f"config file {path}: both '{name}' and '{key}' are set; keep one")
+        if not isinstance(base.get(name), list):
+            raise ConfigError(
+                f"config file {path}: '{key}' extends the bases' list '{name}', but the bases "
+                f"hold no list there (got {type(base.get(name)).__name__})"
+            )
+        if not isinstance(value, list):
+            raise ConfigError(f"config file {path}: '{key}' must be a list, got {value!r}")
+        out[name] = [*base[name], *value]
+    return out
 
 
 def _base_path(name: str, path: Path, search_dirs: tuple[Path, ...]) -> Path:
