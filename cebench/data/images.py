@@ -17,11 +17,18 @@ process-wide limit (pretraining's `data.max_pixels`, `cebench data check --max-p
 PIL's draft mode) when its shorter side stays at least DRAFT_GAP x n, the way PIL's `thumbnail`
 does: a 4000x3000 photo for a 72 px crop decodes as 500x375, about 10x cheaper. Deterministic;
 PNGs and small JPEGs decode exactly as without it.
+
+Decoded images (and VOC segmentation masks) are kept in memory per process, up to
+CEBENCH_IMAGE_CACHE_MB (default 128 MiB; 0 turns the cache off), and a copy is returned when the
+same file (same path, inode, size and modification time) is asked for again with the same
+arguments: the benchmark suite reads its small images again in every epoch and in every cell a
+worker process runs. Decoding is deterministic, so the pixels are the same either way.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +57,55 @@ _LIMIT = {"max_pixels": DEFAULT_MAX_PIXELS}
 # draft decoding keeps the shorter side at least this many times the target (PIL's thumbnail uses
 # reducing_gap=2.0): the final bicubic resize then still does the antialiasing
 DRAFT_GAP = 2.0
+DEFAULT_CACHE_MB = 128
+# (what, path, device, inode, size, mtime) -> (bytes, value); filled until the byte budget is
+# spent, never evicted (a dataset larger than the budget keeps its first files)
+_CACHE: dict[tuple, tuple[int, Any]] = {}
+_CACHE_USED = {"bytes": 0}
+
+
+def cache_limit_bytes() -> int:
+    """The decoded-file cache's budget: CEBENCH_IMAGE_CACHE_MB (MiB, 0 = off), default 128."""
+    raw = os.environ.get("CEBENCH_IMAGE_CACHE_MB", "")
+    try:
+        mb = float(raw) if raw.strip() else DEFAULT_CACHE_MB
+    except ValueError:
+        raise DatasetError(f"CEBENCH_IMAGE_CACHE_MB must be a number of MiB, got {raw!r}") from None
+    return max(0, int(mb * 2**20))
+
+
+def clear_file_cache() -> None:
+    """Forget every cached decoded file (`load_rgb`, VOC segmentation masks)."""
+    _CACHE.clear()
+    _CACHE_USED["bytes"] = 0
+
+
+def file_key(path: Path, what: tuple) -> tuple | None:
+    """The cache key of a regular file (None: no such file): `what` (reader and its arguments) and
+    the file's identity (path, device, inode, size, modification time), so a rewritten file is
+    read again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (*what, str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def cached_read(key: tuple, read: Callable[[], Any], nbytes: Callable[[Any], int]) -> Any:
+    """`read()`'s value for `key`, from the cache when there (the caller copies it before handing
+    it out); kept if the budget allows. Errors are never cached."""
+    hit = _CACHE.get(key)
+    if hit is not None:
+        return hit[1]
+    value = read()
+    limit = cache_limit_bytes()
+    n = nbytes(value)
+    if limit and _CACHE_USED["bytes"] + n <= limit:
+        _CACHE[key] = (n, value)
+        _CACHE_USED["bytes"] += n
+    return value
 
 
 def set_max_pixels(max_pixels: int) -> int:
@@ -166,8 +222,26 @@ def load_rgb(path: str | Path, max_pixels: int | None = None, draft_side: int = 
     larger than `max_pixels` (default: the process-wide limit, see `set_max_pixels`).
     """
     path = Path(path)
-    if not path.is_file():
+    key = file_key(path, ("rgb", draft_side))
+    if key is None:
         raise DatasetError(f"{path}: image file not found")
+    if not cache_limit_bytes():
+        return _decode(path, max_pixels, draft_side)[1]
+    header_size, img = cached_read(
+        key,
+        lambda: _decode(path, max_pixels, draft_side),
+        lambda v: v[1].size[0] * v[1].size[1] * 3,
+    )
+    problem = too_large(path, header_size, max_pixels)  # the limit may have changed since
+    if problem:
+        raise DatasetError(problem)
+    return img.copy()
+
+
+def _decode(
+    path: Path, max_pixels: int | None, draft_side: int
+) -> tuple[tuple[int, int], Image.Image]:
+    """`load_rgb` without the cache: (the header's size, the decoded RGB image)."""
     pil_limit = Image.MAX_IMAGE_PIXELS
     try:
         # PIL's bomb warning and error: our own limit speaks instead, from the header's size
@@ -179,7 +253,8 @@ def load_rgb(path: str | Path, max_pixels: int | None = None, draft_side: int = 
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
-    problem = too_large(path, im.size, max_pixels)
+    header_size = im.size  # before any draft shrinks it
+    problem = too_large(path, header_size, max_pixels)
     if problem:
         im.close()
         raise DatasetError(problem)
@@ -191,7 +266,7 @@ def load_rgb(path: str | Path, max_pixels: int | None = None, draft_side: int = 
         with im:
             im.load()  # decode now, so truncated files fail here and not later in a worker
             im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+            return header_size, to_rgb(im)
     except _READ_ERRORS as e:
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
 

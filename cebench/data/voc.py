@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from cebench.core.errors import DatasetError
-from cebench.data.images import IMAGE_EXTENSIONS, load_rgb
+from cebench.data.images import IMAGE_EXTENSIONS, cached_read, file_key, load_rgb
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -172,10 +172,16 @@ def load_segmentation_mask(path: str | Path, num_classes: int) -> np.ndarray:
     """Read a SegmentationClass PNG (palette or grayscale indices) as int64[H,W]; 255 = ignore.
 
     Raises DatasetError for a colour (RGB) mask or any value outside 0..num_classes other than 255.
+    Decoded masks are cached per process like images (`cebench.data.images.cached_read`).
     """
     path = Path(path)
-    if not path.is_file():
+    key = file_key(path, ("segmentation", num_classes))
+    if key is None:
         raise DatasetError(f"{path}: segmentation mask not found")
+    return cached_read(key, lambda: _read_mask(path, num_classes), lambda m: m.nbytes).copy()
+
+
+def _read_mask(path: Path, num_classes: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()

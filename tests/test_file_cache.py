@@ -1,0 +1,118 @@
+"""The per-process cache of decoded files (cebench.data.images: load_rgb, VOC segmentation masks)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cebench.core.errors import DatasetError
+from cebench.data import images as I
+from cebench.data.voc import load_segmentation_mask
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(monkeypatch):
+    monkeypatch.delenv("CEBENCH_IMAGE_CACHE_MB", raising=False)
+    I.clear_file_cache()
+    yield
+    I.clear_file_cache()
+
+
+def _write(path, seed, size=(40, 30), fmt="PNG"):
+    arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, fmt)
+    return arr
+
+
+def _count_decodes(monkeypatch):
+    calls = []
+    real = I._decode
+
+    def counting(*a, **k):
+        calls.append(a[0])
+        return real(*a, **k)
+
+    monkeypatch.setattr(I, "_decode", counting)
+    return calls
+
+
+def test_second_load_is_a_copy_of_the_first_decode(tmp_path, monkeypatch):
+    p = tmp_path / "a.png"
+    arr = _write(p, 0)
+    calls = _count_decodes(monkeypatch)
+    a = I.load_rgb(p)
+    a.paste((0, 0, 0), (0, 0, 40, 30))  # the caller may change what it got
+    b = I.load_rgb(p)
+    assert len(calls) == 1  # decoded once
+    assert np.array_equal(np.asarray(b), arr)  # the cached pixels were not touched
+    assert b is not I.load_rgb(p)
+
+
+def test_jpeg_draft_side_is_part_of_the_key(tmp_path, monkeypatch):
+    p = tmp_path / "big.jpg"
+    _write(p, 1, size=(400, 300), fmt="JPEG")
+    calls = _count_decodes(monkeypatch)
+    full, small = I.load_rgb(p), I.load_rgb(p, draft_side=40)
+    assert full.size == (400, 300) and small.size == (200, 150)
+    assert I.load_rgb(p, draft_side=40).size == (200, 150) and len(calls) == 2
+    I.clear_file_cache()
+    assert np.array_equal(np.asarray(I.load_rgb(p, draft_side=40)), np.asarray(small))
+
+
+def test_a_replaced_file_is_read_again(tmp_path):
+    p = tmp_path / "a.png"
+    _write(p, 0)
+    I.load_rgb(p)
+    new = tmp_path / "new.png"
+    arr = _write(new, 5)
+    os.replace(new, p)  # same path, another inode (and here another size and time)
+    assert np.array_equal(np.asarray(I.load_rgb(p)), arr)
+
+
+def test_off_budget_and_pixel_limit(tmp_path, monkeypatch):
+    p = tmp_path / "a.png"
+    _write(p, 0)
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "0")
+    calls = _count_decodes(monkeypatch)
+    I.load_rgb(p), I.load_rgb(p)
+    assert len(calls) == 2 and not I._CACHE
+    # a budget smaller than the image: decoded every time, nothing kept
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", str(1000 / 2**20))
+    I.load_rgb(p), I.load_rgb(p)
+    assert len(calls) == 4 and not I._CACHE
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "1")
+    I.load_rgb(p)
+    # a pixel limit lowered after caching still refuses the image
+    with pytest.raises(DatasetError, match="over the limit"):
+        I.load_rgb(p, max_pixels=100)
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "many")
+    with pytest.raises(DatasetError, match="CEBENCH_IMAGE_CACHE_MB"):
+        I.load_rgb(p)
+
+
+def test_missing_file_and_broken_file_are_never_cached(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        I.load_rgb(tmp_path / "none.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    for _ in range(2):
+        with pytest.raises(DatasetError, match="cannot read image"):
+            I.load_rgb(bad)
+    assert not I._CACHE
+
+
+def test_segmentation_masks_are_cached_as_copies(tmp_path, monkeypatch):
+    p = tmp_path / "m.png"
+    m = np.zeros((6, 8), dtype=np.uint8)
+    m[1:3, 2:5], m[4, :] = 2, 255
+    Image.fromarray(m, mode="L").save(p)
+    a = load_segmentation_mask(p, 3)
+    a[:] = 7
+    b = load_segmentation_mask(p, 3)
+    assert b.dtype == np.int64 and np.array_equal(b, m.astype(np.int64))
+    assert len(I._CACHE) == 1
+    with pytest.raises(DatasetError, match="outside the class range"):
+        load_segmentation_mask(p, 1)  # another class count is another key: checked again
