@@ -4,6 +4,8 @@
     enc = build_encoder("timm-resnet18", input_size=64)          # act1, layer1 .. layer4
     enc = build_encoder("timm", model_name="convnext_atto", input_size=64)
     enc = build_encoder("timm-resnet18", pretrained=True)       # ImageNet weights from the local cache
+    enc = build_encoder("timm", model_name="vit_tiny_patch16_224", input_size=32,
+                        model_kwargs={"patch_size": 8, "depth": 2})   # a ViT built for 32 px
 
 Built with `timm.create_model(name, features_only=True, pretrained=False)`. When timm's feature
 extractor is a plain sequence of modules (ResNet, ConvNeXt, ...), it is regrouped into one
@@ -11,6 +13,11 @@ extractor is a plain sequence of modules (ResNet, ConvNeXt, ...), it is regroupe
 otherwise (EfficientNet's own feature class, hook-based extractors) the whole extractor is kept as
 `body` and `stages` is empty. `pretrained=True` loads only weights already in the local timm / HF
 hub or torch hub cache (`cebench.pretrain.models.hub`); nothing is downloaded.
+`model_kwargs` go to `timm.create_model` as they are (`patch_size`, `embed_dim`, `depth`, ...).
+A vision transformer (timm's `vision_transformer` family) is built for `input_size` (timm's
+`img_size`) and kept whole inside timm's feature getter: its features are the last blocks' patch
+tokens as [B, C, S/patch, S/patch] maps, and `vision_transformer(enc)` hands the model itself to
+code that runs it on a subset of its tokens (MAE, `cebench.pretrain.models.mae`).
 """
 
 from __future__ import annotations
@@ -24,10 +31,21 @@ from cebench.pretrain.models.base import Encoder, FeatureInfo
 from cebench.pretrain.models.hub import load_hub_weights
 
 
-def _create(model_name: str, pretrained: bool, out_indices: tuple[int, ...] | None) -> nn.Module:
+def _create(
+    model_name: str,
+    pretrained: bool,
+    out_indices: tuple[int, ...] | None,
+    input_size: int,
+    model_kwargs: dict | None,
+) -> nn.Module:
     import timm
+    from timm.models import is_model_in_modules
 
-    kwargs: dict = {"features_only": True}
+    kwargs: dict = {"features_only": True, **(model_kwargs or {})}
+    if is_model_in_modules(model_name, ["vision_transformer"]):
+        kwargs.setdefault("img_size", input_size)  # position embeddings for this input size
+        if out_indices is None and "depth" in kwargs:  # timm's default: the last 3 blocks
+            out_indices = tuple(range(int(kwargs["depth"])))[-3:]
     if out_indices is not None:
         kwargs["out_indices"] = tuple(out_indices)
     if not pretrained:
@@ -51,12 +69,13 @@ class TimmEncoder(Encoder):
         input_size: int = 224,
         pretrained: bool = False,
         out_indices: tuple[int, ...] | list[int] | None = None,
+        model_kwargs: dict | None = None,
     ) -> None:
         super().__init__(input_size)
         self.model_name = model_name
         try:
-            body = _create(model_name, pretrained, out_indices)
-        except RuntimeError as e:  # timm: "Unknown model (...)"
+            body = _create(model_name, pretrained, out_indices, input_size, model_kwargs)
+        except (RuntimeError, AssertionError) as e:  # timm: "Unknown model (...)", bad sizes
             raise ConfigError(f"timm: cannot build {model_name!r}: {e}") from None
         infos = body.feature_info.get_dicts()
         self.body: nn.Module | None = None
@@ -87,6 +106,15 @@ class TimmEncoder(Encoder):
         if self.body is None:
             return super().forward(x)
         return self.body(x)[-1]
+
+
+def vision_transformer(encoder: nn.Module) -> nn.Module | None:
+    """The timm `VisionTransformer` inside a `TimmEncoder` (None for any other encoder); its
+    weights are the encoder's, so training it trains the encoder."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = getattr(getattr(encoder, "body", None), "model", None)
+    return model if isinstance(model, VisionTransformer) else None
 
 
 @register_encoder("timm")
