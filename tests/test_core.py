@@ -6,6 +6,7 @@ import dataclasses
 import os
 import subprocess
 import sys
+from typing import Literal
 
 import pytest
 import torch
@@ -41,6 +42,21 @@ def test_overrides_convert_types_and_nest():
     )
     assert cfg.steps == 20 and cfg.optim.lr == pytest.approx(1e-3) and cfg.flag is True
     assert cfg.name == "123" and cfg.optim.betas == (0.9, 0.99)
+
+
+def test_yaml_booleans_become_the_literal_words():
+    """`amp=off` (and `amp: off` in a YAML file) reads as False in YAML 1.1; a Literal key with
+    the word 'off' takes it as that word, other values still fail naming the key."""
+
+    @dataclasses.dataclass
+    class Train:
+        amp: Literal["auto", "bf16", "off"] = "auto"
+        mode: Literal["a", "b"] = "a"
+
+    assert apply_overrides(Train(), ["amp=off"]).amp == "off"
+    assert apply_overrides(Train(), ["amp=bf16"]).amp == "bf16"
+    with pytest.raises(ConfigError, match="'mode' must be one of"):
+        apply_overrides(Train(), ["mode=off"])
 
 
 def test_unknown_key_lists_valid_keys():

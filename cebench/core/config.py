@@ -67,6 +67,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(out) if origin is tuple else out
     if origin is typing.Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool):  # YAML reads off / on / no / yes as booleans: `amp: off`
+            words = ("on", "true", "yes") if value else ("off", "false", "no")
+            value = next((w for w in words if w in choices), value)
         if value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
         return value
