@@ -321,7 +321,11 @@ def load_suite(
     raw.setdefault("name", path.stem)
     try:
         if dry_run:
-            for key, value in (raw.get("dry_run") or {}).items():
+            if raw.get("dry_run") is None:
+                raise ConfigError(
+                    f"suite '{raw['name']}' has no dry_run section; --dry-run would run it at full size"
+                )
+            for key, value in raw["dry_run"].items():
                 _set_path(raw, key, copy.deepcopy(value))
         for item in overrides or []:
             if "=" not in item:

@@ -10,19 +10,24 @@ import pytest
 
 from cebench.benchmarks.cells import CellExecutor, flatten_metrics
 from cebench.benchmarks.runner import Runner
-from cebench.benchmarks.suite import load_suite
+from cebench.benchmarks.suite import SUITES_DIR, load_suite
 from cebench.cli import main as cebench
+from cebench.core.errors import ConfigError
 
 
 @pytest.mark.parametrize(
-    "name,dry", [("default", False), ("paper", False), ("paper", True), ("mini", False)]
+    "name,dry",
+    [("default", False), ("default", True), ("paper", False), ("paper", True), ("mini", False)],
 )
 def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
     suite = load_suite(name, dry_run=dry)
     runner = Runner(suite, tmp_path, CellExecutor(), log=lambda m: None)
     runner.resolve_all()  # every cell's config built as PretrainConfig / <Task>Config / inpaint args
     assert len(runner.hashes) == len(runner.cells) == len(set(runner.hashes.values()))
-    if name == "default":
+    if name == "default" and dry:  # one seed, every arm and task, tiny data
+        assert len(runner.cells) == 5 + 4 + 35
+        assert runner.resolved["ce-region.pretrain.s0"]["train"]["steps"] == 2
+    if name == "default" and not dry:
         kinds = {c.kind for c in runner.cells}
         assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 15 + 12 + 105
         cfg = runner.resolved["ce-region.pretrain.s2"]
@@ -95,6 +100,16 @@ def test_paper_suite_dry_run(tmp_path):
     # 8 pretraining cells, 6 inpainting cells, 4 tasks x 10 arms (the inpainting net has none)
     assert len(list((out / "cells").glob("*.json"))) == 8 + 6 + 4 * 10
     assert "| Context encoder (L2 + adversarial) | paper | 9.37 | 1.96 | 18.58 |" in md
+
+
+def test_dry_run_needs_a_dry_run_section(tmp_path):
+    """A suite without one would run at full size under --dry-run: refused, naming the suite."""
+    suite = tmp_path / "nodry.yaml"
+    text = (SUITES_DIR / "mini.yaml").read_text().replace("dry_run: {}", "")
+    suite.write_text(text.replace("name: mini", "name: nodry"))
+    with pytest.raises(ConfigError, match="suite 'nodry' has no dry_run section"):
+        load_suite(suite, dry_run=True)
+    assert len(load_suite("mini", dry_run=True).arms) == 1  # mini: already minimal
 
 
 @pytest.mark.parametrize("key", ["pretrain.train.out", "transfer.out"])

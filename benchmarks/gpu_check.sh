@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU checks, in one call on a machine with a CUDA GPU (README "Speed", benchmarks/README.md "GPU"):
+#   1. install cebench (no dependencies: the machine's own torch / torchvision / timm are used),
+#   2. the CUDA tests (`needs_cuda`: tests/test_cuda.py, tests/test_speed.py),
+#   3. `cebench speed --device cuda` for both paper configurations, then its torch.compile A/B,
+#   4. the default suite on the GPU (`make bench`'s cells with device=cuda), for as long as allowed.
+# Everything is logged under $OUT (default /tmp/cebench-gpu); each stage has its own time limit, so
+# one failing stage does not hide the others. Missing packages (pycocotools, submitit) can be put as
+# wheels in .whl/ (installed with --no-deps first).
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [SECONDS]     # SECONDS: the whole script's budget (500)
+set -u
+OUT=${OUT:-/tmp/cebench-gpu}
+DEADLINE=${1:-500}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+stage() { echo "== $(($(date +%s) - t0))s: $*" | tee -a "$OUT/summary.txt"; }
+
+stage install
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
+fi
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target /tmp/cb . \
+    || { stage "install failed"; exit 3; }
+# the installed package, not the source folders (cebench.pretrain lives in ./pretrain there); the
+# repository root last, for tests/; PYTHONSAFEPATH: no cwd on sys.path, subprocesses included
+export PYTHONPATH=/tmp/cb:/tmp/site:$PWD PYTHONSAFEPATH=1 PATH=/tmp/cb/bin:$PATH
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    python3 -c "import torch, torchvision, timm, cebench; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cebench', cebench.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+    nproc
+} 2>&1 | tee -a "$OUT/summary.txt"
+
+stage "CUDA tests"
+timeout 180 python3 -m pytest -q -p no:cacheprovider -m needs_cuda tests/test_cuda.py tests/test_speed.py \
+    >"$OUT/pytest.log" 2>&1
+echo "pytest rc=$? $(tail -1 "$OUT/pytest.log")" | tee -a "$OUT/summary.txt"
+
+stage "cebench speed --device cuda"
+timeout 120 cebench speed --device cuda --json --steps 10 --warmup 3 >"$OUT/speed.log" 2>&1
+echo "speed rc=$?" | tee -a "$OUT/summary.txt"
+
+stage "cebench speed --device cuda --compile"
+timeout 150 cebench speed --device cuda --json --steps 10 --warmup 3 --compile \
+    --configs paper-inpainting paper-alexnet >"$OUT/compile.log" 2>&1
+echo "compile rc=$?" | tee -a "$OUT/summary.txt"
+
+BENCH_S=$((DEADLINE - ($(date +%s) - t0) - 45))
+stage "default suite on cuda (${BENCH_S}s at most)"
+timeout --signal=TERM --kill-after=30 "$BENCH_S" cebench bench --suite default --out /tmp/bench-cuda \
+    --jobs 3 --set pretrain.train.device=cuda --set transfer.device=cuda --set inpaint.config.device=cuda \
+    >"$OUT/bench.log" 2>&1
+echo "bench rc=$? $(grep -c ' ok ' "$OUT/bench.log") cells ok" | tee -a "$OUT/summary.txt"
+tar czf "$OUT/bench-cuda.tar.gz" -C /tmp bench-cuda/cells bench-cuda/results.csv bench-cuda/table.md \
+    2>/dev/null
+stage done
