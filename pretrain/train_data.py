@@ -28,6 +28,7 @@ from PIL import Image
 
 from cebench.core.errors import DatasetError
 from cebench.data import load_rgb
+from cebench.data.images import cached_read, file_key
 
 _MIX = 1_000_003  # odd multiplier for combining seeds
 
@@ -98,29 +99,55 @@ class TrainImages(torch.utils.data.Dataset):
                 skipped += 1
         raise DatasetError("none of the training images can be read")
 
-    def transform(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+    def resized(self, img: Image.Image) -> Image.Image:
+        """The image the crop is taken from: shorter side load_size, at least the input size."""
         if self.load_size:
             img = resize_shorter(img, self.load_size)
         if min(img.size) < self.size:  # too small to crop: scale up to the input size
             img = resize_shorter(img, self.size)
-        w, h = img.size
+        return img
+
+    def transform(self, img: Image.Image, gen: torch.Generator) -> torch.Tensor:
+        """resize -> crop -> [-1, 1] -> flip of a loaded image (`__getitem__` does the same on
+        the cached resized pixels)."""
+        return self.crop_flip(np.asarray(self.resized(img), dtype=np.uint8), gen)
+
+    def crop_flip(self, arr: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+        """uint8 [H, W, 3] -> the random (or centre) crop as float [3, size, size] in [-1, 1],
+        flipped with probability 1/2: two draws from `gen`, in this order."""
+        h, w = arr.shape[:2]
         if self.crop == "random":
             x0 = int(torch.randint(0, w - self.size + 1, (1,), generator=gen))
             y0 = int(torch.randint(0, h - self.size + 1, (1,), generator=gen))
         else:
             x0, y0 = (w - self.size) // 2, (h - self.size) // 2
-        img = img.crop((x0, y0, x0 + self.size, y0 + self.size))
-        t = to_tensor(img)
+        crop = torch.from_numpy(arr[y0 : y0 + self.size, x0 : x0 + self.size].copy())
+        t = crop.permute(2, 0, 1).float().div_(127.5).sub_(1.0)
         if self.flip and bool(torch.rand(1, generator=gen) < 0.5):
             t = t.flip(-1)
         return t
 
+    def _pixels(self, j: int, img: Image.Image) -> np.ndarray:
+        """The resized uint8 pixels [H, W, 3] of image `j` (loaded as `img`). They are kept in the
+        per-process cache of decoded files (`cebench.data.images`): the suite reads its small
+        images in every epoch, and the resize costs as much as the decoding."""
+        what = ("train-resized", self.draft_side, self.load_size, self.size)
+        key = file_key(self.paths[j], what)
+
+        def read() -> np.ndarray:
+            arr = np.asarray(self.resized(img), dtype=np.uint8)
+            arr.setflags(write=False)  # shared by every later read of the file
+            return arr
+
+        return read() if key is None else cached_read(key, read, lambda a: a.nbytes)
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, aug_seed = key
         img, j, skipped = self._load(index)
+        arr = self._pixels(j, img)
         gen = torch.Generator().manual_seed(aug_seed)
         label = self.labels[j] if self.labels is not None else -1
-        return self.transform(img, gen), label, skipped
+        return self.crop_flip(arr, gen), label, skipped
 
 
 def collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -116,3 +116,38 @@ def test_segmentation_masks_are_cached_as_copies(tmp_path, monkeypatch):
     assert len(I._CACHE) == 1
     with pytest.raises(DatasetError, match="outside the class range"):
         load_segmentation_mask(p, 1)  # another class count is another key: checked again
+
+
+def test_train_images_from_cached_pixels_equal_the_stock_transform(tmp_path, monkeypatch):
+    from cebench.pretrain.train_data import TrainImages, resize_shorter
+
+    paths = []
+    for i, size in enumerate([(40, 30), (20, 26), (64, 48)]):
+        paths.append(tmp_path / f"{i}.jpg")
+        _write(paths[-1], i, size=size, fmt="JPEG")
+    ds = TrainImages(paths, size=24, load_size=28)
+    calls = _count_decodes(monkeypatch)
+    resizes = []
+    stock_resized = ds.resized
+    ds.resized = lambda img: resizes.append(img.size) or stock_resized(img)
+    for _rep in range(2):  # second round: from the cache
+        for i in range(3):
+            for seed in (1, 2, 3):
+                got, label, skipped = ds[(i, seed)]
+                # the stock path: decode, resize, PIL crop, to [-1, 1], flip (same draws)
+                import torch
+
+                img = resize_shorter(I._decode(paths[i], None, ds.draft_side)[1], 28)
+                if min(img.size) < 24:
+                    img = resize_shorter(img, 24)
+                gen = torch.Generator().manual_seed(seed)
+                x0 = int(torch.randint(0, img.size[0] - 24 + 1, (1,), generator=gen))
+                y0 = int(torch.randint(0, img.size[1] - 24 + 1, (1,), generator=gen))
+                arr = np.asarray(img.crop((x0, y0, x0 + 24, y0 + 24)), dtype=np.uint8).copy()
+                want = torch.from_numpy(arr).permute(2, 0, 1).float().div(127.5).sub(1.0)
+                if bool(torch.rand(1, generator=gen) < 0.5):
+                    want = want.flip(-1)
+                assert torch.equal(got, want) and label == -1 and skipped == 0
+    # 3 files decoded once by the dataset (the rest are this test's own stock decodes)
+    assert len(calls) == 3 + 2 * 9
+    assert len(resizes) == 3  # and resized once each
