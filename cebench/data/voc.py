@@ -178,7 +178,11 @@ def load_segmentation_mask(path: str | Path, num_classes: int) -> np.ndarray:
     key = file_key(path, ("segmentation", num_classes))
     if key is None:
         raise DatasetError(f"{path}: segmentation mask not found")
-    return cached_read(key, lambda: _read_mask(path, num_classes), lambda m: m.nbytes).copy()
+    # kept as uint8 (P and L masks hold 0..255): an eighth of the int64 array's memory
+    small = cached_read(
+        key, lambda: _read_mask(path, num_classes).astype(np.uint8), lambda m: m.nbytes
+    )
+    return small.astype(np.int64)
 
 
 def _read_mask(path: Path, num_classes: int) -> np.ndarray:
