@@ -8,8 +8,12 @@
 # one failing stage does not hide the others. Missing packages (pycocotools, submitit) can be put as
 # wheels in .whl/ (installed with --no-deps first).
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [SECONDS]     # SECONDS: the whole script's budget (500)
+#   OUT=/tmp/gpu bash benchmarks/gpu_check.sh ab            # 1, then A/Bs: data workers, channels_last,
+#                                                           # the photo folder (plain / draft / prepared)
 set -u
 OUT=${OUT:-/tmp/cebench-gpu}
+MODE=all
+if [ "${1:-}" = ab ]; then MODE=ab; shift; fi
 DEADLINE=${1:-500}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -30,6 +34,21 @@ export PYTHONPATH=/tmp/cb:/tmp/site:$PWD PYTHONSAFEPATH=1 PATH=/tmp/cb/bin:$PATH
     python3 -c "import torch, torchvision, timm, cebench; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__, 'cebench', cebench.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
     nproc
 } 2>&1 | tee -a "$OUT/summary.txt"
+
+if [ "$MODE" = ab ]; then
+    A="cebench speed --device cuda --json --steps 10 --warmup 3 --no-plain --probe-epochs 1"
+    for set in "" "--set data.workers=8" "--set data.workers=15" "--set train.channels_last=true"; do
+        stage "$A $set"
+        timeout 90 $A $set >>"$OUT/ab.log" 2>&1
+        tail -1 "$OUT/ab.log" | python3 -c "import json,sys; r=json.load(sys.stdin); print(r['overrides'], {k: (v['ours_img_per_s'], v['data_workers'], v['data_img_per_s'], v['channels_last']) for k, v in r['configs'].items()})" | tee -a "$OUT/summary.txt"
+    done
+    stage "photos"
+    timeout 120 cebench speed --device cuda --json --configs none --photos --steps 5 --warmup 2 \
+        >"$OUT/photos.log" 2>&1
+    echo "photos rc=$?" | tee -a "$OUT/summary.txt"
+    stage done
+    exit 0
+fi
 
 stage "CUDA tests"
 timeout 180 python3 -m pytest -q -p no:cacheprovider -m needs_cuda tests/test_cuda.py tests/test_speed.py \

@@ -37,7 +37,7 @@ with OpenMP's default wait policy (cebench.core.threads).
 Images are synthetic (smooth random JPEGs, 2 x 1.5 times the config's load size, so the data path
 decodes and resizes as on real photos), written to a temporary directory: nothing is downloaded.
 
-JSON (last line with --json): {"date", "device", "torch", "threads", "git_commit",
+JSON (last line with --json): {"date", "device", "torch", "threads", "git_commit", "overrides",
 "configs": {NAME: {"batch_size", "input_size", "amp", "channels_last", "steps", "ours_step_s",
 "plain_step_s", "ours_img_per_s", "plain_img_per_s", "ratio", "loss_ours", "loss_plain",
 "flops_per_step", "ours_tflops", "ours_peak_mem_gib", "plain_peak_mem_gib", "mem_kind",
@@ -116,6 +116,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="A/B: also time ours with every network compiled (torch.compile, inductor), "
         "interleaved; compile time reported apart",
     )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pretraining config key of every configuration measured (repeatable), "
+        "e.g. data.workers=8, train.channels_last=true",
+    )
     p.add_argument("--probe-epochs", type=int, default=10)
     p.add_argument("--json", action="store_true", help="also print one JSON line at the end")
     p.add_argument(
@@ -183,10 +192,13 @@ class _Repeat:
         return self.batch
 
 
-def _config(name: str, data: Path, out: Path, batch: int | None, device: str) -> Any:
+def _config(
+    name: str, data: Path, out: Path, batch: int | None, device: str, extra: list[str] = ()
+) -> Any:
     from cebench.pretrain.config import load_pretrain_config
 
     over = [
+        *extra,
         f"data.path={data}",
         f"train.out={out}",
         "train.sample_every=0",
@@ -213,7 +225,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     data = workdir / f"images-{load}"
     if not data.is_dir():  # landscape photos larger than the load size (Paris: 936x537)
         write_images(data, max(2 * b, 16), round(load * 2), round(load * 1.5))
-    cfg = _config(name, data, workdir / f"run-{name}", args.batch_size, args.device)
+    cfg = _config(name, data, workdir / f"run-{name}", args.batch_size, args.device, args.overrides)
     from cebench.core.device import pick_device
 
     device = pick_device(cfg.train.device)
@@ -497,7 +509,9 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     small = workdir / f"images-{load}"
     if not small.is_dir():
         write_images(small, max(2 * b, 16), round(load * 2), round(load * 1.5))
-    cfg = _config("small", small, workdir / "run-photos", args.batch_size, args.device)
+    cfg = _config(
+        "small", small, workdir / "run-photos", args.batch_size, args.device, args.overrides
+    )
     shutil.rmtree(workdir / "run-photos", ignore_errors=True)
     trainer = Trainer(cfg, pick_device(cfg.train.device), DistInfo())
     trainer.pending, trainer.skipped_local = [], 0
@@ -808,6 +822,7 @@ def main(args: argparse.Namespace) -> int:
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "git_commit": git_commit(),
+            "overrides": args.overrides,
             "configs": results,
             "matmul_peak_tflops": peak or None,
             "photos": photos,
