@@ -260,6 +260,36 @@ def test_method_kwargs_are_checked():
         check_consistency(load_pretrain_config(name))
 
 
+@pytest.mark.parametrize("colour", ["drop", "project", "none"])
+def test_relative_position_on_constant_images_is_at_chance(images, tmp_path, colour):
+    """On one constant-colour image the two patches carry no information, so no model can beat
+    chance (1/8): a lookup table from the exact pair (a, b) to its most frequent label, fitted on
+    30 steps of one pair per image, is scored on 10 other steps. It scored 1.0 when every label
+    was 0 (`randint(0, 1)`: the pairs per image used as the number of classes)."""
+    cfg = tiny_config(images, tmp_path / "c", ["method=relative-position", "mask.kind=none",
+                      "train.batch_size=16", "optim.lr=0.001",
+                      f"method_kwargs={{colour: {colour}}}"])  # fmt: skip
+    method = get_method("relative-position")(cfg, torch.device("cpu"), DistInfo())
+    flat = torch.full((16, 3, 32, 32), 0.3)
+
+    def pairs(steps):
+        for step in steps:
+            a, b, labels = method.make_pairs(flat, step)
+            a, b = a + 0.0, b + 0.0  # -0.0 (zero-std noise) -> 0.0, so equal pairs share bytes
+            for i in range(len(labels)):
+                yield (a[i].numpy().tobytes() + b[i].numpy().tobytes(), int(labels[i]))
+
+    counts: dict[bytes, np.ndarray] = {}
+    for key, label in pairs(range(30)):
+        counts.setdefault(key, np.zeros(8))[label] += 1
+    assert len(counts) <= 9  # only the kept channels (3 x 3 with colour dropping) tell pairs apart
+    test = list(pairs(range(100, 110)))
+    acc = np.mean([key in counts and counts[key].argmax() == label for key, label in test])
+    assert acc < 0.25  # chance 0.125, 160 pairs: std 0.026
+    labels = torch.cat([method.make_pairs(flat, s)[2] for s in range(30)])
+    assert torch.bincount(labels, minlength=8).min() > 0.5 * len(labels) / 8  # all 8 are drawn
+
+
 def test_relative_position_patches_and_encoder_size(images, tmp_path):
     # the paper arm: Doersch's 96 px patches, 48 px gaps, 7 px jitter in a 398 px crop
     paper = load_pretrain_config("paper-alexnet-relative-position")

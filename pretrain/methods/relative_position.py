@@ -215,7 +215,9 @@ class RelativePosition(PretrainMethod):
         if o.all_positions:
             labels = torch.arange(per, device=dev).repeat(cfg.train.batch_size)
         else:
-            labels = torch.randint(0, per, (n,), generator=gen, device=dev)
+            # one of the 8 neighbours per image (not `per`, the pairs per image: that was 1, so
+            # every label was 0 and the task a constant answer)
+            labels = torch.randint(0, len(NEIGHBOURS), (n,), generator=gen, device=dev)
         centre, other = pair_corners(
             labels, images.shape[-1], self.patch, self.gap, self.jitter, gen
         )
