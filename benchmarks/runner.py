@@ -212,6 +212,7 @@ class Runner:
         *,
         jobs: int = 1,
         only: list[str] | None = None,
+        rerun: list[str] | None = None,
         command: str = "",
         log=print,
         launcher: Any = None,
@@ -227,6 +228,7 @@ class Runner:
         self.cells = plan_cells(suite, self.out)
         self.by_id = {c.id: c for c in self.cells}
         self.selected = self._select(only or [])
+        self.rerun = self._rerun(rerun or [])
         self.resolved: dict[str, dict[str, Any]] = {}
         self.hashes: dict[str, str] = {}
         self.code_version = code_version()
@@ -247,6 +249,35 @@ class Runner:
                     wanted.add(dep)
                     stack.append(dep)
         return [c for c in self.cells if c.id in wanted]
+
+    def _rerun(self, patterns: list[str]) -> set[str]:
+        """--rerun: the matching cells and every cell that depends on them, run again from
+        scratch although cached (a code fix does not change a config hash); added to the
+        selection."""
+        if not patterns:
+            return set()
+        forced = {c.id for c in self.cells if _matches(c.id, patterns)}
+        if not forced:
+            raise ConfigError(
+                f"--rerun {patterns} matches no cell; cells look like "
+                f"{self.cells[0].id}, {self.cells[-1].id}"
+            )
+        grew = True
+        while grew:  # dependants of a rerun cell read its new output
+            more = {c.id for c in self.cells if forced & set(c.depends)} - forced
+            forced |= more
+            grew = bool(more)
+        selected = {c.id for c in self.selected} | forced
+        self.selected = [c for c in self.cells if c.id in selected]
+        return forced
+
+    def _forget(self, cell: Cell) -> None:
+        """A --rerun cell: its record, error and work-dir stamp go before anything runs, so an
+        interrupted rerun leaves it to do (not done with the old result), and its pretraining
+        run starts again instead of resuming the old checkpoint."""
+        for name in (f"{cell.id}.json", f"{cell.id}.error.json"):
+            (self.cells_dir / name).unlink(missing_ok=True)
+        (Path(self._work(cell)) / STAMP).unlink(missing_ok=True)
 
     def resolve_all(self) -> None:
         """Check every cell's config before running anything; hash it with its dependencies' hashes."""
@@ -334,6 +365,8 @@ class Runner:
         outcome = Outcome()
         todo = []
         for cell in self.selected:
+            if cell.id in self.rerun:
+                self._forget(cell)
             if self.state(cell) == "done":
                 outcome.cached.append(cell.id)
             else:
@@ -572,6 +605,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "ids are ARM.TASK.sSEED, TASK = pretrain | inpaint | a transfer task",
     )
     p.add_argument(
+        "--rerun",
+        action="append",
+        metavar="PATTERN",
+        help="run these cells again although cached, from scratch, and every cell that depends "
+        "on them (glob or substring, repeatable): after a code fix, which leaves config hashes alone",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -645,6 +685,7 @@ def main(args: argparse.Namespace) -> int:
         CellExecutor(),
         jobs=jobs,
         only=args.only,
+        rerun=args.rerun,
         command=command,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         launcher=launcher,

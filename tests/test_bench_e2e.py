@@ -25,11 +25,11 @@ def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
     runner.resolve_all()  # every cell's config built as PretrainConfig / <Task>Config / inpaint args
     assert len(runner.hashes) == len(runner.cells) == len(set(runner.hashes.values()))
     if name == "default" and dry:  # one seed, every arm and task, tiny data
-        assert len(runner.cells) == 5 + 4 + 35
+        assert len(runner.cells) == 7 + 4 + 45
         assert runner.resolved["ce-region.pretrain.s0"]["train"]["steps"] == 2
     if name == "default" and not dry:
         kinds = {c.kind for c in runner.cells}
-        assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 15 + 12 + 105
+        assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 21 + 12 + 135
         cfg = runner.resolved["ce-region.pretrain.s2"]
         assert cfg["mask"]["kind"] == "random-region" and cfg["train"]["seed"] == 2
         assert runner.resolved["random.detection.s1"]["encoder"] == "random:tiny,width=16,depth=5"

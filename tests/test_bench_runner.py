@@ -79,10 +79,15 @@ def _suite_file(tmp_path: Path, text: str = SUITE) -> Path:
     return p
 
 
-def _run(tmp_path, overrides=(), executor=None, only=None):
+def _run(tmp_path, overrides=(), executor=None, only=None, rerun=None):
     suite = load_suite(_suite_file(tmp_path), list(overrides))
     runner = Runner(
-        suite, tmp_path / "out", executor or FakeExecutor(), only=only, log=lambda m: None
+        suite,
+        tmp_path / "out",
+        executor or FakeExecutor(),
+        only=only,
+        rerun=rerun,
+        log=lambda m: None,
     )
     return runner, runner.run()
 
@@ -156,6 +161,29 @@ def test_only_pattern_brings_dependencies(tmp_path):
     )
     with pytest.raises(ConfigError, match="matches no cell"):
         _run(tmp_path, only=["nothing-like-this"])
+
+
+def test_rerun_runs_cached_cells_and_their_dependants_from_scratch(tmp_path):
+    """--rerun after a code fix (config hashes unchanged): the matching cells and the cells that
+    read their output run again; a pretraining work dir starts empty (not resumed); the old
+    record is gone before the cell runs, so an interrupted rerun leaves it to do."""
+    _run(tmp_path)
+    work = tmp_path / "out" / "runs" / "ce.pretrain.s1"
+    (work / "checkpoint.pt").write_text("old run")  # what a resume would continue
+    _, out = _run(tmp_path, only=["rand.cls.s0"], rerun=["ce.pretrain.s1"])
+    assert sorted(out.ran) == ["ce.cls.s1", "ce.pretrain.s1", "ce.seg.s1"]
+    assert out.cached == ["rand.cls.s0"]
+    assert not (work / "checkpoint.pt").exists() and (work / "encoder.pt").is_file()
+    _, killed = _run(
+        tmp_path, executor=FakeExecutor(fail=("ce.pretrain.s2",)), rerun=["ce.pretrain.s2"]
+    )
+    assert set(killed.failed) == {"ce.pretrain.s2", "ce.cls.s2", "ce.seg.s2"}
+    for cell in ("ce.pretrain.s2", "ce.cls.s2", "ce.seg.s2"):  # not done with the old result
+        assert not (tmp_path / "out" / "cells" / f"{cell}.json").exists()
+    _, again = _run(tmp_path)
+    assert sorted(again.ran) == ["ce.cls.s2", "ce.pretrain.s2", "ce.seg.s2"]
+    with pytest.raises(ConfigError, match="--rerun .* matches no cell"):
+        _run(tmp_path, rerun=["nothing-like-this"])
 
 
 def test_csv_and_markdown_match_cell_metrics(tmp_path):

@@ -141,6 +141,6 @@ def test_default_suite_dry_run_on_cuda(tmp_path):
         args += ["--set", f"{key}={DEVICE}"]
     assert cebench(args) == 0
     cells = sorted((out / "cells").glob("*.json"))
-    assert len(cells) == 44 and not list((out / "cells").glob("*.error.json"))
+    assert len(cells) == 56 and not list((out / "cells").glob("*.error.json"))
     devices = {json.loads(p.read_text())["device"] for p in cells}
     assert devices and all(d.startswith(f"{DEVICE}:") for d in devices), devices
