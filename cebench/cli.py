@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = module.get_args_parser()
     parser.prog = f"cebench {name}"
     _one_line_errors(parser)
-    args = parser.parse_args(rest)
+    try:  # `cebench pretrain --out X key=value --steps 3`: overrides anywhere on the line
+        args = parser.parse_intermixed_args(rest)
+    except TypeError:  # sub-commands (data, transfer) cannot be intermixed
+        args = parser.parse_args(rest)
     try:
         rc = module.main(args)
     except CebenchError as e:

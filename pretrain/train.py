@@ -45,7 +45,8 @@ __all__ = [
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Pretrain an encoder by inpainting (context encoder), reconstruction "
-        "(autoencoder) or with labels (supervised).",
+        "(autoencoder), a pretext task (relative position, rotation, masked patches) or with "
+        "labels (supervised). key=value overrides may come anywhere on the line.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n")[1] + "\n\nnamed configs: " + ", ".join(named_configs()),
     )

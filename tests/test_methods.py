@@ -66,10 +66,10 @@ def test_toy_method_through_cebench_pretrain(tmp_path, toy_method):
     out = tmp_path / "run"
     rc = cebench(
         ["pretrain", "--data", str(data), "--config", "small", "--method", toy_method,
-         "--mask", "none", "--steps", "4", "--batch-size", "4", "--out", str(out),
-         "model.input_size=32", "model.output_size=32", "model.encoder_kwargs={width: 4}",
+         "--mask", "none", "model.input_size=32", "--steps", "4", "model.output_size=32",
+         "--batch-size", "4", "model.encoder_kwargs={width: 4}", "--out", str(out),
          "model.decoder_widths=[8,8]", "data.workers=0", "data.load_size=36", "train.log_every=1"]
-    )  # fmt: skip
+    )  # fmt: skip  (key=value overrides between options: parse_intermixed_args)
     assert rc == 0
     enc = torch.load(out / "encoder.pt", weights_only=True)
     assert enc["meta"]["method"] == toy_method and enc["name"] == "tiny"

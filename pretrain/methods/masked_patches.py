@@ -4,7 +4,7 @@ Scalable Vision Learners", CVPR 2022), as a context encoder with many small squa
     cebench pretrain --data DIR --config small-masked-patches --out runs/mae
     cebench pretrain --data DIR --method masked-patches --mask none \
         method_kwargs='{patch: 8, ratio: 0.75}' --out runs/mae
-    cebench pretrain --data DIR --config small-masked-patches --encoder timm \
+    cebench pretrain --data DIR --config small-masked-patches model.encoder=timm \
         'model.encoder_kwargs={model_name: vit_tiny_patch16_224, model_kwargs: {patch_size: 8}}' \
         'method_kwargs={patch: 8, decoder_depth: 2, decoder_width: 128, decoder_heads: 4}' --out runs/mae-vit
 
