@@ -64,12 +64,13 @@ def test_registry_lists_builtins_and_refuses_duplicates():
 def test_toy_method_through_cebench_pretrain(tmp_path, toy_method):
     data = write_images(tmp_path / "imgs", n=16, size=36)
     out = tmp_path / "run"
+    # key=value overrides between the options (parse_intermixed_args)
     rc = cebench(
         ["pretrain", "--data", str(data), "--config", "small", "--method", toy_method,
          "--mask", "none", "model.input_size=32", "--steps", "4", "model.output_size=32",
          "--batch-size", "4", "model.encoder_kwargs={width: 4}", "--out", str(out),
          "model.decoder_widths=[8,8]", "data.workers=0", "data.load_size=36", "train.log_every=1"]
-    )  # fmt: skip  (key=value overrides between options: parse_intermixed_args)
+    )  # fmt: skip
     assert rc == 0
     enc = torch.load(out / "encoder.pt", weights_only=True)
     assert enc["meta"]["method"] == toy_method and enc["name"] == "tiny"
