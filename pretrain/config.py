@@ -49,7 +49,7 @@ class DataConfig:
         None  # RGB in [0, 1]; filled in at run time for "dataset"/"released"
     )
     fill_samples: int = 256  # images averaged for fill="dataset"
-    workers: int = -1  # DataLoader workers; -1 = min(4, cpus)
+    workers: int = -1  # DataLoader workers; -1 = min(4, cpus) on the CPU, min(8, cpus - 1) on a GPU
     skip_bad_images: bool = (
         False  # replace an undecodable image by the next one (counted) instead of stopping
     )

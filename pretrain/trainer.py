@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import signal
 import sys
@@ -48,7 +47,7 @@ from cebench.core.errors import CheckpointError, ConfigError, DatasetError, Trai
 from cebench.core.io import atomic_write_text
 from cebench.core.logger import MetricLogger
 from cebench.core.provenance import git_commit
-from cebench.core.threads import data_worker_init, set_threads, threads_note
+from cebench.core.threads import data_worker_init, default_workers, set_threads, threads_note
 from cebench.data import ImageFolderDataset, list_images
 from cebench.data.images import set_max_pixels
 from cebench.pretrain.config import (
@@ -336,7 +335,7 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         cfg = self.cfg
-        workers = cfg.data.workers if cfg.data.workers >= 0 else min(4, os.cpu_count() or 1)
+        workers = cfg.data.workers if cfg.data.workers >= 0 else default_workers(self.device.type)
         self.sampler = StepBatchSampler(
             len(self.ds),
             cfg.train.batch_size,

@@ -113,3 +113,36 @@ def test_the_cebench_command_sets_it_before_torch_runs(monkeypatch, capsys):
     monkeypatch.delenv("CEBENCH_OMP_PASSIVE", raising=False)
     assert main(["--version"]) == 0
     assert T.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # inherited by every process it starts
+
+
+@pytest.mark.parametrize(
+    "cpus,env,cpu_workers,cuda_workers",
+    [
+        (2, {}, 2, 1),  # this project's CI machine: as before on the CPU
+        (16, {}, 4, 8),  # the H200 machine: 8 feed the GPU, 4 share the CPU with training
+        (16, {"LOCAL_WORLD_SIZE": "2"}, 4, 7),  # two GPU processes: 8 CPUs each, one kept
+        (16, {"CEBENCH_JOBS": "8"}, 2, 1),
+        (1, {}, 1, 1),
+    ],
+)
+def test_default_workers_from_cpus_jobs_and_device(
+    monkeypatch, cpus, env, cpu_workers, cuda_workers
+):
+    monkeypatch.setattr(T, "available_cpus", lambda: cpus)
+    assert T.default_workers("cpu", env) == cpu_workers
+    assert T.default_workers("cuda", env) == cuda_workers
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(tmp_path):
+    """data.workers=-1 picks a count per device; each batch is a function of (seed, step) alone."""
+    from cebench.core.logger import read_jsonl
+    from cebench.pretrain.train import run
+    from tests._train_helpers import tiny_config, write_images
+
+    data = write_images(tmp_path / "imgs", n=12)
+    over = ["train.steps=4", "train.sample_every=0", "mask.kind=center"]
+    runs = [
+        run(tiny_config(data, tmp_path / f"w{w}", [*over, f"data.workers={w}"])) for w in (0, 2)
+    ]
+    a, b = (read_jsonl(r / "metrics.jsonl") for r in runs)
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
