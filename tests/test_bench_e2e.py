@@ -90,6 +90,21 @@ def test_mini_suite_end_to_end(tmp_path, capsys):
     assert "0 ran, 2 cached, 0 failed" in capsys.readouterr().err
 
 
+def test_default_suite_dry_run_runs_every_cell(tmp_path):
+    """Every arm (rotation and masked patches included) x every task once, tiny data: 56 cells."""
+    out = tmp_path / "dry"
+    assert cebench(["bench", "--suite", "default", "--dry-run", "--out", str(out)]) == 0
+    cells = list((out / "cells").glob("*.json"))
+    assert len(cells) == 7 + 4 + 45 and not list((out / "cells").glob("*.error.json"))
+    md = (out / "table.md").read_text()
+    for label in (
+        "Rotation (Gidaris et al.)",
+        "Masked patches (MAE-style)",
+        "Context encoder (centre)",
+    ):
+        assert f"| {label} |" in md
+
+
 @pytest.mark.slow
 def test_paper_suite_dry_run(tmp_path):
     """Every paper cell (AlexNet at 227 px) for a couple of steps on tiny generated VOC/ImageFolder data."""
