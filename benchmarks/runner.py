@@ -268,6 +268,12 @@ class Runner:
             forced |= more
             grew = bool(more)
         selected = {c.id for c in self.selected} | forced
+        stack = list(forced)  # and the cells they need (cached if done), as with --only
+        while stack:
+            for dep in self.by_id[stack.pop()].depends:
+                if dep not in selected:
+                    selected.add(dep)
+                    stack.append(dep)
         self.selected = [c for c in self.cells if c.id in selected]
         return forced
 

@@ -186,6 +186,17 @@ def test_rerun_runs_cached_cells_and_their_dependants_from_scratch(tmp_path):
         _run(tmp_path, rerun=["nothing-like-this"])
 
 
+def test_rerun_brings_the_dependencies_of_its_cells(tmp_path):
+    """--rerun of a transfer cell outside --only: its pretraining cell is selected too (run when
+    missing, cached when done), as --only does; without it a worker pool never starts the cell."""
+    runner, out = _run(tmp_path, only=["rand.cls.s0"], rerun=["ce.cls.s1"])
+    assert out.ran.index("ce.pretrain.s1") < out.ran.index("ce.cls.s1")
+    assert sorted(out.ran) == ["ce.cls.s1", "ce.pretrain.s1", "rand.cls.s0"]
+    runner, out = _run(tmp_path, only=["rand.cls.s0"], rerun=["ce.cls.s1"])
+    assert out.ran == ["ce.cls.s1"]
+    assert sorted(out.cached) == ["ce.pretrain.s1", "rand.cls.s0"]
+
+
 def test_csv_and_markdown_match_cell_metrics(tmp_path):
     _run(tmp_path)
     out = tmp_path / "out"
