@@ -72,6 +72,18 @@ def test_a_replaced_file_is_read_again(tmp_path):
     assert np.array_equal(np.asarray(I.load_rgb(p)), arr)
 
 
+def test_a_file_rewritten_in_place_with_its_old_size_and_mtime_is_read_again(tmp_path):
+    p = tmp_path / "a.bmp"  # BMP: the same size in bytes for any pixels
+    _write(p, 0, fmt="BMP")
+    st = os.stat(p)
+    I.load_rgb(p)
+    arr = _write(p, 5, fmt="BMP")  # in place: same inode
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))  # as cp -p / rsync -t / tar leave it
+    new = os.stat(p)
+    assert (new.st_ino, new.st_size, new.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns)
+    assert np.array_equal(np.asarray(I.load_rgb(p)), arr)
+
+
 def test_off_budget_and_pixel_limit(tmp_path, monkeypatch):
     p = tmp_path / "a.png"
     _write(p, 0)

@@ -20,7 +20,7 @@ PNGs and small JPEGs decode exactly as without it.
 
 Decoded images (and VOC segmentation masks) are kept in memory per process, up to
 CEBENCH_IMAGE_CACHE_MB (default 128 MiB; 0 turns the cache off), and a copy is returned when the
-same file (same path, inode, size and modification time) is asked for again with the same
+same file (same path, inode, size, modification and change time) is asked for again with the same
 arguments: the benchmark suite reads its small images again in every epoch and in every cell a
 worker process runs. Decoding is deterministic, so the pixels are the same either way.
 """
@@ -58,7 +58,7 @@ _LIMIT = {"max_pixels": DEFAULT_MAX_PIXELS}
 # reducing_gap=2.0): the final bicubic resize then still does the antialiasing
 DRAFT_GAP = 2.0
 DEFAULT_CACHE_MB = 128
-# (what, path, device, inode, size, mtime) -> (bytes, value); filled until the byte budget is
+# (what, path, device, inode, size, mtime, ctime) -> (bytes, value); filled until the byte budget is
 # spent, never evicted (a dataset larger than the budget keeps its first files)
 _CACHE: dict[tuple, tuple[int, Any]] = {}
 _CACHE_USED = {"bytes": 0}
@@ -82,15 +82,17 @@ def clear_file_cache() -> None:
 
 def file_key(path: Path, what: tuple) -> tuple | None:
     """The cache key of a regular file (None: no such file): `what` (reader and its arguments) and
-    the file's identity (path, device, inode, size, modification time), so a rewritten file is
-    read again."""
+    the file's identity (path, device, inode, size, modification and change times), so a
+    rewritten file is read again."""
     try:
         st = os.stat(path)
     except OSError:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return (*what, str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    # ctime too: a rewrite that keeps the size and sets the old mtime back (cp -p, rsync -t,
+    # tar, os.utime) still changes it, and no user can set it
+    return (*what, str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def cached_read(key: tuple, read: Callable[[], Any], nbytes: Callable[[Any], int]) -> Any:
