@@ -14,6 +14,7 @@ so the saved config says exactly what ran.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -226,6 +227,17 @@ def config_from_dict(data: dict[str, Any], where: str = "") -> PretrainConfig:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 
 
+def saved_config(saved: dict[str, Any], where: str = "checkpoint config") -> PretrainConfig:
+    """A config saved whole with its run (a checkpoint's): as `config_from_dict`, but its
+    model.encoder_kwargs stand as saved instead of being merged into the preset's (a run of
+    model.encoder=timm on the small-tiny preset must not get the tiny encoder's width back)."""
+    cfg = config_from_dict(saved, where)
+    kwargs = (saved.get("model") or {}).get("encoder_kwargs")
+    if isinstance(kwargs, dict):
+        cfg.model.encoder_kwargs = copy.deepcopy(kwargs)
+    return cfg
+
+
 def load_pretrain_config(
     name_or_file: str | Path | None = None, overrides: list[str] | None = None
 ) -> PretrainConfig:
@@ -269,7 +281,7 @@ def resumed_config(cfg: PretrainConfig, saved: dict[str, Any]) -> PretrainConfig
     any other key that differs is named on stderr as ignored (nothing changes silently)."""
     import sys
 
-    out = config_from_dict(saved, "checkpoint config")
+    out = saved_config(saved)
     for section, keys in RUNTIME_KEYS.items():
         for key in keys:
             setattr(getattr(out, section), key, getattr(getattr(cfg, section), key))

@@ -54,8 +54,8 @@ from cebench.pretrain.config import (
     RELEASED_MEAN_RGB,
     PretrainConfig,
     check_consistency,
-    config_from_dict,
     resumed_config,
+    saved_config,
 )
 from cebench.pretrain.encoder_file import save_encoder
 from cebench.pretrain.methods import get_method
@@ -179,7 +179,7 @@ def worker_death(e: BaseException, step: int, last_saved: int) -> TrainingError 
 def same_architecture(cfg: PretrainConfig, saved: dict[str, Any], run_dir: Path) -> None:
     """Resuming continues the checkpoint's networks: a config asking for another method or model
     (e.g. an AlexNet checkpoint in a tiny run) is refused, never trained as the checkpoint's."""
-    old = config_from_dict(saved, "checkpoint config")
+    old = saved_config(saved)
 
     def arch(c: PretrainConfig) -> dict[str, Any]:
         return {"method": c.method, **{f"model.{k}": v for k, v in to_dict(c.model).items()}}

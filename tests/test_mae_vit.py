@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 
+from cebench.core.checkpoints import safe_load
 from cebench.core.distributed import DistInfo
 from cebench.core.errors import ConfigError
 from cebench.core.logger import read_jsonl
@@ -149,6 +150,19 @@ def test_method_step_is_mae_on_the_vit(images, tmp_path):
     enc, name, kwargs = method.encoder()
     assert enc is net.encoder and name == "timm" and kwargs["input_size"] == 32
     assert method.meta()["encoder_sees"] == "visible patches"
+
+
+def test_vit_run_resumes_bit_exact(images, tmp_path):
+    """The checkpoint's config keeps its timm encoder_kwargs: not merged with the small-tiny
+    preset's (its width would name another architecture and reach timm)."""
+    over = [*VIT_OVERRIDES, "optim.lr=1e-3"]
+    full = run(tiny_config(images, tmp_path / "full", over))
+    run(tiny_config(images, tmp_path / "part", [*over, "train.steps=3"]))
+    resumed = run(tiny_config(images, tmp_path / "part", [*over, "train.resume=true"]))
+    rows = [read_jsonl(d / "metrics.jsonl") for d in (full, resumed)]
+    assert [(r["step"], r["loss"]) for r in rows[0]] == [(r["step"], r["loss"]) for r in rows[1]]
+    a, b = (safe_load(d / "checkpoint.pt")["models"]["net"] for d in (full, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_vit_settings_are_checked(images, tmp_path):
