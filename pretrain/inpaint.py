@@ -139,7 +139,7 @@ def region_raw_metrics(
 def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The context encoder and config of a run (RUN_DIR or RUN_DIR/checkpoint.pt)."""
     from cebench.core.checkpoints import load_training_checkpoint
-    from cebench.pretrain.config import config_from_dict
+    from cebench.pretrain.config import saved_config
     from cebench.pretrain.models.context_encoder import build_context_encoder
 
     p = Path(path)
@@ -154,12 +154,19 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
                 f"{p} is not a training checkpoint (pass the run directory or its checkpoint.pt; "
                 "encoder.pt holds only the encoder and cannot inpaint)"
             )
-    cfg = config_from_dict(state["config"], str(p))
+    cfg = saved_config(state["config"], str(p))
     from cebench.pretrain.methods import get_method
     from cebench.pretrain.methods.context_encoder import ContextEncoder
+    from cebench.pretrain.methods.masked_patches import vit_encoder
 
     if not issubclass(get_method(cfg.method), ContextEncoder):  # supervised, rotation, ...
         raise CheckpointError(f"{p} is a {cfg.method} run: it has no decoder to inpaint with")
+    if cfg.method == "masked-patches" and vit_encoder(cfg.model) is not None:
+        raise CheckpointError(
+            f"{p} is a masked-patches run with a ViT encoder (MAE): its decoder predicts patch "
+            "tokens, not an image; cebench inpaint takes context-encoder, autoencoder and "
+            "convolutional masked-patches runs"
+        )
     net = build_context_encoder(cfg.model)
     net.load_state_dict(state["models"]["net"])
     return net.to(device).eval(), cfg

@@ -165,6 +165,20 @@ def test_vit_run_resumes_bit_exact(images, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_inpaint_refuses_an_mae_vit_run_in_one_line(images, tmp_path, capsys):
+    """Its decoder predicts patch tokens; before, the preset's width reached timm (a misleading
+    'bad arguments' line)."""
+    from cebench.cli import main as cebench
+
+    run_dir = run(tiny_config(images, tmp_path / "r", [*VIT_OVERRIDES, "train.steps=1"]))
+    capsys.readouterr()
+    rc = cebench(["inpaint", "--checkpoint", str(run_dir), "--images", str(images),
+                  "--out", str(tmp_path / "inp")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1
+    assert "is a masked-patches run with a ViT encoder (MAE)" in err[0]
+
+
 def test_vit_settings_are_checked(images, tmp_path):
     bad_patch = [*VIT_OVERRIDES[:-1], "method_kwargs={patch: 4}"]
     with pytest.raises(ConfigError, match=r"patch=4 must equal the ViT's patch size \(8\)"):
