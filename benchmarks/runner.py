@@ -702,10 +702,13 @@ def main(args: argparse.Namespace) -> int:
         runner.resolve_all()
         print("\n".join(status_lines(runner)))
         return 0
-    if launcher is None and not args.list:  # never run a cell a Slurm job is running
+    if not args.list and (launcher is None or runner.rerun):
+        # never run a cell a Slurm job is running; nor --rerun one under Slurm (the queued job
+        # would be taken for the rerun, with the old code)
         from cebench.benchmarks.slurm import refuse_if_jobs_active
 
-        refuse_if_jobs_active(runner.out, [c.id for c in runner.selected])
+        ids = [c.id for c in runner.selected] if launcher is None else sorted(runner.rerun)
+        refuse_if_jobs_active(runner.out, ids)
     if args.list:
         runner.resolve_all()
         for cell in runner.selected:  # state, id, hash, then the settings that matter

@@ -183,6 +183,10 @@ def test_mini_suite_on_slurm_equals_local_and_rerun_resubmits_only_the_cancelled
     err = capsys.readouterr().err
     assert "submitted 0 job(s), 1 already queued or running" in err, err
     assert _job(out, PROBE)["job_id"] == first
+    # --rerun of a cell whose job is queued or running: refused (the job runs the old code)
+    assert cebench([*longer, "--no-wait", "--rerun", PROBE]) == 2
+    assert "scancel them first" in capsys.readouterr().err
+    assert (out / "cells").is_dir() and _job(out, PROBE)["job_id"] == first
     assert (
         cebench(
             [
