@@ -222,7 +222,13 @@ def config_from_dict(data: dict[str, Any], where: str = "") -> PretrainConfig:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     preset = data.get("model_preset", PretrainConfig.model_preset)
     try:
-        return from_dict(PretrainConfig, _deep_merge(_preset_base(str(preset)), data))
+        base = _preset_base(str(preset))
+        model = data.get("model")
+        if isinstance(model, dict) and model.get("encoder") not in (None, base["model"]["encoder"]):
+            # another encoder than the preset's: the preset's encoder_kwargs (a width, a depth)
+            # are not its arguments
+            base["model"]["encoder_kwargs"] = {}
+        return from_dict(PretrainConfig, _deep_merge(base, data))
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
 

@@ -145,3 +145,21 @@ def test_plus_key_errors_name_the_file_and_key(tmp_path):
     for name, (text, msg) in cases.items():
         with pytest.raises(ConfigError, match=f"{name}: {msg}"):
             load_yaml(_write(tmp_path / name, text))
+
+
+def test_another_encoder_than_the_presets_drops_the_presets_encoder_kwargs(tmp_path):
+    """A YAML naming model.encoder other than its preset's: the preset's width / depth are the
+    preset encoder's arguments, not the new one's (timm would refuse `width=`); the preset's own
+    encoder keeps merging them as before."""
+    from cebench.pretrain.config import load_pretrain_config
+
+    f = tmp_path / "vit.yaml"
+    f.write_text(
+        "model_preset: small-tiny\nmodel: {encoder: timm, encoder_kwargs: {model_name: resnet18}}\n"
+    )
+    assert load_pretrain_config(str(f)).model.encoder_kwargs == {"model_name": "resnet18"}
+    f.write_text(
+        "model_preset: small-alexnet\nmodel: {encoder: alexnet, encoder_kwargs: {width: 0.5}}\n"
+    )
+    kwargs = load_pretrain_config(str(f)).model.encoder_kwargs
+    assert kwargs["width"] == 0.5 and kwargs["norm"] == "bn" and kwargs["conv1_kernel"] == 5
