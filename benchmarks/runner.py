@@ -592,7 +592,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--suite", required=True, help="built-in suite name (default, paper, mini) or a YAML file"
+        "--suite",
+        required=True,
+        help="built-in suite name (default, methods, paper, mini) or a YAML file",
     )
     p.add_argument(
         "--out", default=None, help="results directory (default results/<suite>[-dry-run])"

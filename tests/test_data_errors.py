@@ -300,3 +300,22 @@ def test_invalid_annotations_are_rejected(tmp_path, case):
     with pytest.raises(DatasetError, match=match) as err:
         parse_annotation(path, CLASSES)
     assert str(err.value).startswith(str(path))
+
+
+def test_imagefolder_without_the_presets_splits_names_the_fix(tmp_path):
+    """The paper preset's VOC07 splits (trainval/test) on an ImageFolder root with train/ and val/:
+    one line naming the missing folders, the ones there, and the --set that fits."""
+    from cebench.core.errors import DatasetError
+    from cebench.transfer.data import classification_splits
+    from tests._train_helpers import write_images
+
+    for split in ("train", "val"):
+        write_images(tmp_path / "folder" / split, n=4, classes=2)
+    norm = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    with pytest.raises(DatasetError) as e:
+        classification_splits(tmp_path / "folder", "imagefolder", "trainval", "test", 32, norm)
+    msg = str(e.value)
+    assert "no split folder trainval/ or test/" in msg and "has train, val" in msg
+    assert "--set train_split=train --set val_split=val" in msg and "\n" not in msg
+    tr, va = classification_splits(tmp_path / "folder", "imagefolder", "train", "val", 32, norm)
+    assert len(tr) == len(va) == 4

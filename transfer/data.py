@@ -168,6 +168,15 @@ def classification_splits(
     if fmt == "voc":
         tr, va = VOCClassification(root, train_split), VOCClassification(root, val_split)
     else:
+        missing = [s for s in (train_split, val_split) if not (root / s).is_dir()]
+        if missing:
+            there = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+            raise DatasetError(
+                f"{root}: no split folder {' or '.join(m + '/' for m in missing)} (train_split={train_split}, "
+                f"val_split={val_split}; the paper preset reads VOC07's trainval/test); this "
+                f"ImageFolder root has {', '.join(there) or 'no sub-folders'}: pass e.g. "
+                "--set train_split=train --set val_split=val"
+            )
         tr, va = ImageFolderDataset(root / train_split), ImageFolderDataset(root / val_split)
         if tr.classes != va.classes:
             raise DatasetError(
