@@ -715,7 +715,8 @@ def main(args: argparse.Namespace) -> int:
         runner.resolve_all()
         for cell in runner.selected:  # state, id, hash, then the settings that matter
             settings = cell_settings(cell, runner.resolved[cell.id], runner.out)
-            print(f"{runner.state(cell):6s} {cell.id}  {runner.hashes[cell.id]}  {settings}")
+            state = "rerun" if cell.id in runner.rerun else runner.state(cell)
+            print(f"{state:6s} {cell.id}  {runner.hashes[cell.id]}  {settings}")
         return 0
     outcome = runner.run()
     print(

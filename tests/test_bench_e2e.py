@@ -88,6 +88,12 @@ def test_mini_suite_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert cebench(["bench", "--suite", "mini", "--out", str(out)]) == 0
     assert "0 ran, 2 cached, 0 failed" in capsys.readouterr().err
+    # --list with --rerun: the cells that would run again (the probe reads the new encoder)
+    assert cebench(["bench", "--suite", "mini", "--out", str(out), "--list",
+                    "--rerun", "ce-center.pretrain.s0"]) == 0  # fmt: skip
+    states = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert states == ["rerun", "rerun"]
+    assert len(list((out / "cells").glob("*.s0.json"))) == 2  # --list removes nothing
 
 
 def test_default_suite_dry_run_runs_every_cell(tmp_path):
