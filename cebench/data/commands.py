@@ -151,11 +151,13 @@ def _prepare(args: argparse.Namespace) -> int:
     except OSError as e:  # a read-only or full disk, no permission
         where = f" ({e.filename})" if e.filename else ""
         raise ConfigError(f"--out {args.out}: cannot write: {e.strerror or e}{where}") from None
-    copied = sum(1 for f in info["files"].values() if f.get("copied"))
     bad = sum(1 for f in info["files"].values() if f.get("unreadable"))
+    copied = sum(1 for f in info["files"].values() if f.get("copied")) - bad
+    # written + kept = count; of the count, `copied` are the original bytes (already small enough)
     print(
         f"prepared {args.out}: {info['count']} images at {args.size} px "
-        f"({info['written']} written, {info['kept']} already there, {copied} copied as they were"
+        f"({info['written']} written now, {info['kept']} already there; of the {info['count']}, "
+        f"{copied} the original file, already <= {args.size} px"
         f"{f', {bad} unreadable (copied)' if bad else ''}) in {info['seconds']:.1f} s"
     )
     return 0
