@@ -28,7 +28,7 @@ from PIL import Image
 
 from cebench.core.errors import DatasetError
 from cebench.data import load_rgb
-from cebench.data.images import cached_read, file_key
+from cebench.data.images import cached, cached_read, file_key, max_pixels_limit
 
 _MIX = 1_000_003  # odd multiplier for combining seeds
 
@@ -92,7 +92,9 @@ class TrainImages(torch.utils.data.Dataset):
         for attempt in range(len(self.paths)):
             j = (index + attempt) % len(self.paths)
             try:
-                return load_rgb(self.paths[j], draft_side=self.draft_side), j, skipped
+                # not cached: `_pixels` keeps the resized pixels, all a later read needs
+                img = load_rgb(self.paths[j], draft_side=self.draft_side, cache=False)
+                return img, j, skipped
             except DatasetError:
                 if not self.skip_bad_images:
                     raise
@@ -127,12 +129,16 @@ class TrainImages(torch.utils.data.Dataset):
             t = t.flip(-1)
         return t
 
+    def _pixels_key(self, j: int) -> tuple | None:
+        # the pixel limit too: an image read under one limit is not served under a lower one
+        what = ("train-resized", self.draft_side, self.load_size, self.size, max_pixels_limit())
+        return file_key(self.paths[j], what)
+
     def _pixels(self, j: int, img: Image.Image) -> np.ndarray:
         """The resized uint8 pixels [H, W, 3] of image `j` (loaded as `img`). They are kept in the
         per-process cache of decoded files (`cebench.data.images`): the suite reads its small
         images in every epoch, and the resize costs as much as the decoding."""
-        what = ("train-resized", self.draft_side, self.load_size, self.size)
-        key = file_key(self.paths[j], what)
+        key = self._pixels_key(j)
 
         def read() -> np.ndarray:
             arr = np.asarray(self.resized(img), dtype=np.uint8)
@@ -143,8 +149,12 @@ class TrainImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         index, aug_seed = key
-        img, j, skipped = self._load(index)
-        arr = self._pixels(j, img)
+        key_j = self._pixels_key(index)
+        arr = cached(key_j) if key_j is not None else None
+        j, skipped = index, 0
+        if arr is None:  # first read of this file (or no cache): decode, resize, keep
+            img, j, skipped = self._load(index)
+            arr = self._pixels(j, img)
         gen = torch.Generator().manual_seed(aug_seed)
         label = self.labels[j] if self.labels is not None else -1
         return self.crop_flip(arr, gen), label, skipped

@@ -163,3 +163,39 @@ def test_train_images_from_cached_pixels_equal_the_stock_transform(tmp_path, mon
     # 3 files decoded once by the dataset (the rest are this test's own stock decodes)
     assert len(calls) == 3 + 2 * 9
     assert len(resizes) == 3  # and resized once each
+    # only the resized pixels are kept (a cached decoded file would be a second copy)
+    assert len(I._CACHE) == 3 and all(k[0] == "train-resized" for k in I._CACHE)
+
+
+def test_train_images_cache_follows_the_pixel_limit_and_a_zero_budget(tmp_path, monkeypatch):
+    """Resized pixels cached under one pixel limit are not served under a lower one (the file is
+    read again and refused); a budget set to 0 later bypasses what was cached, masks included."""
+    from cebench.pretrain.train_data import TrainImages
+
+    p = tmp_path / "a.png"
+    _write(p, 0, size=(40, 30))
+    ds = TrainImages([p], size=24, load_size=28)
+    calls = _count_decodes(monkeypatch)
+    ds[(0, 1)], ds[(0, 2)]
+    assert len(calls) == 1
+    old = I.set_max_pixels(100)
+    try:
+        with pytest.raises(DatasetError, match="over the limit"):
+            ds[(0, 1)]
+    finally:
+        I.set_max_pixels(old)
+    ds[(0, 3)]
+    assert len(calls) == 2  # the first key serves again under the first limit
+    m = tmp_path / "m.png"
+    Image.fromarray(np.zeros((4, 4), dtype=np.uint8), mode="L").save(m)
+    load_segmentation_mask(m, 2)
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "0")
+    ds[(0, 1)]
+    assert len(calls) == 3
+    read = []
+    import cebench.data.voc as V
+
+    real = V._read_mask
+    monkeypatch.setattr(V, "_read_mask", lambda *a: read.append(a) or real(*a))
+    load_segmentation_mask(m, 2)
+    assert len(read) == 1

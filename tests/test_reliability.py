@@ -272,17 +272,17 @@ def test_killed_loader_worker_is_one_line_every_time(tmp_path, monkeypatch, caps
     from cebench.pretrain import train_data
 
     data = write_images(tmp_path / "imgs", n=16, size=36)
-    original = train_data.TrainImages._load
+    original = train_data.TrainImages.__getitem__
     for attempt, kill_at in enumerate((3, 6, 9, 13, 17)):
         calls = {"n": 0}
 
-        def dying_load(self, index, calls=calls, kill_at=kill_at):
+        def dying_item(self, key, calls=calls, kill_at=kill_at):
             calls["n"] += 1  # counted in the (forked) worker process
             if calls["n"] == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
-            return original(self, index)
+            return original(self, key)
 
-        monkeypatch.setattr(train_data.TrainImages, "_load", dying_load)
+        monkeypatch.setattr(train_data.TrainImages, "__getitem__", dying_item)
         out = tmp_path / f"run{attempt}"
         argv = _tiny_run_args(data, out, "--steps", "8") + ["data.workers=1"]
         assert cebench(argv) == 2

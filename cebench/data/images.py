@@ -95,19 +95,33 @@ def file_key(path: Path, what: tuple) -> tuple | None:
     return (*what, str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def cached(key: tuple) -> Any:
+    """The cached value for `key`, or None (also when the budget is 0)."""
+    hit = _CACHE.get(key) if cache_limit_bytes() else None
+    return None if hit is None else hit[1]
+
+
 def cached_read(key: tuple, read: Callable[[], Any], nbytes: Callable[[Any], int]) -> Any:
     """`read()`'s value for `key`, from the cache when there (the caller copies it before handing
-    it out); kept if the budget allows. Errors are never cached."""
+    it out); kept if the budget allows. Errors are never cached. A budget of 0 bypasses the
+    cache, entries made before included."""
+    limit = cache_limit_bytes()
+    if not limit:
+        return read()
     hit = _CACHE.get(key)
     if hit is not None:
         return hit[1]
     value = read()
-    limit = cache_limit_bytes()
     n = nbytes(value)
-    if limit and _CACHE_USED["bytes"] + n <= limit:
+    if _CACHE_USED["bytes"] + n <= limit:
         _CACHE[key] = (n, value)
         _CACHE_USED["bytes"] += n
     return value
+
+
+def max_pixels_limit() -> int:
+    """The process-wide pixel limit of `load_rgb` (see `set_max_pixels`)."""
+    return _LIMIT["max_pixels"]
 
 
 def set_max_pixels(max_pixels: int) -> int:
@@ -215,7 +229,9 @@ def draft_scale(size: tuple[int, int], side: int, gap: float = DRAFT_GAP) -> int
     return 1
 
 
-def load_rgb(path: str | Path, max_pixels: int | None = None, draft_side: int = 0) -> Image.Image:
+def load_rgb(
+    path: str | Path, max_pixels: int | None = None, draft_side: int = 0, cache: bool = True
+) -> Image.Image:
     """Load an image file as an 8-bit RGB PIL image (EXIF orientation applied).
 
     `draft_side` > 0: the caller resizes the result to that shorter side, so a large JPEG may be
@@ -227,7 +243,7 @@ def load_rgb(path: str | Path, max_pixels: int | None = None, draft_side: int = 
     key = file_key(path, ("rgb", draft_side))
     if key is None:
         raise DatasetError(f"{path}: image file not found")
-    if not cache_limit_bytes():
+    if not cache or not cache_limit_bytes():  # cache=False: the caller keeps what it derives
         return _decode(path, max_pixels, draft_side)[1]
     header_size, img = cached_read(
         key,
