@@ -242,13 +242,18 @@ class Runner:
                 f"--only {patterns} matches no cell; cells look like "
                 f"{self.cells[0].id}, {self.cells[-1].id}"
             )
-        stack = list(wanted)  # a selected cell brings the cells it needs
+        wanted = self._with_dependencies(wanted)  # a selected cell brings the cells it needs
+        return [c for c in self.cells if c.id in wanted]
+
+    def _with_dependencies(self, ids: set[str]) -> set[str]:
+        """`ids` and every cell they need, transitively."""
+        out, stack = set(ids), list(ids)
         while stack:
             for dep in self.by_id[stack.pop()].depends:
-                if dep not in wanted:
-                    wanted.add(dep)
+                if dep not in out:
+                    out.add(dep)
                     stack.append(dep)
-        return [c for c in self.cells if c.id in wanted]
+        return out
 
     def _rerun(self, patterns: list[str]) -> set[str]:
         """--rerun: the matching cells and every cell that depends on them, run again from
@@ -267,13 +272,8 @@ class Runner:
             more = {c.id for c in self.cells if forced & set(c.depends)} - forced
             forced |= more
             grew = bool(more)
-        selected = {c.id for c in self.selected} | forced
-        stack = list(forced)  # and the cells they need (cached if done), as with --only
-        while stack:
-            for dep in self.by_id[stack.pop()].depends:
-                if dep not in selected:
-                    selected.add(dep)
-                    stack.append(dep)
+        # and the cells they need (cached if done), as with --only
+        selected = {c.id for c in self.selected} | self._with_dependencies(forced)
         self.selected = [c for c in self.cells if c.id in selected]
         return forced
 
