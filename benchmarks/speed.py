@@ -227,7 +227,6 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         write_images(data, max(2 * b, 16), round(load * 2), round(load * 1.5))
     cfg = _config(name, data, workdir / f"run-{name}", args.batch_size, args.device, args.overrides)
     from cebench.core.device import pick_device
-    from cebench.core.threads import default_workers
 
     device = pick_device(cfg.train.device)
     trainer = Trainer(cfg, device, DistInfo())
@@ -323,7 +322,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     # A fresh loader (the first one's workers prefetched during the timed steps), its head start
     # taken untimed (_skip_prefetched), then 8+ batches in a row.
     del it, loader
-    workers = cfg.data.workers if cfg.data.workers >= 0 else default_workers(device.type)
+    workers = trainer.loader_workers
     it = iter(trainer._loader())
     _skip_prefetched(it, workers)
     n_data = max(8, args.steps, 2 * workers)
@@ -510,7 +509,6 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
     from cebench.core.device import pick_device
     from cebench.core.distributed import DistInfo
-    from cebench.core.threads import default_workers
     from cebench.data.prepare import prepare
     from cebench.pretrain.trainer import Trainer
 
@@ -547,7 +545,7 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     n = max(2 * b, len(files))
     src = [files[i % len(files)] for i in range(n)]
     dst = [prepared / p.name for p in src]
-    workers = cfg.data.workers if cfg.data.workers >= 0 else default_workers(trainer.device.type)
+    workers = trainer.loader_workers
     slow = max(2, min(args.steps, 4))  # full-size decoding takes seconds per batch
     rates = {
         "plain": _data_rate(src, cfg, False, slow, workers),

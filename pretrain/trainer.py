@@ -333,9 +333,15 @@ class Trainer:
         rngs = state["rng"]  # one per process; a different process count gets process 0's
         set_rng_state(rngs[self.dist.rank] if len(rngs) == self.dist.world_size else rngs[0])
 
+    @property
+    def loader_workers(self) -> int:
+        """data.workers, or for -1 the count for this device (`default_workers`)."""
+        w = self.cfg.data.workers
+        return w if w >= 0 else default_workers(self.device.type)
+
     def _loader(self) -> torch.utils.data.DataLoader:
         cfg = self.cfg
-        workers = cfg.data.workers if cfg.data.workers >= 0 else default_workers(self.device.type)
+        workers = self.loader_workers
         self.sampler = StepBatchSampler(
             len(self.ds),
             cfg.train.batch_size,
