@@ -226,6 +226,16 @@ class CellExecutor:
                 f"{self.out_dir}; use '{{work}}'"
             )
 
+    def fingerprint(self, cell: Cell) -> str:
+        """The code the cell runs (`cebench.core.fingerprint`): its entry module and everything
+        that imports, the built-in data generator, and this executor (not what it imports: that
+        is every kind's code)."""
+        from cebench.core.fingerprint import code_fingerprint
+
+        entry = {"pretrain": "cebench.pretrain.train", "inpaint": "cebench.pretrain.inpaint"}
+        root = entry.get(cell.kind) or TRANSFER_MODULES[cell.task_kind]
+        return code_fingerprint([root, "cebench.data.synth"], also=[__name__])
+
     def resolve(self, cell: Cell) -> dict[str, Any]:
         resolved = self._resolve(cell)
         if cell.kind == "pretrain":
@@ -267,6 +277,7 @@ class CellExecutor:
         return {
             "metrics": flatten_metrics(record.get("metrics", {})),
             "device": record.get("device"),
+            "precision": "fp32",  # the harnesses do not autocast
             "artifacts": {"out_dir": str(getattr(cfg, "out", work))},
         }
 
@@ -290,6 +301,7 @@ class CellExecutor:
         return {
             "metrics": metrics,
             "device": summary.get("device"),
+            "precision": summary.get("amp", "fp32"),
             "artifacts": {"run_dir": str(run_dir), "samples_dir": str(run_dir / "samples")},
         }
 
@@ -329,6 +341,7 @@ class CellExecutor:
         return {
             "metrics": flatten_metrics(record.get("metrics", record)),
             "device": record.get("device"),
+            "precision": "fp32",
             "artifacts": {"out_dir": str(out)},
         }
 

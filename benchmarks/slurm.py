@@ -83,6 +83,7 @@ class CellJob:
     code_version: str
     executor: Any
     runner_cls: Any  # cebench.benchmarks.runner.Runner: execute_cell, stop_cell, work_stamp
+    code_fingerprint: str = ""
 
     def __call__(self) -> str:
         import submitit
@@ -174,6 +175,7 @@ def _writer(job: CellJob) -> Any:
     w.out = Path(job.out)
     w.cells_dir = inside(w.out, "cells")
     w.hashes = {job.cell.id: job.config_hash}
+    w.fingerprints = {job.cell.id: job.code_fingerprint}
     w.resolved = {job.cell.id: job.resolved}
     return w
 
@@ -350,6 +352,7 @@ class SlurmLauncher:
             cell=cell,
             resolved=runner.resolved[cell.id],
             config_hash=runner.hashes[cell.id],
+            code_fingerprint=runner.fingerprints.get(cell.id, ""),
             code_version=runner.code_version,
             executor=runner.executor,
             runner_cls=type(runner),

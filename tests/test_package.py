@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cebench
+from cebench.core.fingerprint import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,31 +48,10 @@ def _layer(module: str) -> int:
     return LAYER[best]
 
 
-def _imports(path: Path, module: str, is_package: bool, known: set[str]) -> set[str]:
-    """Every cebench module this file imports, at the top or inside functions."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                pkg = module if is_package else module.rpartition(".")[0]
-                for _ in range(node.level - 1):
-                    pkg = pkg.rpartition(".")[0]
-                base = f"{pkg}.{base}".rstrip(".")
-            names = [
-                f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names
-            ]
-        found |= {n for n in names if n == "cebench" or n.startswith("cebench.")}
-    return {n for n in found if n in known}
-
-
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
     known = set(mods)
-    return {m: _imports(p, m, p.name == "__init__.py", known) - {m} for m, p in mods.items()}
+    return {m: imported_modules(p, m, known) - {m} for m, p in mods.items()}
 
 
 def test_no_module_imports_a_layer_above_it():
@@ -110,7 +89,7 @@ def test_the_checker_sees_an_upward_import(tmp_path):
     """The layer rule is checked on real source: an import from above is named."""
     src = tmp_path / "m.py"
     src.write_text("def f():\n    from cebench.transfer.encoders import resolve_encoder\n")
-    deps = _imports(src, "cebench.core.m", False, {"cebench.transfer.encoders"})
+    deps = imported_modules(src, "cebench.core.m", {"cebench.transfer.encoders"})
     assert deps == {"cebench.transfer.encoders"}
     assert _layer("cebench.transfer.encoders") > _layer("cebench.core.m")
 

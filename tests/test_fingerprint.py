@@ -1,0 +1,76 @@
+"""Code fingerprints: which modules a job can run, and what in their source counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cebench.core import fingerprint as fp
+
+
+def test_closure_follows_lazy_imports_and_parent_packages():
+    mods = fp.module_closure(["cebench.transfer.detect"])
+    # the harness imports its shared parts; the encoders bring the registry's models and the core
+    assert "cebench.transfer.detect" in mods
+    assert "cebench.transfer" in mods  # the parent package's __init__ runs on import
+    assert "cebench.core.errors" in mods
+    assert any(m.startswith("cebench.pretrain.models") for m in mods)
+    # ... but not the other harnesses, nor the benchmark runner above them
+    assert "cebench.transfer.segment" not in mods
+    assert "cebench.transfer.classify" not in mods
+    assert not any(m.startswith("cebench.benchmarks") for m in mods)
+
+
+def test_closure_of_a_file_hand_checked(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text(
+        "import os\nfrom cebench.core import errors, io\n"
+        "def f():\n    from .threads import set_threads\n    import cebench.core.lock\n"
+    )
+    known = set(fp.cebench_modules())
+    got = fp.imported_modules(src, "cebench.core.m", known)
+    assert got == {"cebench.core.errors", "cebench.core.io", "cebench.core.threads",
+                   "cebench.core.lock"}
+
+
+def test_normalised_source_ignores_comments_docstrings_and_layout(tmp_path):
+    a, b, c = tmp_path / "a.py", tmp_path / "b.py", tmp_path / "c.py"
+    a.write_text('"""doc"""\ndef f(x):\n    """say what"""\n    return x + 1  # one\n')
+    b.write_text("def f(x):\n\n    return (x +\n            1)\n")
+    c.write_text("def f(x):\n    return x + 2\n")
+    assert fp.normalised_source(a) == fp.normalised_source(b)
+    assert fp.normalised_source(a) != fp.normalised_source(c)
+
+
+def test_fingerprint_changes_with_the_code_of_a_reachable_module(monkeypatch, tmp_path):
+    original = fp.cebench_modules()
+    mods = dict(original)
+    roots = ["cebench.transfer.detect"]
+    before = fp.code_fingerprint(roots)
+    assert before == fp.code_fingerprint(roots) and len(before) == 16
+    # the same closure with one module's source changed (a copy, the package is untouched)
+    target = "cebench.core.io"
+    copy = tmp_path / "io.py"
+    copy.write_text(Path(mods[target]).read_text() + "\nCHANGED = 1\n")
+    mods[target] = copy
+    monkeypatch.setattr(fp, "cebench_modules", lambda: mods)
+    fp._fingerprint.cache_clear()
+    try:
+        assert fp.code_fingerprint(roots) != before
+        # a change in a module outside the closure does not count
+        mods[target] = original[target]
+        fp._fingerprint.cache_clear()
+        assert fp.code_fingerprint(roots) == before
+        other = tmp_path / "classify.py"
+        other.write_text(Path(mods["cebench.transfer.classify"]).read_text() + "\nX = 2\n")
+        mods["cebench.transfer.classify"] = other
+        fp._fingerprint.cache_clear()
+        assert fp.code_fingerprint(roots) == before
+    finally:
+        fp._fingerprint.cache_clear()
+
+
+def test_unknown_root_is_refused():
+    with pytest.raises(ValueError, match="not cebench modules: cebench.nope"):
+        fp.module_closure(["cebench.nope"])
