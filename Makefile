@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 bench: $(STAMP)
-	$(VENV)/bin/cebench bench --suite default --out results/default
+	$(VENV)/bin/cebench bench --suite default --out results/default --readme README.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q

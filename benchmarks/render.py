@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ from cebench.benchmarks.figures import render_figures
 from cebench.benchmarks.tables import (
     COLUMNS,
     FROM,
+    LEGACY_COLUMNS,
     read_results,
     render_latex,
     render_markdown,
     write_csv,
+    write_summary,
 )
 from cebench.core.errors import DatasetError
 from cebench.core.io import atomic_write_text
@@ -41,17 +45,17 @@ def check_results_csv(path: str | Path) -> None:
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != COLUMNS:
+            if reader.fieldnames not in (COLUMNS, LEGACY_COLUMNS):
                 raise DatasetError(
                     f"{csv_path}: not a cebench results.csv (columns {reader.fieldnames}, "
                     f"expected {', '.join(COLUMNS)})"
                 )
             for row in reader:
                 line = reader.line_num
-                if None in row or any(row[k] is None for k in COLUMNS):
+                if None in row or any(row[k] is None for k in reader.fieldnames):
                     raise DatasetError(
                         f"{csv_path} line {line}: the row does not have the header's "
-                        f"{len(COLUMNS)} columns"
+                        f"{len(reader.fieldnames)} columns"
                     )
                 for key, kind in _NUMBERS.items():
                     try:
@@ -93,22 +97,73 @@ def render_all(
     latex: bool = False,
     figures: bool = True,
     log=print,
+    reference: str | None = None,
 ) -> Path:
-    """results.csv of every path -> OUT/table.md (+ table.tex, + figures/); returns table.md's path."""
+    """results.csv of every path -> OUT/table.md, OUT/summary.csv (+ table.tex, + figures/);
+    returns table.md's path. `reference`: the arm the others are tested against (default: the
+    suite's `reference`, else `random`)."""
     rows, meta = read_checked(paths)
+    if reference is not None and reference not in {a["name"] for a in meta["arms"]}:
+        raise DatasetError(
+            f"--reference {reference!r} is not an arm of these results; arms: "
+            + ", ".join(a["name"] for a in meta["arms"])
+        )
     out = prepare_out_dir(out)
     command = command or meta.get("command", "")
     if len(paths) > 1 or Path(paths[0]).resolve() != out.resolve():
         write_csv([{k: r[k] for k in COLUMNS} for r in rows], out / "results.csv")
-    atomic_write_text(out / "table.md", render_markdown(rows, meta, command))
+    atomic_write_text(out / "table.md", render_markdown(rows, meta, command, reference))
+    write_summary(rows, meta, out / "summary.csv", reference)
     if latex:
-        atomic_write_text(out / "table.tex", render_latex(rows, meta, command))
+        atomic_write_text(out / "table.tex", render_latex(rows, meta, command, reference))
     if figures:
         try:
             render_figures(rows, meta, [Path(p) for p in paths], out / "figures")
         except Exception as e:  # a figure must never cost the tables
             log(f"figures not drawn: {type(e).__name__}: {e}")
     return out / "table.md"
+
+
+# a README block that shows a table.md: the file's text between the two markers, kept equal to
+# it by `cebench table|bench ... --readme README.md` (and checked by tests/test_readme_tables.py)
+README_BLOCK = re.compile(
+    r"(?P<open><!-- cebench-table (?P<path>\S+) -->\n)(?P<body>.*?)(?P<close><!-- /cebench-table -->)",
+    re.S,
+)
+
+
+def readme_blocks(text: str) -> list[tuple[str, str]]:
+    """(path as written in the marker, body) of each table block of a README's text."""
+    return [(m["path"], m["body"]) for m in README_BLOCK.finditer(text)]
+
+
+def update_readme(readme: str | Path, table: str | Path) -> int:
+    """Replace the body of every block of `readme` that names `table` (relative to the README's
+    folder) with the table's text; returns how many. None is an error naming both files."""
+    readme, table = Path(readme), Path(table)
+    if not readme.is_file():
+        raise DatasetError(f"--readme {readme}: no such file")
+    text = readme.read_text(encoding="utf-8")
+    body = table.read_text(encoding="utf-8").rstrip("\n") + "\n"
+    count = 0
+
+    def swap(m: re.Match) -> str:
+        nonlocal count
+        if (readme.parent / m["path"]).resolve() != table.resolve():
+            return m.group(0)
+        count += 1
+        return m["open"] + body + m["close"]
+
+    new = README_BLOCK.sub(swap, text)
+    if not count:
+        rel = os.path.relpath(table, readme.parent)
+        raise DatasetError(
+            f"{readme} has no block for {rel}: add the lines '<!-- cebench-table {rel} -->' and "
+            "'<!-- /cebench-table -->' where the table goes"
+        )
+    if new != text:
+        atomic_write_text(readme, new)
+    return count
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -119,6 +174,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: the first results dir)")
     p.add_argument("--latex", action="store_true", help="also write table.tex")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="ARM",
+        help="the arm the others are tested against (default: the suite's 'reference', else "
+        "'random')",
+    )
+    p.add_argument(
+        "--readme",
+        default=None,
+        metavar="FILE",
+        help="also copy OUT/table.md into FILE's '<!-- cebench-table OUT/table.md -->' block",
+    )
     return p
 
 
@@ -130,12 +198,20 @@ def main(args: argparse.Namespace) -> int:
         + " ".join(args.results)
         + (f" --out {args.out}" if args.out else "")
         + (" --latex" if args.latex else "")
+        + (f" --reference {args.reference}" if args.reference else "")
     )
     origin = read_checked(args.results)[1].get("command")
     if origin:
         command += f" {FROM} {origin}"
     path = render_all(
-        args.results, out, command=command, latex=args.latex, figures=not args.no_figures
+        args.results,
+        out,
+        command=command,
+        latex=args.latex,
+        figures=not args.no_figures,
+        reference=args.reference,
     )
+    if args.readme:
+        update_readme(args.readme, path)
     print(path.read_text())
     return 0

@@ -5,9 +5,13 @@
     cebench bench --suite default --only 'ce-*' --set seeds=[0] --set budgets.pretrain_steps=50
     cebench bench --suite default --list                       # cells and their state; runs nothing
 
-Each finished cell is written atomically to OUT/cells/<cell-id>.json with its provenance (config
-hash, code version, seed, wall time, device) and is not run again while its config hash is the
-same, so an interrupted or extended suite continues where it stopped. A failed cell writes
+Each finished cell is written atomically to OUT/cells/<cell-id>.json with its provenance (cell
+hash, code fingerprint, code version, seed, wall time, device, torch threads, float format) and is
+not run again while its cell hash is the same, so an interrupted or extended suite continues where
+it stopped. The cell hash covers the resolved config, the built-in data's spec, the cell's
+dependencies' hashes and the fingerprint of the code the cell runs (`cebench.core.fingerprint`:
+the normalised source of the modules it can reach), so a code change that can move a number
+reruns the cells it can move, and their dependants. A failed cell writes
 OUT/cells/<cell-id>.error.json, the other cells go on (its dependants are reported as failed too)
 and the exit status is 1. OUT/results.csv, OUT/table.md and OUT/figures/ are regenerated from the
 cell files, never appended to.
@@ -53,6 +57,7 @@ class Executor(Protocol):
 
     def prepare(self, suite: Suite, out_dir: Path) -> None: ...
     def resolve(self, cell: Cell) -> dict[str, Any]: ...
+    # optional: `fingerprint(cell) -> str`, the code the cell runs (part of its hash)
     def run(self, cell: Cell, resolved: dict[str, Any], work: Path) -> dict[str, Any]: ...
 
 
@@ -131,6 +136,8 @@ def _execute(
 ) -> dict[str, Any]:
     """Run one cell and never raise: the result or the error comes back as data (worker-safe).
     A signal comes back as {"ok": False, "interrupted": signum}."""
+    import torch
+
     t0, c0 = time.time(), time.process_time()
     _IN_CELL["now"] = True
     try:
@@ -150,6 +157,7 @@ def _execute(
             "result": result,
             "wall_time_s": time.time() - t0,
             "cpu_time_s": time.process_time() - c0,
+            "threads": torch.get_num_threads(),  # numbers differ slightly across thread counts
         }
     except BaseException as e:  # noqa: B036 -- a cell's failure must not stop the suite
         signum = _stop_signal(e)
@@ -225,12 +233,20 @@ class Runner:
         self.cells_dir = inside(self.out, "cells")
         self.command = command or f"cebench bench --suite {suite.name}"
         self.log = log
-        self.cells = plan_cells(suite, self.out)
-        self.by_id = {c.id: c for c in self.cells}
+        # more_seeds: the seeds after the suite's own, up to more_seeds.max in all; their cells are
+        # planned (and hashed) now, and run only for the arms that still need them (_more_seeds)
+        first = max(suite.seeds) + 1
+        self.extra_seeds = list(range(first, first + suite.more_seeds.max - len(suite.seeds)))
+        self.planned = plan_cells(
+            dataclasses.replace(suite, seeds=[*suite.seeds, *self.extra_seeds]), self.out
+        )
+        self.cells = [c for c in self.planned if c.seed in set(suite.seeds)]
+        self.by_id = {c.id: c for c in self.planned}
         self.selected = self._select(only or [])
         self.rerun = self._rerun(rerun or [])
         self.resolved: dict[str, dict[str, Any]] = {}
         self.hashes: dict[str, str] = {}
+        self.fingerprints: dict[str, str] = {}  # the code each cell runs ('' if not known)
         self.code_version = code_version()
 
     def _select(self, patterns: list[str]) -> list[Cell]:
@@ -257,11 +273,12 @@ class Runner:
 
     def _rerun(self, patterns: list[str]) -> set[str]:
         """--rerun: the matching cells and every cell that depends on them, run again from
-        scratch although cached (a code fix does not change a config hash); added to the
-        selection."""
+        scratch although cached (for what a cell hash does not cover: another torch, a changed
+        dataset file); added to the selection (cells of more_seeds' extra seeds are forgotten
+        and run again if a round asks for them)."""
         if not patterns:
             return set()
-        forced = {c.id for c in self.cells if _matches(c.id, patterns)}
+        forced = {c.id for c in self.planned if _matches(c.id, patterns)}
         if not forced:
             raise ConfigError(
                 f"--rerun {patterns} matches no cell; cells look like "
@@ -269,11 +286,12 @@ class Runner:
             )
         grew = True
         while grew:  # dependants of a rerun cell read its new output
-            more = {c.id for c in self.cells if forced & set(c.depends)} - forced
+            more = {c.id for c in self.planned if forced & set(c.depends)} - forced
             forced |= more
             grew = bool(more)
         # and the cells they need (cached if done), as with --only
-        selected = {c.id for c in self.selected} | self._with_dependencies(forced)
+        base = {c.id for c in self.cells}
+        selected = {c.id for c in self.selected} | self._with_dependencies(forced & base)
         self.selected = [c for c in self.cells if c.id in selected]
         return forced
 
@@ -288,12 +306,15 @@ class Runner:
     def resolve_all(self) -> None:
         """Check every cell's config before running anything; hash it with its dependencies' hashes."""
         synth = self.suite.data.synth
-        for cell in self.cells:
+        fingerprint = getattr(self.executor, "fingerprint", None)
+        for cell in self.planned:
             try:
                 resolved = self.executor.resolve(cell)
             except CebenchError as e:
                 raise ConfigError(f"cell {cell.id}: {e}") from None
             self.resolved[cell.id] = resolved
+            code = fingerprint(cell) if fingerprint is not None else ""
+            self.fingerprints[cell.id] = code
             self.hashes[cell.id] = config_hash(
                 {
                     "kind": cell.kind,
@@ -303,6 +324,8 @@ class Runner:
                     "depends": [self.hashes[d] for d in cell.depends],
                     # the generated data's spec: its paths stay the same when it changes
                     **({"synth": dataclasses.asdict(synth)} if synth is not None else {}),
+                    # the code it runs: a change that can move its numbers makes it stale
+                    **({"code": code} if code else {}),
                 }
             )
 
@@ -325,8 +348,11 @@ class Runner:
             "task_kind": cell.task_kind,
             "seed": cell.seed,
             "config_hash": self.hashes[cell.id],
+            "code_fingerprint": self.fingerprints.get(cell.id, ""),
             "code_version": self.code_version,
             "device": result.get("device") or _default_device(),
+            "threads": res.get("threads"),
+            "precision": result.get("precision") or "",
             "wall_time_s": round(res["wall_time_s"], 3),
             "cpu_time_s": round(res.get("cpu_time_s", 0.0), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -370,9 +396,10 @@ class Runner:
         )
         outcome = Outcome()
         todo = []
-        for cell in self.selected:
+        for cell in self.planned:
             if cell.id in self.rerun:
                 self._forget(cell)
+        for cell in self.selected:
             if self.state(cell) == "done":
                 outcome.cached.append(cell.id)
             else:
@@ -393,12 +420,26 @@ class Runner:
         self._pool: cf.ProcessPoolExecutor | None = None
         self._outcome = outcome
         try:
-            if self.launcher is not None:
-                self.launcher.run(self, todo, outcome)
-            elif self.jobs == 1:
-                self._run_serial(todo, outcome)
-            else:
-                self._run_pool(todo, outcome)
+            self._dispatch(todo, outcome)
+            # more_seeds: rounds of one more seed for the arms whose comparison is undecided
+            while (
+                self.extra_seeds
+                and outcome.stopped_by is None
+                and not outcome.failed
+                and getattr(self.launcher, "wait", True)
+                and (more := self._more_seeds())
+            ):
+                self.selected += more
+                todo = [c for c in more if self.state(c) != "done"]
+                outcome.cached += [c.id for c in more if c not in todo]
+                self._total += len(todo)
+                seeds = sorted({c.seed for c in more})
+                self.log(
+                    f"bench {self.suite.name}: seed {', '.join(map(str, seeds))} for "
+                    f"{', '.join(sorted({c.arm for c in more}))} (undecided against the "
+                    f"reference arm): {len(more)} cells, {len(todo)} to run"
+                )
+                self._dispatch(todo, outcome)
         except CellStopped as e:  # a signal between two cells
             outcome.stopped_by = e.signum
         finally:
@@ -407,6 +448,44 @@ class Runner:
         self.write_outputs()
         outcome.wall_s = time.time() - t_start
         return outcome
+
+    def _dispatch(self, todo: list[Cell], outcome: Outcome) -> None:
+        if self.launcher is not None:
+            self.launcher.run(self, todo, outcome)
+        elif self.jobs == 1:
+            self._run_serial(todo, outcome)
+        else:
+            self._run_pool(todo, outcome)
+
+    def _more_seeds(self) -> list[Cell]:
+        """The cells of the next seed for every arm that has a column whose difference from the
+        reference arm is undecided (`stats.Comparison.decided`), and for the reference arm; []
+        when every comparison is decided or no undecided arm has a seed left."""
+        from cebench.benchmarks.stats import compare, reference_arm
+        from cebench.benchmarks.tables import build_columns, records_to_rows, values
+
+        meta = suite_meta(self.suite)
+        ref = reference_arm(meta)
+        if not ref:
+            return []
+        rows = records_to_rows(self.records())
+        spec = self.suite.more_seeds
+        undecided = {
+            c.arm
+            for c in compare(rows, meta, build_columns(rows, meta), values)
+            if c.arm != ref and c.n_ref and not c.decided(self.suite.alpha, spec.min_effect)
+        }
+        chosen = {c.id for c in self.selected}
+        new: set[str] = set()
+        for arm in sorted(undecided | {ref}):
+            have = {c.seed for c in self.selected if c.arm == arm}
+            seed = next((s for s in self.extra_seeds if s not in have), None)
+            if seed is None:
+                continue
+            new |= {c.id for c in self.planned if c.arm == arm and c.seed == seed} - chosen
+        if not {self.by_id[i].arm for i in new} - {ref}:
+            return []  # no undecided arm can take another seed
+        return [c for c in self.planned if c.id in new]
 
     def _forward_signal(self, signum: int, frame: Any) -> None:
         """--jobs > 1: pass the first SIGINT/SIGTERM on to the worker processes once (they are in
@@ -556,9 +635,9 @@ class Runner:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def records(self) -> list[dict[str, Any]]:
-        """The finished cells of this suite whose config hash is current."""
+        """The finished cells of this suite whose hash is current (config and code)."""
         out = []
-        for cell in self.cells:
+        for cell in self.planned:
             rec = _read_json(self.cells_dir / f"{cell.id}.json")
             if rec is not None and rec.get("config_hash") == self.hashes.get(cell.id):
                 out.append(rec)
@@ -658,6 +737,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="list the cells, their state and resolved settings (splits, sizes, heads, lr, masks, AP, rescale); run nothing",
     )
+    p.add_argument(
+        "--readme",
+        default=None,
+        metavar="FILE",
+        help="after the run, copy OUT/table.md into FILE's '<!-- cebench-table OUT/table.md -->' "
+        "block (make bench: README.md)",
+    )
     return p
 
 
@@ -719,6 +805,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"{state:6s} {cell.id}  {runner.hashes[cell.id]}  {settings}")
         return 0
     outcome = runner.run()
+    if args.readme and (runner.out / "table.md").is_file():
+        from cebench.benchmarks.render import update_readme
+
+        update_readme(args.readme, runner.out / "table.md")
     print(
         f"bench {suite.name}: {len(outcome.ran)} ran, {len(outcome.cached)} cached, "
         f"{len(outcome.failed)} failed in {_fmt(outcome.wall_s)} (cells' CPU time {_fmt(outcome.cpu_s)}); results in {runner.out}/results.csv, "

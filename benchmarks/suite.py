@@ -240,10 +240,26 @@ class LauncherSpec:
 
 
 @dataclass
+class MoreSeeds:
+    """Seeds added while a comparison with the reference arm is undecided (`cebench.benchmarks.stats`):
+    after the suite's `seeds`, each arm whose difference from the reference in some column is
+    neither significant nor known to be smaller than `min_effect` (the 95% interval within
+    +-min_effect, in the column's units) gets one more seed (the reference arm too), round by
+    round, up to `max` seeds in all. `max: 0` (the default) runs the listed seeds only."""
+
+    max: int = 0
+    min_effect: float = 1.0
+
+
+@dataclass
 class Suite:
     name: str = ""
     description: str = ""
     seeds: list[int] = field(default_factory=lambda: [0])
+    # the arm every other arm is tested against in the tables ("" = the arm named 'random', if any)
+    reference: str = ""
+    alpha: float = 0.05  # significance level of those tests (Holm-corrected per column)
+    more_seeds: MoreSeeds = field(default_factory=MoreSeeds)
     budgets: dict[str, Any] = field(default_factory=dict)  # {budgets.<key>} in the config sections
     data: DataSpec = field(default_factory=DataSpec)
     pretrain: dict[str, Any] = field(default_factory=dict)  # overrides common to every arm
@@ -264,6 +280,17 @@ class Suite:
             )
         if not self.seeds:
             raise ConfigError("suite needs at least one seed")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"config key 'seeds' lists a seed twice: {self.seeds}")
+        if not 0 < self.alpha < 1:
+            raise ConfigError(f"config key 'alpha' must be between 0 and 1, got {self.alpha}")
+        if self.more_seeds.max < 0 or self.more_seeds.min_effect < 0:
+            raise ConfigError("config keys 'more_seeds.max' and 'more_seeds.min_effect' must be >= 0")
+        if self.reference and self.reference not in [a.name for a in self.arms]:
+            raise ConfigError(
+                f"config key 'reference' must name an arm, got {self.reference!r}; arms: "
+                + ", ".join(a.name for a in self.arms)
+            )
         from cebench.pretrain.methods import list_methods
 
         methods = [*NO_PRETRAINING, *list_methods()]
@@ -499,6 +526,8 @@ def suite_meta(suite: Suite) -> dict[str, Any]:
     """What the tables need besides the CSV: labels, order, primary metrics, the paper's numbers."""
     return {
         "name": suite.name,
+        "reference": suite.reference,
+        "alpha": suite.alpha,
         "arms": [
             {
                 "name": a.name,

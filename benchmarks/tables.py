@@ -2,7 +2,14 @@
 
 results.csv has a fixed schema, one row per arm x task x metric x seed:
 
-    suite, arm, task, metric, seed, value, config_hash, code_version, device, wall_time_s
+    suite, arm, task, metric, seed, value, config_hash, code_version, device, wall_time_s,
+    code_fingerprint, threads, precision
+
+(config_hash is the cell hash: config, data spec, dependencies and code fingerprint; threads is
+torch's intra-op thread count the cell ran with, precision its float format.) Each arm's mean of a
+column is compared with the reference arm's by `stats.compare` (Welch's t-test, Holm-corrected):
+the Markdown and LaTeX tables mark the arms that differ, and OUT/summary.csv holds the means,
+p-values and intervals.
 
 Table rows are the pretraining methods; columns are the pretraining time, each transfer task's
 headline metric and (for the inpainting arms) inpainting L2 and PSNR, as mean +- sample standard
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cebench.benchmarks.stats import ABOVE, BELOW, Comparison, compare, findings, footer
 from cebench.core.errors import DatasetError
 from cebench.core.io import atomic_write_text
 
@@ -40,7 +48,13 @@ COLUMNS = [
     "code_version",
     "device",
     "wall_time_s",
+    "code_fingerprint",
+    "threads",
+    "precision",
 ]
+# results.csv before the provenance columns (code fingerprint, torch threads, float format): read
+# as such, the missing columns empty
+LEGACY_COLUMNS = COLUMNS[:10]
 # headline metric when suite.json does not name one: first of these present, else the first metric
 PREFERRED = ["map", "mAP", "accuracy", "acc", "top1", "miou", "mean_iou", "mIoU"]
 FROM = "<<from>>"  # joins a `cebench table` command and the `cebench bench` command it re-renders
@@ -77,6 +91,9 @@ def records_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "code_version": rec["code_version"],
                     "device": rec["device"],
                     "wall_time_s": rec["wall_time_s"],
+                    "code_fingerprint": rec.get("code_fingerprint", ""),
+                    "threads": rec.get("threads") or "",
+                    "precision": rec.get("precision", ""),
                 }
             )
     return rows
@@ -100,6 +117,8 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
         "command": "",
         "names": [],
         "paper_inpainting": [],
+        "reference": "",
+        "alpha": 0.05,
     }
     for p in map(Path, paths):
         csv_path = p / "results.csv" if p.is_dir() else p
@@ -107,9 +126,11 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
             raise DatasetError(f"no results.csv at {csv_path}")
         with open(csv_path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != COLUMNS:
+            if reader.fieldnames not in (COLUMNS, LEGACY_COLUMNS):
                 raise DatasetError(f"{csv_path}: columns {reader.fieldnames} are not {COLUMNS}")
             for r in reader:
+                for k in COLUMNS[len(LEGACY_COLUMNS) :]:
+                    r.setdefault(k, "")
                 r["seed"], r["value"] = int(r["seed"]), float(r["value"])
                 r["wall_time_s"] = float(r["wall_time_s"])
                 rows[(r["suite"], r["arm"], r["task"], r["metric"], r["seed"])] = r
@@ -118,6 +139,8 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
             m = json.loads(sj.read_text())
             meta["names"].append(m.get("name", ""))
             meta["command"] = meta["command"] or m.get("command", "")
+            meta["reference"] = meta["reference"] or m.get("reference", "")
+            meta["alpha"] = m.get("alpha", meta["alpha"])
             for key in ("arms", "tasks"):
                 known = {x["name"] for x in meta[key]}
                 meta[key] += [x for x in m.get(key, []) if x["name"] not in known]
@@ -210,11 +233,22 @@ def build_columns(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Colu
     return cols
 
 
+def comparisons(
+    rows: list[dict[str, Any]], meta: dict[str, Any], reference: str | None = None
+) -> list[Comparison]:
+    """Each arm's columns against the reference arm (`stats.compare`)."""
+    return compare(rows, meta, build_columns(rows, meta), values, reference)
+
+
 def table_cells(
-    rows: list[dict[str, Any]], meta: dict[str, Any]
+    rows: list[dict[str, Any]], meta: dict[str, Any], reference: str | None = None
 ) -> tuple[list[Column], list[list[str]], list[list[bool]]]:
-    """Formatted cells (one list per arm) and which of them are the best of their column."""
+    """Formatted cells (one list per arm, with the significance marker against the reference
+    arm) and which of them are the best of their column."""
     cols = build_columns(rows, meta)
+    signs = {
+        (c.arm, c.task, c.metric): c.sign for c in compare(rows, meta, cols, values, reference)
+    }
     text, means = [], []
     for arm in meta["arms"]:
         t_row, m_row = [], []
@@ -238,7 +272,12 @@ def table_cells(
                 m_row.append(None)
                 continue
             m, s = mean_std([x * c.scale for x in xs])
-            t_row.append(f"{m:.{c.digits}f}" + ("" if s is None else f" ± {s:.{c.digits}f}"))
+            sign = signs.get((arm["name"], c.task, c.metric), "")
+            t_row.append(
+                f"{m:.{c.digits}f}"
+                + ("" if s is None else f" ± {s:.{c.digits}f}")
+                + (f" {sign}" if sign else "")
+            )
             m_row.append(m)
         text.append(t_row)
         means.append(m_row)
@@ -307,8 +346,24 @@ def _seeds_note(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: str = "") -> str:
-    cols, text, best = table_cells(rows, meta)
+def provenance_note(rows: list[dict[str, Any]]) -> str:
+    """The torch thread counts and float formats the cells ran with (results differ slightly
+    across thread counts)."""
+    threads = sorted({str(r.get("threads") or "not recorded") for r in rows})
+    formats = sorted({str(r.get("precision") or "not recorded") for r in rows})
+    return (
+        f"torch threads per cell: {', '.join(threads)}; float format: {', '.join(formats)} "
+        "(another thread count gives slightly different numbers)"
+    )
+
+
+def render_markdown(
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    command: str = "",
+    reference: str | None = None,
+) -> str:
+    cols, text, best = table_cells(rows, meta, reference)
     lines = []
     if command:
         lines += [
@@ -322,6 +377,11 @@ def render_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], command: s
         cells = [f"**{t}**" if b else t for t, b in zip(t_row, b_row, strict=True)]
         lines.append(f"| {arm['label']} | " + " | ".join(cells) + " |")
     lines += ["", _seeds_note(rows), ""]
+    if note := footer(meta, reference):
+        lines += [note, ""]
+    lines += [provenance_note(rows), ""]
+    if found := findings(comparisons(rows, meta, reference), meta):
+        lines += ["Each column against the reference arm (the markers above):", "", *found, ""]
     lines += inpainting_table(rows, meta)
     return "\n".join(lines)
 
@@ -339,12 +399,18 @@ def _tex(s: str) -> str:
     ):
         s = s.replace(a, b)
     s = s.replace("\0", r"\textbackslash{}")
+    s = s.replace(ABOVE, r"$\uparrow$").replace(BELOW, r"$\downarrow$")
     return s.replace("±", r"$\pm$").replace("<", r"$<$")
 
 
-def render_latex(rows: list[dict[str, Any]], meta: dict[str, Any], command: str = "") -> str:
-    """A plain booktabs tabular (no jinja2 needed)."""
-    cols, text, best = table_cells(rows, meta)
+def render_latex(
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    command: str = "",
+    reference: str | None = None,
+) -> str:
+    """A plain booktabs tabular (no jinja2 needed); the significance footer as a comment."""
+    cols, text, best = table_cells(rows, meta, reference)
     out = []
     if command:
         out.append("% produced by: " + command.replace(f" {FROM} ", " from the results of "))
@@ -359,5 +425,41 @@ def render_latex(rows: list[dict[str, Any]], meta: dict[str, Any], command: str 
             rf"\textbf{{{_tex(t)}}}" if b else _tex(t) for t, b in zip(t_row, b_row, strict=True)
         ]
         out.append(_tex(arm["label"]) + " & " + " & ".join(cells) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}", ""]
+    out += [r"\bottomrule", r"\end{tabular}"]
+    if note := footer(meta, reference):
+        out.append("% " + note.replace(ABOVE, "up arrow").replace(BELOW, "down arrow"))
+    out += ["% " + provenance_note(rows), ""]
     return "\n".join(out)
+
+
+SUMMARY_COLUMNS = [
+    "arm", "column", "task", "metric", "n", "mean", "std", "reference", "n_reference", "diff",
+    "ci95_low", "ci95_high", "p_welch", "p_holm", "significant",
+]  # fmt: skip
+
+
+def write_summary(
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    path: str | Path,
+    reference: str | None = None,
+) -> None:
+    """OUT/summary.csv: per arm and column, the mean over seeds and the test against the
+    reference arm (significant: 'above', 'below' or '')."""
+    def num(x: float | None) -> str:
+        return "" if x is None else f"{x:.6g}"
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for c in comparisons(rows, meta, reference):
+        w.writerow(
+            {
+                "arm": c.arm, "column": c.label, "task": c.task, "metric": c.metric, "n": c.n,
+                "mean": num(c.mean), "std": num(c.std), "reference": c.reference,
+                "n_reference": c.n_ref, "diff": num(c.diff), "ci95_low": num(c.ci_low),
+                "ci95_high": num(c.ci_high), "p_welch": num(c.p), "p_holm": num(c.p_holm),
+                "significant": {ABOVE: "above", BELOW: "below"}.get(c.sign, ""),
+            }
+        )  # fmt: skip
+    atomic_write_text(path, buf.getvalue())

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cebench.benchmarks.runner import Runner
 from cebench.benchmarks.suite import load_suite, plan_cells
@@ -213,7 +214,11 @@ def test_csv_and_markdown_match_cell_metrics(tmp_path):
         "code_version",
         "device",
         "wall_time_s",
+        "code_fingerprint",
+        "threads",
+        "precision",
     ]
+    assert {r["threads"] for r in rows} == {str(torch.get_num_threads())}
     for (arm, task), vals in VALUES.items():
         got = sorted(
             (int(r["seed"]), float(r["value"]))
@@ -265,7 +270,7 @@ def test_sigkill_mid_suite_then_resume(tmp_path):
     # 3 pretraining cells + rand.* of seed 0; the killed cell left no record
     assert "ce.cls.s0.json" not in done_before and len(done_before) == 5
     with open(tmp_path / "out" / "results.csv") as f:
-        assert all(len(line.split(",")) == 10 for line in f.read().splitlines())
+        assert all(len(line.split(",")) == 13 for line in f.read().splitlines())
     open(tmp_path / "out" / "calls.log", "w").close()
     _, resumed = _run(tmp_path)
     assert len(resumed.cached) == 5 and len(resumed.ran) == 10 and not resumed.failed

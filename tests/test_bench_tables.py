@@ -66,6 +66,14 @@ EXPECTED_MD = """Produced by: `cebench bench --suite t`
 | Context encoder | **110 ± 14** | 14 hours | **56.5 ± 2.1** | 56.5 | **2.50 ± 0.71** | **18.00 ± 0.71** |
 
 mean ± sample std (n-1) over 2 seed(s) [0, 1]; best mean per column in bold; scores in %
+
+▲ / ▼: mean above / below Random's (two-sided Welch's t-test over seeds, Holm-corrected over the arms of each column, p < 0.05); no marker: not shown to differ (p-values and 95% intervals in summary.csv)
+
+torch threads per cell: not recorded; float format: not recorded (another thread count gives slightly different numbers)
+
+Each column against the reference arm (the markers above):
+
+- **VOC07 cls** vs Random: not shown to differ: Context encoder
 """
 
 EXPECTED_TEX = r"""% produced by: cebench bench --suite t
@@ -77,6 +85,8 @@ Random & - & $<$ 1 min & 51.0 $\pm$ 1.4 & 53.3 & - & - \\
 Context encoder & \textbf{110 $\pm$ 14} & 14 hours & \textbf{56.5 $\pm$ 2.1} & 56.5 & \textbf{2.50 $\pm$ 0.71} & \textbf{18.00 $\pm$ 0.71} \\
 \bottomrule
 \end{tabular}
+% up arrow / down arrow: mean above / below Random's (two-sided Welch's t-test over seeds, Holm-corrected over the arms of each column, p < 0.05); no marker: not shown to differ (p-values and 95% intervals in summary.csv)
+% torch threads per cell: not recorded; float format: not recorded (another thread count gives slightly different numbers)
 """
 
 
@@ -100,7 +110,7 @@ def test_cli_merges_dirs_and_writes_files(tmp_path, capsys):
     extra = (
         "\n".join(
             [
-                ",".join(COLUMNS),
+                ",".join(COLUMNS[:10]),  # a results.csv from before the provenance columns
                 "t,random,cls,score,2,66.0,h1,v,cpu,1.0",
                 "t,random,cls,score,1,55.0,h1,v,cpu,1.0",
             ]
@@ -136,3 +146,31 @@ def test_without_suite_json_and_bad_csv(tmp_path):
         read_results([tmp_path / "bad"])
     with pytest.raises(DatasetError, match="no results.csv"):
         read_results([tmp_path / "missing"])
+
+
+def test_table_readme_block_is_replaced_by_the_table(tmp_path, capsys):
+    """`cebench table DIR --readme FILE` copies DIR/table.md between FILE's markers, leaving the
+    rest of the file (and blocks of other tables) as they were."""
+    a = _results_dir(tmp_path / "a")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "# title\n\n<!-- cebench-table a/table.md -->\nold table\n<!-- /cebench-table -->\n\n"
+        "<!-- cebench-table b/table.md -->\nother\n<!-- /cebench-table -->\ntail\n"
+    )
+    assert cebench(["table", str(a), "--no-figures", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    table = (a / "table.md").read_text()
+    assert text == (
+        "# title\n\n<!-- cebench-table a/table.md -->\n" + table + "<!-- /cebench-table -->\n\n"
+        "<!-- cebench-table b/table.md -->\nother\n<!-- /cebench-table -->\ntail\n"
+    )
+    from cebench.benchmarks.render import readme_blocks
+
+    assert readme_blocks(text)[0] == ("a/table.md", table)
+    # no block for this table: one line naming both, exit 2, the file untouched
+    readme.write_text("nothing here\n")
+    capsys.readouterr()
+    assert cebench(["table", str(a), "--no-figures", "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert "has no block for a/table.md" in err and len(err.strip().splitlines()) == 1
+    assert readme.read_text() == "nothing here\n"
