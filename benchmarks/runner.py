@@ -224,12 +224,20 @@ class Runner:
         command: str = "",
         log=print,
         launcher: Any = None,
+        reuse: list[str | Path] | None = None,
     ) -> None:
         self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
         # None: this machine (--jobs); else an object whose run(runner, todo, outcome) runs the
         # cells elsewhere (cebench.benchmarks.slurm.SlurmLauncher)
         self.launcher = launcher
         self.out = Path(out_dir).resolve()
+        # --reuse: other results folders whose finished cells of the same hash count as ours
+        self.reuse = [Path(d).resolve() for d in reuse or []]
+        for d in self.reuse:
+            if not (d / "cells").is_dir():
+                raise ConfigError(f"--reuse {d}: not a results folder (no {d / 'cells'})")
+            if d == self.out or d.is_relative_to(self.out) or self.out.is_relative_to(d):
+                raise ConfigError(f"--reuse {d} overlaps the results folder {self.out}")
         self.cells_dir = inside(self.out, "cells")
         self.command = command or f"cebench bench --suite {suite.name}"
         self.log = log
@@ -399,11 +407,14 @@ class Runner:
         for cell in self.planned:
             if cell.id in self.rerun:
                 self._forget(cell)
+        reused = self._reuse_cells()
         for cell in self.selected:
             if self.state(cell) == "done":
                 outcome.cached.append(cell.id)
             else:
                 todo.append(cell)
+        if reused:
+            self.log(f"bench {self.suite.name}: {reused} cells reused from {len(self.reuse)} folder(s)")
         self.log(
             f"bench {self.suite.name}: {len(self.selected)} cells, {len(outcome.cached)} cached, "
             f"{len(todo)} to run -> {self.out}"
@@ -448,6 +459,32 @@ class Runner:
         self.write_outputs()
         outcome.wall_s = time.time() - t_start
         return outcome
+
+    def _reuse_cells(self) -> int:
+        """--reuse: a selected cell not done here whose record in a reused folder has the same
+        cell hash (the same config, data, dependencies and code) is copied here, with its work
+        directory (a pretraining run that cells here may still need); returns how many."""
+        count = 0
+        for cell in self.selected:
+            if cell.id in self.rerun or self.state(cell) == "done":
+                continue
+            for d in self.reuse:
+                rec = _read_json(d / "cells" / f"{cell.id}.json")
+                if rec is None or rec.get("config_hash") != self.hashes[cell.id]:
+                    continue
+                src, dst = d / "runs" / cell.id, Path(self._work(cell))
+                if src.is_dir():
+                    shutil.rmtree(dst, ignore_errors=True)
+                    shutil.copytree(src, dst, symlinks=True)
+                rec = json.loads(json.dumps(rec).replace(str(d), str(self.out)))
+                rec.update(suite=self.suite.name, reused_from=str(d))
+                atomic_write_text(
+                    self.cells_dir / f"{cell.id}.json", json.dumps(rec, indent=1, default=str)
+                )
+                (self.cells_dir / f"{cell.id}.error.json").unlink(missing_ok=True)
+                count += 1
+                break
+        return count
 
     def _dispatch(self, todo: list[Cell], outcome: Outcome) -> None:
         if self.launcher is not None:
@@ -738,6 +775,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="list the cells, their state and resolved settings (splits, sizes, heads, lr, masks, AP, rescale); run nothing",
     )
     p.add_argument(
+        "--reuse",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="take finished cells with the same cell hash (config, data and code) from another "
+        "results folder instead of running them (repeatable), e.g. --suite methods --reuse "
+        "results/default",
+    )
+    p.add_argument(
         "--readme",
         default=None,
         metavar="FILE",
@@ -783,6 +829,7 @@ def main(args: argparse.Namespace) -> int:
         command=command,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         launcher=launcher,
+        reuse=args.reuse,
     )
     if args.status:
         from cebench.benchmarks.slurm import status_lines

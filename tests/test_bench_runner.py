@@ -367,3 +367,34 @@ def test_a_change_of_the_generated_data_spec_reruns_the_cells(tmp_path):
     other = hashes(["data.synth.object_scale=1.6"])
     assert base == same
     assert all(base[c] != other[c] for c in base)
+
+
+def test_reuse_takes_finished_cells_of_the_same_hash_from_another_folder(tmp_path, monkeypatch):
+    """--reuse A: a suite that extends A's (one more arm) runs only the new arm's cells; the
+    reused records carry this suite's name and their work dirs come along."""
+    a = tmp_path / "a"
+    suite = load_suite(_suite_file(tmp_path))
+    Runner(suite, a, FakeExecutor(), log=lambda m: None).run()
+    text = SUITE.replace("name: toy", "name: toy2").replace(
+        "\ntasks:\n",
+        "\n  - {name: ce2, label: CE 2, method: context-encoder, mask: center}\ntasks:\n",
+    )
+    p = tmp_path / "toy2.yaml"
+    p.write_text(text)
+    b = tmp_path / "b"
+    log: list[str] = []
+    ex = FakeExecutor()
+    for task in ("cls", "seg"):
+        monkeypatch.setitem(VALUES, ("ce2", task), VALUES[("ce", task)])
+    out = Runner(load_suite(p), b, ex, log=log.append, reuse=[a]).run()
+    assert sorted(out.ran) == sorted(
+        f"ce2.{t}.s{s}" for t in ("pretrain", "cls", "seg") for s in range(3)
+    )
+    assert any("15 cells reused" in m for m in log), log  # 3 pretraining + 2 x 2 x 3 transfer
+    rec = json.loads((b / "cells" / "ce.pretrain.s0.json").read_text())
+    assert rec["suite"] == "toy2" and rec["reused_from"] == str(a.resolve())
+    assert (b / "runs" / "ce.pretrain.s0" / "encoder.pt").read_text() == "weights"
+    with pytest.raises(ConfigError, match="overlaps the results folder"):
+        Runner(load_suite(p), b, ex, reuse=[b / "runs"])
+    with pytest.raises(ConfigError, match="not a results folder"):
+        Runner(load_suite(p), b, ex, reuse=[tmp_path / "nothing"])
