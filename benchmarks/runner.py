@@ -234,10 +234,10 @@ class Runner:
         # --reuse: other results folders whose finished cells of the same hash count as ours
         self.reuse = [Path(d).resolve() for d in reuse or []]
         for d in self.reuse:
-            if not (d / "cells").is_dir():
-                raise ConfigError(f"--reuse {d}: not a results folder (no {d / 'cells'})")
             if d == self.out or d.is_relative_to(self.out) or self.out.is_relative_to(d):
                 raise ConfigError(f"--reuse {d} overlaps the results folder {self.out}")
+            if not (d / "cells").is_dir():
+                raise ConfigError(f"--reuse {d}: not a results folder (no {d / 'cells'})")
         self.cells_dir = inside(self.out, "cells")
         self.command = command or f"cebench bench --suite {suite.name}"
         self.log = log
