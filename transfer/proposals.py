@@ -9,6 +9,9 @@ Fast R-CNN (Girshick, ICCV 2015) trained and tested on selective search boxes ("
 test (an RPN's do). This is OpenCV's implementation (opencv-contrib, `cv2.ximgproc.segmentation`)
 on the image at its own size: the boxes in OpenCV's order (its hierarchical-grouping rank),
 duplicates removed, the first `max_boxes` kept; an image with none gets the whole-image box.
+OpenCV's rank has a random factor (as Uijlings et al.'s) that its seed functions do not fix, so
+two computations may order, and with more than `max_boxes` keep, different boxes: the cache
+fixes each image's boxes once, for every later run and arm.
 
 The cache holds one .npy per image, named by a hash of the image file's resolved path, size and
 modification time and of the settings (mode, max_boxes, this module's version), written
