@@ -1,6 +1,7 @@
 """Semantic segmentation transfer: an FCN on a cebench encoder, mean IU and pixel accuracy.
 
-    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2012 --out runs/seg   # paper preset
+    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2011 \
+        --set sbd=benchmark_RELEASE/dataset --out runs/seg   # paper preset: SBD -> seg11valid
     cebench transfer segment --encoder random:tiny --data data/builtin/VOC --preset small --frozen --out runs/seg
 
     from cebench.transfer.segment import SegmentConfig, run, small_preset
@@ -17,9 +18,11 @@ Protocol (defaults = `SegmentConfig`): the encoder fine-tuned (or frozen with `f
 gradients, BatchNorm statistics fixed), images and masks resized to the encoder's input for
 training, SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 8, 30 epochs with polynomial decay
 (power 0.9, as torchvision's segmentation reference; `lr_schedule="constant"` for FCN's fixed
-rate), flips, per-pixel cross-entropy ignoring label 255. `paper_preset()` is the paper's FCN-32s
-on VOC 2012 (train -> val): fc6/fc7 4096 wide, dropout 0.5, no skips, SGD lr 1e-3 fixed, weight
-decay 5e-4, batch 20 (Long et al., CVPR 2015).
+rate), flips, per-pixel cross-entropy ignoring label 255. `paper_preset()` is FCN-AlexNet's
+protocol (Long et al., CVPR 2015, and its reference code): FCN-32s with fc6/fc7 4096 wide,
+dropout 0.5, trained on SBD train (`sbd`, `cebench.data.sbd`) and scored on seg11valid, each
+image whole with 100 px input padding (`input_mode="full"`), the per-image summed loss, 20 images
+per update, SGD lr 1e-4 fixed, weight decay 5e-4, 100,000 updates.
 Metrics from a `ConfusionMatrix` over the validation pixels (255 ignored): mean IU over classes
 (background included) and pixel accuracy, in percent. With `eval_size="original"` (default) each
 image is scored at its ORIGINAL resolution, as the paper's numbers are: the logits are upsampled
