@@ -145,7 +145,11 @@ def test_fcn32s_head_has_conv_fc6_fc7_and_zero_scores():
         "original",
         0.5,
     )
-    assert (paper.train_split, paper.val_split, paper.lr_schedule) == ("train", "val", "constant")
+    assert (paper.train_split, paper.val_split, paper.lr_schedule) == (
+        "train",
+        "seg11valid",
+        "constant",
+    )
 
 
 def test_paper_style_run_end_to_end(tmp_path_factory):
@@ -162,6 +166,14 @@ def test_paper_style_run_end_to_end(tmp_path_factory):
         fc_kernel=3,
         batch_size=4,
         epochs=2,
+        # VOC train -> val with squashed inputs (the SBD / full-size protocol has its own test)
+        train_data="voc",
+        val_split="val",
+        input_mode="resize",
+        input_pad=0,
+        loss_reduction="mean",
+        steps=0,
+        lr=1e-3,
     )
     record = segment.run(cfg)
     m = record["metrics"]

@@ -16,7 +16,8 @@ Model (assembled from torchvision parts, as its detection references do), by `he
   stage of stride <= 16: conv5, whose pool5 the RoI pooling replaces), no FPN, RoI max pooling to
   `roi_size` x `roi_size` (6 as AlexNet's pool5), FRESH fc6 and fc7 (`representation_size`, ReLU,
   dropout `fc_dropout`) and the class / box predictor.
-Both: an AnchorGenerator sized to the detector's image size, the RPN, per-class NMS
+Both: an AnchorGenerator sized to the detector's image size, the RPN (or, with
+`proposals="selective-search"`, fixed per-image boxes and no RPN), per-class NMS
 `box_nms_thresh`. GeneralizedRCNNTransform scales each image to a shorter side of `min_size`
 (longer side <= `max_size`); None for both = the encoder's `input_size`, so 32-64 px data stays
 small. The encoder is fully convolutional and runs at that size (checked before training).
@@ -26,8 +27,9 @@ gradients, BatchNorm statistics fixed), SGD momentum 0.9, lr 0.01, weight decay 
 20 epochs with a x0.1 step at `lr_step_at` = 2/3, horizontal flips (torchvision's detection
 reference settings scaled to one device). `paper_preset()` is the paper's Fast R-CNN setting:
 c4 head, 4096-wide fc6/fc7 with dropout 0.5, 600 / 1000 px images, VOC2007 trainval -> test,
-SGD lr 1e-3 (x0.1 after 3/4), weight decay 5e-4, 2 images x 64 RoIs, NMS 0.3, VOC07 mAP. The
-remaining difference: the RPN replaces selective search (Faster R-CNN instead of Fast R-CNN).
+SGD lr 1e-3 (x0.1 after 3/4), weight decay 5e-4, 2 images x 64 RoIs, NMS 0.3, VOC07 mAP,
+selective search proposals computed once per image (`cebench.transfer.proposals`, cached) fed to
+the RoI heads with no RPN (`FastRCNN`), conv1 at lr 0, biases at lr x2 without weight decay.
 Metrics (always all of them): `mAP_voc07`, the VOC2007 devkit's 11-point mAP at IoU 0.5 with its
 matching rule (`VOCDetectionEvaluator`: difficult objects neither TP nor FP, duplicates FP,
 +1-pixel widths), and pycocotools COCOeval bbox AP (IoU .50:.95), AP50 and AP75 in percent
@@ -50,6 +52,7 @@ from torch import nn
 from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign, roi_pool
 from torchvision.transforms import functional as TF
 
@@ -66,7 +69,7 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
-from cebench.transfer.loop import make_optimizer, train_epochs
+from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import (
     DetectionEvaluator,
     VOCDetectionEvaluator,
@@ -101,10 +104,29 @@ class DetectConfig(HarnessConfig):
     epochs: int = 20
     lr: float = 0.01
     batch_size: int = 4
+    # "rpn": Faster R-CNN's region proposal network; "selective-search": Fast R-CNN's fixed
+    # proposals (OpenCV's selective search, computed once per image and cached), no RPN
+    proposals: Literal["rpn", "selective-search"] = "rpn"
+    ss_mode: Literal["fast", "quality", "single"] = "fast"
+    ss_max_proposals: int = 2000  # boxes kept per image (OpenCV's order)
+    proposal_cache: str = ""  # "" = <out>/../proposal-cache, "none" = computed every time
+    freeze_stages: str = ""  # encoder stages trained at lr 0, comma-separated (Fast R-CNN: conv1)
+    bias_lr: float = 1.0  # lr multiplier of every bias (Fast R-CNN: 2)
+    bias_decay: bool = True  # weight decay on the biases too (Fast R-CNN: none)
 
     def validate(self) -> None:
         super().validate()
-        require_at_least(self, 1, "max_levels", "roi_size", "fpn_channels", "representation_size")
+        require_at_least(
+            self,
+            1,
+            "max_levels",
+            "roi_size",
+            "fpn_channels",
+            "representation_size",
+            "ss_max_proposals",
+        )
+        if self.bias_lr < 0:
+            raise ConfigError(f"config key 'bias_lr' must be >= 0, got {self.bias_lr}")
         for key in ("min_size", "max_size"):
             if getattr(self, key) is not None:
                 require_at_least(self, 16, key)
@@ -139,8 +161,11 @@ def paper_preset(**overrides: Any) -> DetectConfig:
     lr 1e-3 for 30k iterations then 1e-4 for 10k, mini-batches of 2 images x 64 RoIs (25%
     foreground), flips; at 2 images per step 40k iterations are 16 epochs of the 5011 trainval
     images, with the x0.1 step at 3/4. Test-time NMS 0.3 and score threshold 0.05 (its test
-    config). Not Fast R-CNN: the RPN replaces selective search (2000 proposals per image kept,
-    about what selective search gave), and biases do not get a doubled learning rate.
+    config). Proposals: selective search ("fast" mode, up to 2,000 boxes per image, OpenCV's
+    implementation), computed once per image and cached, with no RPN (`proposals="rpn"` puts
+    Faster R-CNN's RPN back, 2000 proposals kept). Its prototxt: conv1 at lr 0 (`freeze_stages`),
+    biases at lr x2 without weight decay. Not Fast R-CNN: torchvision's RoI sampler takes every
+    RoI under IoU 0.5 as background (Fast R-CNN: [0.1, 0.5)).
     The encoder gets Krähenbühl et al.'s data-dependent rescaling first (`rescale="full"`, as the
     paper's transfer protocol); the fresh fc6/fc7 keep PyTorch's default initialisation.
     """
@@ -167,6 +192,12 @@ def paper_preset(**overrides: Any) -> DetectConfig:
         epochs=16,
         lr_step_at=0.75,
         rescale="full",
+        proposals="selective-search",
+        ss_mode="fast",
+        ss_max_proposals=2000,
+        freeze_stages="conv1",
+        bias_lr=2.0,
+        bias_decay=False,
     )
     return replace_validated(cfg, **overrides)
 
@@ -348,8 +379,9 @@ def build_detector(
     input_size: int,
     cfg: DetectConfig,
     normalize: dict[str, list[float]],
-) -> FasterRCNN:
-    """Faster R-CNN from parts around `encoder`; `num_classes` excludes the background.
+) -> FasterRCNN | FastRCNN:
+    """Faster R-CNN from parts around `encoder` (its RoI heads alone, as `FastRCNN`, with
+    `proposals="selective-search"`); `num_classes` excludes the background.
 
     Images are resized to `detector_size` (shorter side min_size, longer side <= max_size); the
     encoder, fully convolutional, runs at that size (checked here). Anchors follow that size."""
@@ -369,7 +401,7 @@ def build_detector(
     check_detector_size(backbone, min_size, cfg.encoder or "(given)")
     sizes = anchor_sizes(backbone.levels, min_size)
     anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-    return FasterRCNN(
+    detector = FasterRCNN(
         backbone,
         num_classes=None,
         min_size=min_size,
@@ -388,13 +420,50 @@ def build_detector(
         box_score_thresh=cfg.box_score_thresh,
         box_nms_thresh=cfg.box_nms_thresh,
     )
+    return FastRCNN(detector) if cfg.proposals == "selective-search" else detector
+
+
+class FastRCNN(nn.Module):
+    """Fast R-CNN: the detector's transform, backbone and RoI heads on proposals given per image
+    (selective search), no RPN. `model(images, targets, proposals=boxes)`: boxes [N_i, 4] in each
+    image's own pixels, scaled here as the transform scales the image; training returns the RoI
+    heads' losses (torchvision adds the ground-truth boxes to the proposals and samples
+    `box_batch_size_per_image` RoIs, 25% foreground), evaluation the detections."""
+
+    def __init__(self, detector: FasterRCNN) -> None:
+        super().__init__()
+        self.transform = detector.transform
+        self.backbone = detector.backbone
+        self.roi_heads = detector.roi_heads
+
+    def forward(self, images, targets=None, proposals=None):
+        if proposals is None:
+            raise ValueError("FastRCNN needs the proposals of each image")
+        sizes = [tuple(im.shape[-2:]) for im in images]
+        batch, targets = self.transform(images, targets)
+        boxes = [
+            resize_boxes(p.to(batch.tensors.dtype), old, new)
+            for p, old, new in zip(proposals, sizes, batch.image_sizes, strict=True)
+        ]
+        features = self.backbone(batch.tensors)
+        detections, losses = self.roi_heads(features, boxes, batch.image_sizes, targets)
+        if self.training:
+            return losses
+        return self.transform.postprocess(detections, batch.image_sizes, sizes)
+
+
+def image_path(base, i: int) -> Path:
+    """The file of image `i` of a VOCDetection or CocoDetection."""
+    return Path(base.image_path(i)) if hasattr(base, "image_path") else Path(base.images[i])
 
 
 class DetectionView(torch.utils.data.Dataset):
-    """(image float[3,H,W] in [0, 1], target) with random horizontal flips for training."""
+    """(image float[3,H,W] in [0, 1], target) with random horizontal flips for training; with a
+    `ProposalCache`, target["proposals"] holds the image's selective search boxes (flipped too)."""
 
-    def __init__(self, base, train: bool) -> None:
+    def __init__(self, base, train: bool, proposals=None) -> None:
         self.base, self.train = base, train
+        self.proposals = proposals
         self.classes = list(base.classes)
 
     def __len__(self) -> int:
@@ -406,11 +475,14 @@ class DetectionView(torch.utils.data.Dataset):
         img, t = self.base[i]
         x = TF.to_tensor(img)
         t = {k: v for k, v in t.items() if k != "masks"}
+        if self.proposals is not None:
+            t["proposals"] = torch.from_numpy(self.proposals.boxes(image_path(self.base, i), img))
         if self.train and random.random() < 0.5:
             x = x.flip(-1)
-            b = t["boxes"].clone()
-            b[:, [0, 2]] = x.shape[-1] - t["boxes"][:, [2, 0]]
-            t["boxes"] = b
+            for key in ("boxes", "proposals") if "proposals" in t else ("boxes",):
+                b = t[key].clone()
+                b[:, [0, 2]] = x.shape[-1] - t[key][:, [2, 0]]
+                t[key] = b
         return x, t
 
 
@@ -464,12 +536,24 @@ def detection_splits(cfg: DetectConfig):
     return tr, va, gt, None, "voc"
 
 
+def split_proposals(targets, device: torch.device):
+    """(targets without "proposals", the proposals on `device` or None when there are none)."""
+    if not targets or "proposals" not in targets[0]:
+        return list(targets), None
+    return [{k: v for k, v in t.items() if k != "proposals"} for t in targets], [
+        t["proposals"].to(device) for t in targets
+    ]
+
+
 def detection_loss(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
     images, targets = batch
     images = [im.to(device) for im in images]
+    targets, proposals = split_proposals(targets, device)
     targets = [
         {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets
     ]
+    if proposals is not None:
+        return sum(model(images, targets, proposals=proposals).values())
     return sum(model(images, targets).values())
 
 
@@ -483,7 +567,9 @@ def evaluate(
     """Run the detector over `loader`, feed every evaluator, merge their summaries."""
     model.eval()
     for images, targets in loader:
-        outputs = model([im.to(device) for im in images])
+        _, proposals = split_proposals(targets, device)
+        images = [im.to(device) for im in images]
+        outputs = model(images) if proposals is None else model(images, proposals=proposals)
         predictions = {
             int(t["image_id"]): {k: v.cpu() for k, v in o.items()}
             for t, o in zip(targets, outputs, strict=True)
@@ -518,6 +604,13 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="fpn: FPN over several stages; c4: Fast R-CNN on one stride-16 map (paper preset)",
     )
+    p.add_argument(
+        "--proposals",
+        choices=["rpn", "selective-search"],
+        default=None,
+        help="selective-search: Fast R-CNN's fixed boxes, computed once per image and cached "
+        "(paper preset); rpn: Faster R-CNN's region proposal network (small preset)",
+    )
     return p
 
 
@@ -527,6 +620,7 @@ def main(args: argparse.Namespace) -> int:
         "coco_images": args.coco_images,
         "coco_val_ann": args.coco_val_ann,
         "head": args.head,
+        "proposals": args.proposals,
     }
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
     m = run(cfg, preset_note(args))["metrics"]
@@ -535,6 +629,40 @@ def main(args: argparse.Namespace) -> int:
         f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
     )
     return 0
+
+
+def proposal_cache(cfg: DetectConfig):
+    """The `ProposalCache` of a selective-search config (None with the RPN)."""
+    if cfg.proposals != "selective-search":
+        return None
+    from cebench.transfer.proposals import ProposalCache, default_cache_dir
+
+    folder = (
+        None
+        if cfg.proposal_cache == "none"
+        else Path(cfg.proposal_cache)
+        if cfg.proposal_cache
+        else default_cache_dir(cfg.out)
+    )
+    return ProposalCache(folder, cfg.ss_mode, cfg.ss_max_proposals)
+
+
+def frozen_prefixes(model: nn.Module, stages: str) -> list[str]:
+    """Parameter-name prefixes of the encoder stages named in `stages` (comma-separated)."""
+    names = [n.strip() for n in stages.split(",") if n.strip()]
+    modules = dict(model.named_modules())
+    out = []
+    for stage in names:
+        match = [k for k in modules if k.endswith(f"encoder.stages.{stage}")]
+        if not match:
+            encoder = model.backbone.encoder
+            have = [f.name for f in getattr(encoder, "feature_info", [])]
+            raise ConfigError(
+                f"config key 'freeze_stages': no encoder stage '{stage}' "
+                f"(stages: {', '.join(have) or 'none named'})"
+            )
+        out.append(match[0] + ".")
+    return out
 
 
 class Detect(Harness):
@@ -559,11 +687,18 @@ class Detect(Harness):
         ).to(device)
 
     def fit(self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device, log) -> None:
-        opt = make_optimizer(
-            model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
-        )
+        params: Any = model.parameters()
+        if cfg.freeze_stages or cfg.bias_lr != 1.0 or not cfg.bias_decay:
+            params = param_groups(
+                model,
+                cfg.weight_decay,
+                bias_lr=cfg.bias_lr,
+                bias_decay=cfg.bias_decay,
+                frozen=frozen_prefixes(model, cfg.freeze_stages),
+            )
+        opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         loader = seeded_loader(
-            DetectionView(data.train, True),
+            DetectionView(data.train, True, proposal_cache(cfg)),
             cfg.batch_size,
             True,
             cfg.seed,
@@ -580,7 +715,7 @@ class Detect(Harness):
         self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device
     ) -> dict[str, Any]:
         val_loader = seeded_loader(
-            DetectionView(data.val, False),
+            DetectionView(data.val, False, proposal_cache(cfg)),
             cfg.batch_size,
             False,
             cfg.seed,
@@ -606,6 +741,7 @@ class Detect(Harness):
             train_images=len(data.train),
             val_images=len(data.val),
             levels=[name for name, _, _ in model.backbone.levels],
+            proposals=cfg.proposals,
         )
         return metrics
 

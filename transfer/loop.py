@@ -38,14 +38,54 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    bias_lr: float = 1.0,
+    bias_decay: bool = True,
+    is_bias: Callable[[str], bool] | None = None,
+    frozen: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Caffe-style per-parameter learning rates: the trainable parameters of `model` as optimizer
+    groups, biases (`is_bias(name)`, default: names ending in "bias") at `bias_lr` times the lr
+    and with weight decay only if `bias_decay`, the rest at the lr with `weight_decay`.
+    Parameters under a `frozen` prefix (e.g. "backbone.encoder.stages.conv1.") get lr 0: they
+    are left out of the optimizer and stop taking gradients. Give the result to `make_optimizer`,
+    which turns each group's "lr_mult" into its lr."""
+    is_bias = is_bias or (lambda n: n == "bias" or n.endswith(".bias"))
+    prefixes = tuple(frozen)
+    weights: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            p.requires_grad_(False)
+        if not p.requires_grad:
+            continue
+        (biases if is_bias(name) else weights).append(p)
+    groups = [{"params": weights, "lr_mult": 1.0, "weight_decay": weight_decay}]
+    if biases:
+        decay = weight_decay if bias_decay else 0.0
+        groups.append({"params": biases, "lr_mult": bias_lr, "weight_decay": decay})
+    return groups
+
+
 def make_optimizer(
-    params: Iterable[nn.Parameter],
+    params: Iterable[nn.Parameter] | Iterable[dict[str, Any]],
     name: str,
     lr: float,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """The optimizer `name` over `params`: parameters (those without gradients dropped), or the
+    groups of `param_groups` (each at lr x its "lr_mult")."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        params = [
+            {**{k: v for k, v in g.items() if k != "lr_mult"}, "lr": lr * g.get("lr_mult", 1.0)}
+            for g in params
+        ]
+    else:
+        params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":

@@ -1,6 +1,7 @@
 """Semantic segmentation transfer: an FCN on a cebench encoder, mean IU and pixel accuracy.
 
-    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2012 --out runs/seg   # paper preset
+    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2011 \
+        --set sbd=benchmark_RELEASE/dataset --out runs/seg   # paper preset: SBD -> seg11valid
     cebench transfer segment --encoder random:tiny --data data/builtin/VOC --preset small --frozen --out runs/seg
 
     from cebench.transfer.segment import SegmentConfig, run, small_preset
@@ -17,9 +18,11 @@ Protocol (defaults = `SegmentConfig`): the encoder fine-tuned (or frozen with `f
 gradients, BatchNorm statistics fixed), images and masks resized to the encoder's input for
 training, SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 8, 30 epochs with polynomial decay
 (power 0.9, as torchvision's segmentation reference; `lr_schedule="constant"` for FCN's fixed
-rate), flips, per-pixel cross-entropy ignoring label 255. `paper_preset()` is the paper's FCN-32s
-on VOC 2012 (train -> val): fc6/fc7 4096 wide, dropout 0.5, no skips, SGD lr 1e-3 fixed, weight
-decay 5e-4, batch 20 (Long et al., CVPR 2015).
+rate), flips, per-pixel cross-entropy ignoring label 255. `paper_preset()` is FCN-AlexNet's
+protocol (Long et al., CVPR 2015, and its reference code): FCN-32s with fc6/fc7 4096 wide,
+dropout 0.5, trained on SBD train (`sbd`, `cebench.data.sbd`) and scored on seg11valid, each
+image whole with 100 px input padding (`input_mode="full"`), the per-image summed loss, 20 images
+per update, SGD lr 1e-4 fixed, weight decay 5e-4, 100,000 updates.
 Metrics from a `ConfusionMatrix` over the validation pixels (255 ignored): mean IU over classes
 (background included) and pixel accuracy, in percent. With `eval_size="original"` (default) each
 image is scored at its ORIGINAL resolution, as the paper's numbers are: the logits are upsampled
@@ -30,6 +33,7 @@ bilinearly to the image's H x W before the argmax and compared with the untouche
 from __future__ import annotations
 
 import argparse
+import math
 import random
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -41,7 +45,8 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from cebench.core.errors import ConfigError, DatasetError
+from cebench.core.errors import ConfigError, DatasetError, TrainingError
+from cebench.core.logger import Heartbeat
 from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
@@ -53,7 +58,7 @@ from cebench.transfer.args import (
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
-from cebench.transfer.loop import make_optimizer, train_epochs
+from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix
 
 
@@ -68,29 +73,51 @@ class SegmentConfig(HarnessConfig):
     epochs: int = 30
     lr: float = 0.01
     batch_size: int = 8
+    # training images: "voc" (`data`'s train_split) or "sbd" (the SBD folder `sbd`, its list
+    # train_split, less any validation id); val_split "seg11valid" = FCN's validation list
+    train_data: Literal["voc", "sbd"] = "voc"
+    sbd: str = ""  # SBD's benchmark_RELEASE/dataset (img/, cls/*.mat, train.txt, val.txt)
+    # "resize": images squashed to the encoder's square input, `batch_size` per step;
+    # "full": each image at its own size, one at a time, `batch_size` images' gradients summed
+    # per update (Caffe's iter_size), the input zero-padded by `input_pad` px (FCN: 100)
+    input_mode: Literal["resize", "full"] = "resize"
+    input_pad: int = 0
+    loss_reduction: Literal["mean", "sum"] = "mean"  # per image: mean or sum (FCN) over pixels
+    score_bias_lr: float = 1.0  # lr multiplier of the score layers' biases (FCN: 2, no decay)
+    steps: int = 0  # > 0: this many updates instead of `epochs` passes
 
     def validate(self) -> None:
         super().validate()
-        require_at_least(self, 0, "skips", "fc_dims")
+        require_at_least(self, 0, "skips", "fc_dims", "input_pad", "steps")
         require_at_least(self, 1, "fc_kernel")
         if not 0 <= self.fc_dropout < 1:
             raise ConfigError(f"config key 'fc_dropout' must be in [0, 1), got {self.fc_dropout}")
+        if self.input_pad and self.input_mode != "full":
+            raise ConfigError(
+                "config key 'input_pad' needs input_mode=full (FCN pads the whole image)"
+            )
+        if self.score_bias_lr < 0:
+            raise ConfigError(f"config key 'score_bias_lr' must be >= 0, got {self.score_bias_lr}")
 
 
 def paper_preset(**overrides: Any) -> SegmentConfig:
-    """FCN-32s on the encoder as the paper ran it (VOC 2012 train -> val, mean IU at full size).
+    """FCN-32s on the encoder as FCN-AlexNet was trained and scored (Long et al., CVPR 2015;
+    the reference voc-fcn-alexnet net.py, solver.prototxt, solve.py).
 
-    Long et al., CVPR 2015 (Sec. 3-4): AlexNet's fc6/fc7 as convolutions (a 6x6 conv with 4096
-    maps, a 1x1 conv with 4096 maps, ReLU and dropout 0.5 each; fresh here, as the paper
-    re-initialises the fully connected layers), a zero-initialised class-scoring layer, bilinear
-    upsampling by 32 (no skips), per-pixel cross-entropy, SGD momentum 0.9, weight decay 5e-4 and
-    a fixed learning rate of 1e-3 (their FCN-AlexNet value) with mini-batches of 20 images;
-    scored at each image's original resolution. FCN gives no epoch count for FCN-AlexNet: 30
-    epochs is our choice. Not FCN: the network sees images resized to the encoder's square input
-    (FCN runs on the whole image at its size), fc6 is zero-padded to keep the pool5 grid (FCN pads
-    the input by 100 px and crops), biases get no doubled learning rate. The encoder gets
-    Krähenbühl et al.'s data-dependent rescaling first (`rescale="full"`, the paper's transfer
-    protocol); fc6/fc7 keep PyTorch's default initialisation.
+    Data: SBD train (8,498 images, `sbd`, `.mat` labels) for training, seg11valid (VOC2011
+    segmentation val less SBD train: 736 images, `data` = the VOC2011 root) for scoring.
+    Network: each image at its own size, zero-padded by 100 px (conv1's pad=100), AlexNet's
+    fc6 (6x6, no padding) and fc7 (1x1) as convolutions (4096 maps, ReLU, dropout 0.5), a
+    zero-initialised 1x1 score layer (bias lr x2, no decay), upsampled by bilinear interpolation
+    to the padded size and cropped back to the image. Solver: the unnormalised per-pixel
+    softmax loss (summed over an image's labelled pixels, 255 ignored), one image per pass and
+    20 passes' gradients averaged per update (iter_size 20), SGD momentum 0.9, weight decay
+    5e-4, fixed lr 1e-4, 100,000 updates; mean IU on the untouched masks.
+    Not FCN: the upsampling is bilinear interpolation over the padded extent, then a centre crop,
+    where FCN's fixed 63/32 deconvolution and crop offset 18 differ by less than one stride; the
+    images are normalised the encoder's way (FCN: BGR minus the mean pixel, 0-255), so the same
+    lr meets inputs of another scale. The encoder gets Krähenbühl et al.'s data-dependent
+    rescaling first (`rescale="full"`, the paper's transfer protocol).
     """
     cfg = SegmentConfig(
         fc_dims=4096,
@@ -98,15 +125,20 @@ def paper_preset(**overrides: Any) -> SegmentConfig:
         fc_dropout=0.5,
         skips=0,
         eval_size="original",
+        train_data="sbd",
         train_split="train",
-        val_split="val",
+        val_split="seg11valid",
+        input_mode="full",
+        input_pad=100,
+        loss_reduction="sum",
+        score_bias_lr=2.0,
         optimizer="sgd",
-        lr=1e-3,
+        lr=1e-4,
         lr_schedule="constant",
         momentum=0.9,
         weight_decay=5e-4,
         batch_size=20,
-        epochs=30,
+        steps=100_000,
         rescale="full",
     )
     return replace_validated(cfg, **overrides)
@@ -129,7 +161,9 @@ class FCN(FrozenEncoder):
 
     With `fc_dims` > 0 the last stage first goes through FCN's convolutionalised fc6 (a
     `fc_kernel` x `fc_kernel` conv, zero-padded so the grid keeps its size) and fc7 (1x1), each
-    `fc_dims` wide with ReLU and dropout, and its (zero-initialised) score layer reads fc7."""
+    `fc_dims` wide with ReLU and dropout, and its (zero-initialised) score layer reads fc7.
+    With `input_pad` > 0 the input is zero-padded by that many pixels on each side, fc6 runs
+    unpadded, and the scores, upsampled to the padded size, are cropped back to the input's."""
 
     def __init__(
         self,
@@ -141,9 +175,11 @@ class FCN(FrozenEncoder):
         fc_dims: int = 0,
         fc_kernel: int = 6,
         fc_dropout: float = 0.5,
+        input_pad: int = 0,
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.input_pad = input_pad
         if frozen:
             self.freeze_encoder()
         levels = select_levels(encoder, input_size, skips + 1, min_stride=1) if skips else []
@@ -155,8 +191,9 @@ class FCN(FrozenEncoder):
         if fc_dims:
             self.fc = nn.Sequential(
                 OrderedDict(
-                    # zero padding that keeps the grid ("same"; for even k one more at the end)
-                    pad6=nn.ZeroPad2d(_same_padding(fc_kernel)),
+                    # zero padding that keeps the grid ("same"; for even k one more at the end);
+                    # none with input padding, as FCN (the padded input leaves room for fc6)
+                    pad6=nn.Identity() if input_pad else nn.ZeroPad2d(_same_padding(fc_kernel)),
                     fc6=nn.Conv2d(channels[last.name], fc_dims, fc_kernel),
                     relu6=nn.ReLU(inplace=True),
                     drop6=nn.Dropout(fc_dropout),
@@ -174,6 +211,10 @@ class FCN(FrozenEncoder):
             nn.init.zeros_(self.scores[n].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        p = self.input_pad
+        if p:  # FCN's conv1 pad=100: zeros (the mean colour) around the normalised image
+            x = F.pad(x, (p, p, p, p))
         feats = self.encoder.forward_features(x)
         top = feats[self.stages[0]]
         out = self.scores[self.stages[0]](top if self.fc is None else self.fc(top))
@@ -183,18 +224,19 @@ class FCN(FrozenEncoder):
                 F.interpolate(out, size=skip.shape[-2:], mode="bilinear", align_corners=False)
                 + skip
             )
-        return F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out[..., p : p + h, p : p + w] if p else out
 
 
 class SegmentationView(torch.utils.data.Dataset):
     """(image [3,S,S] normalised, mask int64) with the image resized to the encoder input and the
     mask to the same S x S (nearest), or kept at the image's own size with `original_masks`;
-    flips for training."""
+    `size=None` keeps both at the image's own size (FCN's whole-image input); flips for training."""
 
     def __init__(
         self,
         base,
-        size: int,
+        size: int | None,
         normalize: dict[str, list[float]],
         train: bool,
         original_masks: bool = False,
@@ -207,9 +249,9 @@ class SegmentationView(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         img, mask = self.base[i]
-        x = TF.resize(img, [self.size, self.size], antialias=True)
+        x = img if self.size is None else TF.resize(img, [self.size, self.size], antialias=True)
         x = TF.normalize(TF.to_tensor(x), self.normalize["mean"], self.normalize["std"])
-        if self.original_masks:
+        if self.original_masks or self.size is None:
             m = mask
         else:
             size = [self.size, self.size]
@@ -253,6 +295,98 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device) -
     return cm.compute()
 
 
+def pixel_loss(logits: torch.Tensor, target: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Per-pixel cross-entropy (255 ignored): "mean" over the batch's labelled pixels, or "sum"
+    over each image's labelled pixels averaged over the images (Caffe's SoftmaxWithLoss with
+    normalize: false, FCN's loss)."""
+    if reduction == "sum":
+        return F.cross_entropy(logits, target, ignore_index=255, reduction="sum") / len(logits)
+    return F.cross_entropy(logits, target, ignore_index=255)
+
+
+def train_updates(
+    model: nn.Module,
+    loader,
+    opt: torch.optim.Optimizer,
+    device: torch.device,
+    sched,
+    steps: int,
+    iter_size: int,
+    reduction: str,
+    log,
+) -> None:
+    """`steps` optimizer updates, each over the gradients of `iter_size` batches averaged (Caffe's
+    iter_size: FCN's batch of 20 is 20 single full-size images); the loader starts again
+    (reshuffled) when it runs out. One log line per pass over the data and one at the end."""
+    model.train()
+    batches = iter(loader)
+    passes, total, count = 0, 0.0, 0
+    beat = Heartbeat("segment", total=steps)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(iter_size):
+            batch = next(batches, None)
+            if batch is None:
+                passes += 1
+                log.update(passes, loss=total / max(count, 1), lr=opt.param_groups[0]["lr"])
+                total, count = 0.0, 0
+                batches = iter(loader)
+                batch = next(batches)
+            x, m = batch
+            loss = pixel_loss(model(x.to(device)), m.to(device), reduction) / iter_size
+            if not math.isfinite(loss.item()):
+                raise TrainingError(f"loss became {loss.item()} (lower the learning rate)")
+            loss.backward()
+            step_loss += loss.item()
+        opt.step()
+        sched.step()
+        total += step_loss
+        count += 1
+        beat.tick(images=iter_size, loss=total / count)
+    if count:
+        log.update(passes + 1, loss=total / count, lr=opt.param_groups[0]["lr"])
+
+
+def segmentation_splits(root, cfg: SegmentConfig):
+    """(train, val) datasets: VOC's train_split or SBD's (less the val ids), and VOC's val_split;
+    "seg11valid" is read from ImageSets/Segmentation/seg11valid.txt when there, else computed
+    as FCN defines it: the root's segmentation val less SBD train (`cebench.data.sbd.seg11valid`)."""
+    from cebench.data import VOCSegmentation
+    from cebench.data.sbd import SBDSegmentation, read_id_list, sbd_root, seg11valid
+    from cebench.data.voc import read_classes
+
+    if cfg.train_data == "sbd" and not cfg.sbd:
+        raise ConfigError(
+            "config key 'sbd' is empty: train_data=sbd (the paper preset, FCN's protocol) trains "
+            "on SBD; give --set sbd=PATH/benchmark_RELEASE/dataset, or --set train_data=voc "
+            "--set val_split=val to train on the VOC root's train split"
+        )
+    listed = root / "ImageSets" / "Segmentation" / f"{cfg.val_split}.txt"
+    if cfg.val_split == "seg11valid" and not listed.is_file():
+        if not cfg.sbd:
+            raise DatasetError(
+                f"{listed}: not found, and seg11valid (VOC2011 val less SBD train) needs SBD's "
+                "train list to be computed: give --set sbd=PATH, or --set val_split=val"
+            )
+        va = VOCSegmentation(root, "val")
+        keep = set(seg11valid(va.ids, read_id_list(sbd_root(cfg.sbd) / "train.txt")))
+        idx = [k for k, i in enumerate(va.ids) if i in keep]
+        va.ids = [va.ids[k] for k in idx]
+        va.images = [va.images[k] for k in idx]
+        va.masks = [va.masks[k] for k in idx]
+        va.split = "seg11valid"
+        if not va.ids:
+            raise DatasetError(f"{root}: seg11valid is empty (every val id is in SBD train)")
+    else:
+        va = VOCSegmentation(root, cfg.val_split)
+    if cfg.train_data == "sbd":
+        tr = SBDSegmentation(cfg.sbd, cfg.train_split, exclude=va.ids, classes=read_classes(root))
+    else:
+        tr = VOCSegmentation(root, cfg.train_split)
+    return tr, va
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = common_parser(
         add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0]
@@ -280,20 +414,21 @@ class Segment(Harness):
     task = "segment"
 
     def load_data(self, cfg: SegmentConfig) -> Splits:
-        from cebench.data import VOCSegmentation
-
         fmt, root = find_format(cfg.data)
         if fmt != "voc":
             raise DatasetError(
                 f"--data {cfg.data}: segmentation needs VOC-format data (SegmentationClass/)"
             )
-        tr, va = VOCSegmentation(root, cfg.train_split), VOCSegmentation(root, cfg.val_split)
+        tr, va = segmentation_splits(root, cfg)
         return Splits(tr, va, fmt)
 
     def calibration(self, cfg: SegmentConfig, data: Splits):
         return lambda size: calibration_batch(
             ResizedImages(data.train, size), cfg.calibration_images, cfg.seed
         )
+
+    def log_total(self, cfg: SegmentConfig) -> int | None:
+        return None if cfg.steps or cfg.input_mode == "full" else cfg.epochs
 
     def build(self, cfg: SegmentConfig, encoder, info, data: Splits, device) -> FCN:
         num_classes = len(data.train.classes) + 1  # + background
@@ -306,37 +441,57 @@ class Segment(Harness):
             cfg.fc_dims,
             cfg.fc_kernel,
             cfg.fc_dropout,
+            cfg.input_pad,
         ).to(device)
 
     def fit(self, cfg: SegmentConfig, model: FCN, data: Splits, info, device, log) -> None:
-        opt = make_optimizer(
-            model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
-        )
+        params: Any = model.parameters()
+        if cfg.score_bias_lr != 1.0:  # FCN: the score layer's bias at lr x2 and without decay
+            params = param_groups(
+                model,
+                cfg.weight_decay,
+                bias_lr=cfg.score_bias_lr,
+                bias_decay=False,
+                is_bias=lambda n: n.startswith("scores.") and n.endswith(".bias"),
+            )
+        opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        full = cfg.input_mode == "full"
         loader = seeded_loader(
-            SegmentationView(data.train, info.input_size, info.normalize, True),
-            cfg.batch_size,
+            SegmentationView(
+                data.train, None if full else info.input_size, info.normalize, not full
+            ),
+            1 if full else cfg.batch_size,
             True,
             cfg.seed,
             cfg.num_workers,
         )
-        steps = max(1, cfg.epochs * len(loader))
+        iter_size = cfg.batch_size if full else 1
+        steps = cfg.steps or max(1, cfg.epochs * math.ceil(len(loader) / iter_size))
         if cfg.lr_schedule == "poly":
             sched = torch.optim.lr_scheduler.LambdaLR(
                 opt, lambda s: (1 - min(s, steps - 1) / steps) ** 0.9
             )
         else:
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        train_epochs(model, loader, segmentation_loss, opt, device, sched, cfg.epochs, log)
+        if not full and not cfg.steps and cfg.loss_reduction == "mean":
+            train_epochs(model, loader, segmentation_loss, opt, device, sched, cfg.epochs, log)
+            return
+        train_updates(model, loader, opt, device, sched, steps, iter_size, cfg.loss_reduction, log)
 
     def evaluate(
         self, cfg: SegmentConfig, model: FCN, data: Splits, info, device
     ) -> dict[str, Any]:
         original = cfg.eval_size == "original"
+        full = cfg.input_mode == "full"  # each image whole, one at a time, scored at its size
         val_loader = seeded_loader(
             SegmentationView(
-                data.val, info.input_size, info.normalize, False, original_masks=original
+                data.val,
+                None if full else info.input_size,
+                info.normalize,
+                False,
+                original_masks=original,
             ),
-            cfg.batch_size,
+            1 if full else cfg.batch_size,
             False,
             cfg.seed,
             cfg.num_workers,
@@ -350,6 +505,9 @@ class Segment(Harness):
             classes=classes,
             train_images=len(data.train),
             val_images=len(data.val),
+            train_data=cfg.train_data,
+            val_split=cfg.val_split,
+            input_mode=cfg.input_mode,
             stages=model.stages,
             eval_size=cfg.eval_size,
         )
