@@ -1,6 +1,7 @@
 """`cebench table`: render results.csv (one or several results dirs) as Markdown, LaTeX and figures.
 
     cebench table results/default                         # -> results/default/table.md + figures/
+                                                          #    + index.html + hparams/
     cebench table results/run-a results/run-b --out results/merged --latex
 
 Tables come from `tables.py` and figures from `figures.py`; this module puts them together, so that
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cebench.benchmarks.figures import render_figures
+from cebench.benchmarks.report import write_hparams, write_report
 from cebench.benchmarks.tables import (
     COLUMNS,
     FROM,
@@ -94,7 +96,9 @@ def render_all(
     figures: bool = True,
     log=print,
 ) -> Path:
-    """results.csv of every path -> OUT/table.md (+ table.tex, + figures/); returns table.md's path."""
+    """results.csv of every path -> OUT/table.md (+ table.tex, + figures/), OUT/index.html (the
+    report page) and OUT/hparams/ (TensorBoard HParams, `cebench.benchmarks.report`); returns
+    table.md's path."""
     rows, meta = read_checked(paths)
     out = prepare_out_dir(out)
     command = command or meta.get("command", "")
@@ -108,6 +112,11 @@ def render_all(
             render_figures(rows, meta, [Path(p) for p in paths], out / "figures")
         except Exception as e:  # a figure must never cost the tables
             log(f"figures not drawn: {type(e).__name__}: {e}")
+    write_report(rows, meta, out, [Path(p) for p in paths], command)
+    try:
+        write_hparams(rows, meta, out)
+    except Exception as e:  # nor the TensorBoard summary
+        log(f"TensorBoard HParams summary not written: {type(e).__name__}: {e}")
     return out / "table.md"
 
 
