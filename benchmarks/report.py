@@ -24,7 +24,6 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
 import os
 import shutil
 import time
@@ -164,7 +163,9 @@ def hparam_sessions(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[di
             if metrics:
                 hp = {"arm": arm["name"], "seed": seed}
                 hp.update({k: str(arm[k]) for k in ("method", "mask") if arm.get(k)})
-                sessions.append({"name": f"{arm['name']}-s{seed}", "hparams": hp, "metrics": metrics})
+                sessions.append(
+                    {"name": f"{arm['name']}-s{seed}", "hparams": hp, "metrics": metrics}
+                )
     return sessions
 
 

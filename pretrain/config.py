@@ -30,8 +30,8 @@ from cebench.core.config import (
 )
 from cebench.core.errors import ConfigError
 from cebench.pretrain.methods import get_method
-from cebench.pretrain.monitor import MonitorConfig
 from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
+from cebench.pretrain.monitor import MonitorConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).

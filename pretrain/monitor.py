@@ -141,9 +141,7 @@ class OnlineProbe:
         try:
             out = []
             for batch in self.images.split(self.cfg.batch_size):
-                maps = encoder.forward_features(
-                    batch.to(device).contiguous(memory_format=fmt)
-                )
+                maps = encoder.forward_features(batch.to(device).contiguous(memory_format=fmt))
                 layer = self.cfg.layer or list(maps)[-1]
                 if layer not in maps:
                     raise ConfigError(

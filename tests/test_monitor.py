@@ -87,7 +87,9 @@ def test_probe_scores_separable_classes_and_restores_modes(tmp_path):
     one = OnlineProbe(MonitorConfig(data=str(data), images=24, k=3, layer="stage1"), 32, 36, 5)
     assert one(enc, 5)["knn_top1"] < row["knn_top1"]
     bad = OnlineProbe(MonitorConfig(data=str(data), layer="conv9"), 32, 36, 5)
-    with pytest.raises(ConfigError, match="monitor.layer=conv9: the encoder's stages are stage1, stage2"):
+    with pytest.raises(
+        ConfigError, match="monitor.layer=conv9: the encoder's stages are stage1, stage2"
+    ):
         bad.load(enc)
 
 

@@ -112,7 +112,7 @@ def test_page_holds_tables_figures_provenance_and_command(results):
     assert p.imgs == [
         "data:image/png;base64," + base64.b64encode(f.read_bytes()).decode() for f in figs
     ]
-    assert "src=\"http" not in page and "<link" not in page
+    assert 'src="http' not in page and "<link" not in page
     assert "<code>cebench table " in page and "<code>cebench bench --suite t</code>" in page
 
 

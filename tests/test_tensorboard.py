@@ -88,9 +88,7 @@ def test_pretrain_run_writes_events(tmp_path):
     (text,) = acc.Tensors("config/text_summary")
     assert b"tensorboard: true" in text.tensor_proto.string_val[0]
 
-    off = run(
-        tiny_config(data, tmp_path / "off", ["train.steps=2", "train.tensorboard=false"])
-    )
+    off = run(tiny_config(data, tmp_path / "off", ["train.steps=2", "train.tensorboard=false"]))
     assert (off / "metrics.jsonl").is_file() and not list(off.glob("events.out.tfevents.*"))
 
 
