@@ -116,3 +116,13 @@ def test_transfer_run_writes_events(tmp_path):
     assert _scalars(acc, "eval/mAP") == [(2, round(rec["metrics"]["mAP"], 6))]
     (text,) = acc.Tensors("config/text_summary")
     assert b"protocol: finetune" in text.tensor_proto.string_val[0]
+
+
+def test_missing_tensorboard_is_a_one_line_error(tmp_path, monkeypatch):
+    import sys
+
+    from cebench.core.errors import ConfigError
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(ConfigError, match="pip install tensorboard, or turn it off"):
+        MetricLogger(tmp_path / "m.jsonl", tensorboard=True)

@@ -34,6 +34,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from cebench.core.errors import ConfigError
+
 DEFAULT_PROGRESS_EVERY = 30.0
 
 
@@ -135,6 +137,9 @@ class MetricLogger:
         self._plain = enabled and not tty
         self._every = progress_every_default() if progress_every is None else progress_every
         self.enabled = enabled
+        self._tb = None  # first: a missing tensorboard package leaves nothing open
+        if tensorboard and enabled and self.path is not None:
+            self._tb = tensorboard_writer(self.path.parent, purge_step=start + 1 if start else None)
         self._file = None
         if self.path is not None and enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,9 +153,6 @@ class MetricLogger:
         )
         self._last = start
         self._t0 = self._printed = time.time()
-        self._tb = None
-        if tensorboard and enabled and self.path is not None:
-            self._tb = tensorboard_writer(self.path.parent, purge_step=start + 1 if start else None)
 
     def update(self, step: int, **metrics: Any) -> None:
         """Record the metrics of `step` (a JSON line) and move the bar to `step`."""
@@ -226,8 +228,14 @@ class MetricLogger:
 def tensorboard_writer(log_dir: str | Path, purge_step: int | None = None) -> Any:
     """torch.utils.tensorboard's SummaryWriter on `log_dir` (imported here: it loads the
     tensorboard package, a second or so, only for a run that writes events)."""
-    from torch.utils.tensorboard import SummaryWriter
-
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError(
+            f"TensorBoard logging needs the tensorboard package ({e}): pip install tensorboard, "
+            "or turn it off (train.tensorboard=false for pretraining, tensorboard=false for a "
+            "transfer run)"
+        ) from None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
