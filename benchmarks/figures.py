@@ -6,12 +6,14 @@
 - bar_<task>.png     headline metric per pretraining method, mean with sample-std error bars
 - per_layer_<task>.png  linear-probe score vs encoder layer, one line per method ("<metric>@<layer>")
 - pretrain_loss.png  pretraining loss curves from each run's metrics.jsonl (one line per arm, seed)
+- pretrain_probe.png the online probe's kNN top-1 during pretraining (`monitor.*` keys), likewise
 - inpaint_<arm>.png  a grid of inpainting samples per masked arm (the run's samples/ or inpaint output)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ def render_figures(
         if task.get("per_layer"):
             written += per_layer_plot(rows, meta, task, out_dir)
     written += loss_curves(records, meta, out_dir)
+    written += probe_curves(records, meta, out_dir)
     written += inpaint_grids(records, meta, out_dir)
     return written
 
@@ -123,6 +126,35 @@ def _loss_key(row: dict[str, Any]) -> str | None:
 
 def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
     """Training loss per pretraining run: one colour per arm, one line style per seed."""
+    return run_curves(
+        records, meta, _loss_key, "training loss", "pretraining loss", out_dir / "pretrain_loss.png"
+    )
+
+
+def probe_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Path) -> list[Path]:
+    """The online probe's kNN top-1 per pretraining run (none without `monitor.data`)."""
+    return run_curves(
+        records,
+        meta,
+        lambda r: "knn_top1" if isinstance(r.get("knn_top1"), (int, float)) else None,
+        "kNN top-1 (%)",
+        "online kNN probe during pretraining",
+        out_dir / "pretrain_probe.png",
+        log_y=False,
+    )
+
+
+def run_curves(
+    records: list[dict[str, Any]],
+    meta: dict[str, Any],
+    pick: Callable[[dict[str, Any]], str | None],
+    ylabel: str,
+    title: str,
+    path: Path,
+    log_y: bool = True,
+) -> list[Path]:
+    """One line per pretraining run of the metrics.jsonl value that `pick` names in a row: one
+    colour per arm, one line style per seed; nothing when no run has such a value."""
     order = [a["name"] for a in meta["arms"]]
     labels = {a["name"]: a["label"] for a in meta["arms"]}
     colours = plt.get_cmap("tab10")
@@ -136,7 +168,7 @@ def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Pa
     for rec in runs:
         run_dir = rec.get("artifacts", {}).get("run_dir")
         log = read_jsonl(Path(run_dir) / "metrics.jsonl") if run_dir else []
-        key = next((k for r in log if (k := _loss_key(r))), None)
+        key = next((k for r in log if (k := pick(r))), None)
         pts = [
             (r["step"], r[key])
             for r in log
@@ -152,6 +184,8 @@ def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Pa
             color=colours(i % 10),
             linestyle=styles[rec["seed"] % len(styles)],
             linewidth=1,
+            marker="o" if not log_y else None,
+            markersize=3,
             label=label,
         )
         drawn += 1
@@ -159,11 +193,12 @@ def loss_curves(records: list[dict[str, Any]], meta: dict[str, Any], out_dir: Pa
         plt.close(fig)
         return []
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
-    ax.set_yscale("log")
-    ax.set_title("pretraining loss (line style = seed)")
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set_title(f"{title} (line style = seed)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _save(fig, out_dir / "pretrain_loss.png")
+    return _save(fig, path)
 
 
 def _sample_images(rec: dict[str, Any]) -> list[Path]:

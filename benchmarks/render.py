@@ -1,6 +1,7 @@
 """`cebench table`: render results.csv (one or several results dirs) as Markdown, LaTeX and figures.
 
     cebench table results/default                         # -> results/default/table.md + figures/
+                                                          #    + index.html + hparams/
     cebench table results/run-a results/run-b --out results/merged --latex
 
 Tables come from `tables.py` and figures from `figures.py`; this module puts them together, so that
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cebench.benchmarks.figures import render_figures
+from cebench.benchmarks.report import write_hparams, write_report
 from cebench.benchmarks.tables import (
     COLUMNS,
     FROM,
@@ -99,9 +101,10 @@ def render_all(
     log=print,
     reference: str | None = None,
 ) -> Path:
-    """results.csv of every path -> OUT/table.md, OUT/summary.csv (+ table.tex, + figures/);
-    returns table.md's path. `reference`: the arm the others are tested against (default: the
-    suite's `reference`, else `random`)."""
+    """results.csv of every path -> OUT/table.md, OUT/summary.csv (+ table.tex, + figures/),
+    OUT/index.html (the report page) and OUT/hparams/ (TensorBoard HParams,
+    `cebench.benchmarks.report`); returns table.md's path. `reference`: the arm the others are
+    tested against (default: the suite's `reference`, else `random`)."""
     rows, meta = read_checked(paths)
     if reference is not None and reference not in {a["name"] for a in meta["arms"]}:
         raise DatasetError(
@@ -121,11 +124,16 @@ def render_all(
             render_figures(rows, meta, [Path(p) for p in paths], out / "figures")
         except Exception as e:  # a figure must never cost the tables
             log(f"figures not drawn: {type(e).__name__}: {e}")
+    write_report(rows, meta, out, [Path(p) for p in paths], command)
+    try:
+        write_hparams(rows, meta, out)
+    except Exception as e:  # nor the TensorBoard summary
+        log(f"TensorBoard HParams summary not written: {type(e).__name__}: {e}")
     return out / "table.md"
 
 
 # a README block that shows a table.md: the file's text between the two markers, kept equal to
-# it by `cebench table|bench ... --readme README.md` (and checked by tests/test_readme_tables.py)
+# it by `cebench table|bench ... --readme README.md` (and checked by tests/test_committed_results.py)
 README_BLOCK = re.compile(
     r"(?P<open><!-- cebench-table (?P<path>\S+) -->\n)(?P<body>.*?)(?P<close><!-- /cebench-table -->)",
     re.S,

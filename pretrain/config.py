@@ -3,7 +3,7 @@
     from cebench.pretrain.config import load_pretrain_config
     cfg = load_pretrain_config("small", ["train.steps=200", "mask.kind=center"])
 
-A config is `PretrainConfig` with sections data / model / mask / loss / optim / train. The model
+A config is `PretrainConfig` with sections data / model / mask / loss / optim / train / monitor. The model
 section is a `cebench.pretrain.models.context_encoder.ModelConfig`; its starting values come from the named
 preset `model_preset` (MODEL_PRESETS), then the YAML file, then `key=value` overrides. Named
 configs live in `pretrain/configs/<name>.yaml`; a config file may inherit from others with
@@ -15,7 +15,7 @@ so the saved config says exactly what ran.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +31,7 @@ from cebench.core.config import (
 from cebench.core.errors import ConfigError
 from cebench.pretrain.methods import get_method
 from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
+from cebench.pretrain.monitor import MonitorConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 # The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).
@@ -146,6 +147,8 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     sample_every: int = 500  # PNG grid into samples/, and one at the last step; 0 = never
+    # TensorBoard event files beside metrics.jsonl (losses, lr, img/s, sample grids, the config)
+    tensorboard: bool = True
     resume: bool = False
 
     def validate(self) -> None:
@@ -168,6 +171,8 @@ class PretrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # the online kNN probe (cebench.pretrain.monitor): off unless monitor.data is set
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def validate(self) -> None:
         # unknown method: ConfigError listing the registered ones; unknown method_kwargs named
@@ -267,8 +272,18 @@ def load_pretrain_config(
 
 # keys a resumed run may change: where and how long it runs, not what it trains
 RUNTIME_KEYS = {
-    "train": ("out", "steps", "resume", "device", "log_every", "save_every", "sample_every"),
+    "train": (
+        "out",
+        "steps",
+        "resume",
+        "device",
+        "log_every",
+        "save_every",
+        "sample_every",
+        "tensorboard",
+    ),
     "data": ("path", "workers", "max_pixels"),
+    "monitor": tuple(f.name for f in fields(MonitorConfig)),  # watches training, never changes it
 }
 
 

@@ -49,9 +49,17 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
 
 def save_grid(
     path: str | Path, rows: list[torch.Tensor], max_images: int = 8, pad: int = 2
-) -> None:
-    """One PNG, one row per tensor in `rows` (e.g. masked input / composite / ground truth),
-    white 2 px padding (the layout of torchvision's make_grid, without importing torchvision)."""
+) -> np.ndarray:
+    """One PNG, one row per tensor in `rows` (e.g. masked input / composite / ground truth);
+    returns the grid (`grid_image`)."""
+    grid = grid_image(rows, max_images, pad)
+    save_png(path, grid)
+    return grid
+
+
+def grid_image(rows: list[torch.Tensor], max_images: int = 8, pad: int = 2) -> np.ndarray:
+    """uint8 [H, W, 3]: one row per tensor in `rows`, white 2 px padding (the layout of
+    torchvision's make_grid, without importing torchvision)."""
     n = min(max_images, rows[0].shape[0])
     h, w = rows[0].shape[-2:]
     grid = np.full((pad + len(rows) * (h + pad), pad + n * (w + pad), 3), 255, np.uint8)
@@ -59,4 +67,4 @@ def save_grid(
         for c, tile in enumerate(to_uint8(row[:n])):
             y, x = pad + r * (h + pad), pad + c * (w + pad)
             grid[y : y + h, x : x + w] = tile
-    save_png(path, grid)
+    return grid

@@ -9,7 +9,9 @@
 
 `run(cfg) -> Path` is the library entry point (returns the run directory). The run directory gets
 checkpoint.pt (+ checkpoint.prev.pt), metrics.jsonl, samples/step_XXXXXX.png, config.yaml (the
-resolved config, loadable with --config), encoder.pt and summary.json.
+resolved config, loadable with --config), encoder.pt, summary.json and TensorBoard event files
+(train.tensorboard=false: none). monitor.data=FOLDER adds the online kNN probe
+(cebench.pretrain.monitor).
 
 Exit status: 0 when done; 130 (SIGINT) or 143 (SIGTERM) when stopped by a signal after the
 current step and a checkpoint (resume with --resume); 2 for input errors, a NaN loss or a failed

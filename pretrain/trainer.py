@@ -59,6 +59,7 @@ from cebench.pretrain.config import (
 )
 from cebench.pretrain.encoder_file import save_encoder
 from cebench.pretrain.methods import get_method
+from cebench.pretrain.monitor import OnlineProbe
 from cebench.pretrain.samples import save_grid
 from cebench.pretrain.train_data import StepBatchSampler, TrainImages, collate, dataset_mean
 
@@ -369,6 +370,12 @@ class Trainer:
             self.notes.append(note)
         for note in self.notes:
             self.say(note)
+        self.probe = None
+        if cfg.monitor.data and self.main:
+            self.probe = OnlineProbe(
+                cfg.monitor, cfg.model.input_size, cfg.data.load_size, cfg.train.steps
+            )
+            self.probe.load(self.method.encoder()[0], self.fmt)  # bad data fails before training
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             header = (
@@ -376,9 +383,8 @@ class Trainer:
             )
             import yaml
 
-            atomic_write_text(
-                self.run_dir / "config.yaml", header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
-            )
+            config_text = header + yaml.safe_dump(to_dict(cfg), sort_keys=False)
+            atomic_write_text(self.run_dir / "config.yaml", config_text)
             truncate_metrics(self.run_dir / "metrics.jsonl", self.start_step)
         self.logger = MetricLogger(
             self.run_dir / "metrics.jsonl" if self.main else None,
@@ -386,11 +392,14 @@ class Trainer:
             desc=f"pretrain {cfg.method}",
             start=self.start_step,
             enabled=self.main,
+            tensorboard=cfg.train.tensorboard,
         )
+        if self.main:
+            self.logger.text("config", config_text, self.start_step)
         self.session_start = time.perf_counter()
         self.tick = (self.session_start, self.start_step)
         self.pending: list[tuple[int, dict[str, torch.Tensor]]] = []
-        self.skipped_local, self.last_row = 0, {}
+        self.skipped_local, self.last_row, self.probe_row = 0, {}, {}
         try:
             with SignalFlag() as sig:
                 it = self.loader_iter = iter(loader)
@@ -404,7 +413,8 @@ class Trainer:
                         or self.step == cfg.train.steps
                         or stop
                     )
-                    if self.step % cfg.train.log_every == 0 or save_due:
+                    probe_due = self._probe()
+                    if self.step % cfg.train.log_every == 0 or save_due or probe_due:
                         self._flush()
                     if save_due:
                         self._save()
@@ -433,11 +443,21 @@ class Trainer:
         if self.main and every and (self.step % every == 0 or self.step == cfg.train.steps):
             self._sample(images)
 
+    def _probe(self) -> bool:
+        """The online probe (`cebench.pretrain.monitor`) at its steps; True on every process at
+        a probe step (its row is then logged at once, with the losses)."""
+        m = self.cfg.monitor
+        due = bool(m.data) and (self.step % m.every == 0 or self.step == self.cfg.train.steps)
+        if due and self.probe is not None:
+            self.probe_row = self.probe(self.method.encoder()[0], self.step, self.fmt)
+        return due
+
     def _sample(self, images: torch.Tensor) -> None:
         """The method's sample grid (e.g. masked input / prediction / ground truth) into samples/."""
         rows = self.method.sample_rows(images)
         if rows is not None:
-            save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rows)
+            grid = save_grid(self.run_dir / "samples" / f"step_{self.step:06d}.png", rows)
+            self.logger.image("samples", grid, self.step)
 
     def _flush(self) -> None:
         """Copy pending metrics to the host once, stop on a non-finite loss, log the last step."""
@@ -466,6 +486,8 @@ class Trainer:
         row["lr"] = self.method.optims["net"].param_groups[0]["lr"]
         if self.skipped_total:
             row["skipped_images"] = self.skipped_total
+        row.update(self.probe_row)
+        self.probe_row = {}
         self.logger.update(self.step, **row)
         self.tick, self.pending, self.skipped_local, self.last_row = (now, self.step), [], 0, row
 

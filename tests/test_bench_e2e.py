@@ -32,6 +32,7 @@ def test_builtin_suites_resolve_against_real_configs(tmp_path, name, dry):
         assert kinds == {"pretrain", "inpaint", "transfer"} and len(runner.cells) == 21 + 12 + 135
         cfg = runner.resolved["ce-region.pretrain.s2"]
         assert cfg["mask"]["kind"] == "random-region" and cfg["train"]["seed"] == 2
+        assert cfg["monitor"]["data"].endswith("imagefolder/val") and cfg["monitor"]["every"] == 200
         assert runner.resolved["random.detection.s1"]["encoder"] == "random:tiny,width=16,depth=5"
         # the random baselines are the same architecture as every pretrained encoder
         for arm in ("supervised", "autoencoder", "ce-center", "ce-block", "ce-region"):
@@ -82,6 +83,7 @@ def test_mini_suite_end_to_end(tmp_path, capsys):
         "bar_cls-linear.png",
         "per_layer_cls-linear.png",
         "pretrain_loss.png",
+        "pretrain_probe.png",
         "inpaint_ce-center.png",
     ):
         assert (out / "figures" / fig).stat().st_size > 1000

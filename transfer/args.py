@@ -46,6 +46,8 @@ class HarnessConfig:
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
+    # TensorBoard event files beside log.jsonl (training losses, the results, the config)
+    tensorboard: bool = True
 
     def validate(self) -> None:
         require_at_least(self, 1, "epochs", "batch_size")

@@ -51,6 +51,7 @@ from torch import nn
 
 from cebench.core.errors import ConfigError
 from cebench.core.logger import MetricLogger
+from cebench.pretrain.monitor import knn_scores  # one kNN: the online probe's and this
 from cebench.transfer.args import (
     HarnessConfig,
     common_parser,
@@ -313,27 +314,6 @@ def train_linear_probe(
         if log is not None and (epoch + 1) % 10 == 0:
             log.update(epoch + 1, layer=layer, loss=stats["loss"])
     return head, mean, std
-
-
-def knn_scores(
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    test_x: torch.Tensor,
-    num_classes: int,
-    k: int,
-    temperature: float,
-) -> torch.Tensor:
-    """Weighted kNN class scores (cosine similarity, weights exp(sim / T))."""
-    a, b = F.normalize(train_x, dim=1), F.normalize(test_x, dim=1)
-    sim = b @ a.T
-    k = min(k, len(train_x))
-    top, idx = sim.topk(k, dim=1)
-    w = (top / temperature).exp()
-    if train_y.dim() == 1:
-        votes = F.one_hot(train_y[idx], num_classes).float()
-    else:
-        votes = (train_y[idx] != 0).float()  # difficult-only (-1) still means the object is there
-    return (w.unsqueeze(-1) * votes).sum(1) / w.sum(1, keepdim=True)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

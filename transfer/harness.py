@@ -12,7 +12,9 @@
 `Harness.run` does, in this order and in no other place: validate the config, require `out`, seed,
 pick the device, load the data, resolve the encoder (with the harness's calibration batch and
 `cfg.rescale`, `cebench.transfer.encoders.resolve_encoder`), seed again, build, fit, evaluate and
-save (model.pt, metrics.json, config.yaml). Freezing a model's encoder is `FrozenEncoder`'s job.
+save (model.pt, metrics.json, config.yaml). With `cfg.tensorboard` (the default) the run's
+MetricLogger also writes TensorBoard event files into `out`: the training log, the numeric results
+under `eval/` and the resolved config as text. Freezing a model's encoder is `FrozenEncoder`'s job.
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
-from cebench.core.config import validate
+from cebench.core.config import to_dict, validate
 from cebench.core.device import pick_device
 from cebench.core.errors import CebenchError, ConfigError
 from cebench.core.io import atomic_save
@@ -62,6 +65,18 @@ class FrozenEncoder(nn.Module):
         if self.frozen:
             self.encoder.eval()
         return self
+
+
+def numeric_leaves(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numbers of a nested metrics dict, keyed by their path (`{"a": {"b": 1}}` -> `a/b`);
+    strings and lists (per-class values) are left out."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(numeric_leaves(v, f"{prefix}{k}/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 class Harness:
@@ -139,13 +154,20 @@ class Harness:
             if line:
                 print(line, file=sys.stderr, flush=True)
         set_seed(cfg.seed)
-        log = MetricLogger(out / "log.jsonl", total=self.log_total(cfg), desc=self.describe(cfg))
+        log = MetricLogger(
+            out / "log.jsonl",
+            total=self.log_total(cfg),
+            desc=self.describe(cfg),
+            tensorboard=cfg.tensorboard,
+        )
         try:
+            log.text("config", yaml.safe_dump(to_dict(cfg), sort_keys=False))
             model = self.build(cfg, encoder, info, data, device)
             self.fit(cfg, model, data, info, device, log)
+            metrics = self.evaluate(cfg, model, data, info, device)
+            log.scalars(log.last_step, prefix="eval", **numeric_leaves(metrics))
         finally:
             log.close()
-        metrics = self.evaluate(cfg, model, data, info, device)
         out.mkdir(parents=True, exist_ok=True)
         atomic_save(
             {"task": self.task, **self.checkpoint(cfg, model, data, info), "encoder": info.spec},

@@ -14,6 +14,12 @@ CEBENCH_PROGRESS_EVERY environment variable; the first after that long, so short
     pretrain context-encoder: step 1200/6400 (19%) | loss_rec 0.0123 | 612 img/s | eta 2m21s
 
 `Heartbeat` does the same inside one long loop (the batches of a transfer epoch).
+
+With `tensorboard=True` the same numbers also go to TensorBoard event files beside metrics.jsonl
+(torch.utils.tensorboard's SummaryWriter, `tensorboard --logdir RUN_DIR`): each numeric metric a
+scalar at its step, a string metric the tag's group (`layer="conv3", loss=0.4` -> `conv3/loss`),
+plus `image(tag, hwc_uint8, step)` (the sample grids) and `text(tag, text)` (the resolved config).
+A resumed run (`start > 0`) purges the events after `start` that the previous session left.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from cebench.core.errors import ConfigError
 
 DEFAULT_PROGRESS_EVERY = 30.0
 
@@ -120,6 +128,7 @@ class MetricLogger:
         start: int = 0,
         enabled: bool = True,
         progress_every: float | None = None,
+        tensorboard: bool = False,
     ) -> None:
         self.path = Path(path) if path is not None else None
         self.desc, self.total, self._start = desc, total, start
@@ -128,6 +137,9 @@ class MetricLogger:
         self._plain = enabled and not tty
         self._every = progress_every_default() if progress_every is None else progress_every
         self.enabled = enabled
+        self._tb = None  # first: a missing tensorboard package leaves nothing open
+        if tensorboard and enabled and self.path is not None:
+            self._tb = tensorboard_writer(self.path.parent, purge_step=start + 1 if start else None)
         self._file = None
         if self.path is not None and enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,6 +164,8 @@ class MetricLogger:
         self._bar.update(max(0, step - self._last))
         self._last = step
         self._bar.set_postfix({k: _short(v) for k, v in metrics.items()}, refresh=False)
+        if self._tb is not None:
+            self.scalars(step, **metrics)
         if self._plain:
             self._progress(step, metrics)
 
@@ -170,15 +184,59 @@ class MetricLogger:
             line += f" | eta {format_duration(elapsed / done * (self.total - step))}"
         print(line, file=sys.stderr, flush=True)
 
+    @property
+    def last_step(self) -> int:
+        """The step of the last `update` (the start step before any)."""
+        return self._last
+
+    def scalars(self, step: int, prefix: str = "", **metrics: Any) -> None:
+        """TensorBoard scalars only (e.g. a run's final results, which metrics.json holds):
+        numeric values at `step`, string values joined into the tag (see the module docstring)."""
+        if self._tb is None:
+            return
+        group = "/".join(str(v) for v in metrics.values() if isinstance(v, str))
+        group = "/".join(x for x in (prefix, group) if x)
+        for k, v in metrics.items():
+            v = v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                self._tb.add_scalar(f"{group}/{k}" if group else k, v, step)
+
+    def image(self, tag: str, image: Any, step: int) -> None:
+        """An image ([H, W, 3] uint8, e.g. a sample grid) into TensorBoard at `step`."""
+        if self._tb is not None:
+            self._tb.add_image(tag, image, step, dataformats="HWC")
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """Text (shown verbatim: indented as a Markdown code block) into TensorBoard."""
+        if self._tb is not None:
+            self._tb.add_text(tag, "\n".join("    " + ln for ln in text.splitlines()), step)
+
     def write(self, msg: str) -> None:
         if self.enabled:
             tqdm.write(msg, file=sys.stderr)
 
     def close(self) -> None:
         self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def tensorboard_writer(log_dir: str | Path, purge_step: int | None = None) -> Any:
+    """torch.utils.tensorboard's SummaryWriter on `log_dir` (imported here: it loads the
+    tensorboard package, a second or so, only for a run that writes events)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ConfigError(
+            f"TensorBoard logging needs the tensorboard package ({e}): pip install tensorboard, "
+            "or turn it off (train.tensorboard=false for pretraining, tensorboard=false for a "
+            "transfer run)"
+        ) from None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 def _short(v: Any) -> Any:
