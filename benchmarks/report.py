@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cebench.benchmarks.stats import footer
 from cebench.benchmarks.tables import FROM, table_cells
 from cebench.core.io import atomic_write_text
 
@@ -125,7 +126,8 @@ def render_report(
             "summary",
             ["pretraining"] + [c.label for c in cols],
             summary,
-            f"mean ± sample std over {len(seeds)} seed(s) {seeds}; best mean per column in bold",
+            f"mean ± sample std over {len(seeds)} seed(s) {seeds}; best mean per column in bold"
+            + (f". {note}" if (note := footer(meta)) else ""),
         ),
         figures=_figures(out / "figures"),
         results=_table("results", header + ["cell record (config)"], body),
