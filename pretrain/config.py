@@ -143,6 +143,8 @@ class TrainConfig:
     device: str = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = False
+    # one CUDA graph per step (cebench.pretrain.graph_step): off | on | auto (on, quiet off CUDA)
+    cuda_graph: Literal["off", "on", "auto"] = "off"
     log_every: int = 10
     save_every: int = 500
     sample_every: int = 500  # PNG grid into samples/, and one at the last step; 0 = never
@@ -267,7 +269,16 @@ def load_pretrain_config(
 
 # keys a resumed run may change: where and how long it runs, not what it trains
 RUNTIME_KEYS = {
-    "train": ("out", "steps", "resume", "device", "log_every", "save_every", "sample_every"),
+    "train": (
+        "out",
+        "steps",
+        "resume",
+        "device",
+        "log_every",
+        "save_every",
+        "sample_every",
+        "cuda_graph",  # the same numbers as the eager step (cebench.pretrain.graph_step)
+    ),
     "data": ("path", "workers", "max_pixels"),
 }
 

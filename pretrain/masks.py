@@ -114,7 +114,7 @@ def random_block_masks(
 def block_masks_from_uniform(u: torch.Tensor, size: int, coverage: float) -> torch.Tensor:
     """`random_block_masks` from its uniform draws u [B, max_blocks, 5]: tensor ops only (no
     host sync, static shapes), so a CUDA graph can capture it (cebench.pretrain.graph_step)."""
-    batch, max_blocks, device = u.shape[0], u.shape[1], u.device
+    max_blocks, device = u.shape[1], u.device
     lo = max(1, size // 8)
     hi = max(lo, int(size * math.sqrt(coverage / 2)))
     hs = (lo + u[..., 0] * (hi - lo + 1)).long().clamp(max=hi)  # [B, K]

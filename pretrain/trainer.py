@@ -58,6 +58,7 @@ from cebench.pretrain.config import (
     saved_config,
 )
 from cebench.pretrain.encoder_file import save_encoder
+from cebench.pretrain.graph_step import choose_step
 from cebench.pretrain.methods import get_method
 from cebench.pretrain.samples import save_grid
 from cebench.pretrain.train_data import StepBatchSampler, TrainImages, collate, dataset_mean
@@ -257,6 +258,10 @@ class Trainer:
         self._build_models()
         if self.state is not None:
             self._load_state(self.state)
+        # after the load: a captured graph holds the optimizer states' addresses
+        self.step_fn, note = choose_step(self.method, device, dist)
+        if note:
+            self.notes.append(note)
         self.bf16 = self.method.bf16
         self.commit = git_commit()
         self.wall_before = float(self.state["wall_time"]) if self.state else 0.0
@@ -425,7 +430,7 @@ class Trainer:
         images, labels, n_bad = next_batch(it, self.step, self.last_saved)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         self.skipped_local += n_bad
-        m = self.method.step(images, labels, self.step)
+        m = self.step_fn(images, labels, self.step)
         self.step += 1
         self.pending.append((self.step, m))
         every = cfg.train.sample_every

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from cebench.core.errors import ConfigError
 from cebench.pretrain.masks import (
+    block_masks_from_uniform,
     center_masks,
     center_region_start,
     fill_holes,
     loss_weights,
-    block_masks_from_uniform,
     make_masks,
     mask_draw_shapes,
     masks_from_draws,
@@ -213,7 +213,10 @@ def _naive_blocks(u: torch.Tensor, size: int, coverage: float) -> torch.Tensor:
         for j in range(n):
             h = min(int(lo + float(u[i, j, 0]) * (hi - lo + 1)), hi)
             w = min(int(lo + float(u[i, j, 1]) * (hi - lo + 1)), hi)
-            top, left = int(float(u[i, j, 2]) * (size - h + 1)), int(float(u[i, j, 3]) * (size - w + 1))
+            top, left = (
+                int(float(u[i, j, 2]) * (size - h + 1)),
+                int(float(u[i, j, 3]) * (size - w + 1)),
+            )
             cand = union.clone()
             cand[top : top + h, left : left + w] = True
             if cand.sum() > coverage * size * size + 1e-6:
