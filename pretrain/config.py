@@ -55,6 +55,9 @@ class DataConfig:
         False  # replace an undecodable image by the next one (counted) instead of stopping
     )
     max_pixels: int = 89_478_485  # an image with more pixels (w x h) is a bad image (PIL's level)
+    # cpu: workers decode with PIL; device: workers read bytes, the training device decodes JPEGs
+    # and resizes / crops / flips the batch (cebench.pretrain.device_data)
+    decode: Literal["cpu", "device"] = "cpu"
 
     def validate(self) -> None:
         if self.load_size < 0:

@@ -57,6 +57,7 @@ from cebench.pretrain.config import (
     resumed_config,
     saved_config,
 )
+from cebench.pretrain.device_data import DecodingLoader, device_loader
 from cebench.pretrain.encoder_file import save_encoder
 from cebench.pretrain.graph_step import choose_step
 from cebench.pretrain.methods import get_method
@@ -344,7 +345,7 @@ class Trainer:
         w = self.cfg.data.workers
         return w if w >= 0 else default_workers(self.device.type)
 
-    def _loader(self) -> torch.utils.data.DataLoader:
+    def _loader(self) -> torch.utils.data.DataLoader | DecodingLoader:
         cfg = self.cfg
         workers = self.loader_workers
         self.sampler = StepBatchSampler(
@@ -356,14 +357,16 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
         )
-        return torch.utils.data.DataLoader(
-            self.ds,
+        kwargs = dict(
             batch_sampler=self.sampler,
             num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             worker_init_fn=data_worker_init if workers > 0 else None,
+        )
+        if cfg.data.decode == "device":  # workers read bytes; the device decodes
+            return device_loader(self.ds, self.device, **kwargs)
+        return torch.utils.data.DataLoader(
+            self.ds, collate_fn=collate, pin_memory=self.device.type == "cuda", **kwargs
         )
 
     # ----- the loop
