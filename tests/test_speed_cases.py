@@ -22,11 +22,12 @@ def test_photos_case_reports_plain_draft_prepared(tmp_path, monkeypatch, capsys)
     assert res["configs"] == {} and res["contention"] is None and res["matmul_peak_tflops"] is None
     r = res["photos"]
     assert (r["files"], r["jpegs"], r["pngs"], r["load_size"]) == (8, 6, 2, 72)
-    for k in ("plain", "draft", "prepared"):
+    for k in ("plain", "draft", "prepared", "device"):
         assert r[f"data_{k}_img_per_s"] > 0
         ratio = r[f"data_{k}_img_per_s"] / r["train_img_per_s"]
         assert abs(r[f"data_{k}_over_train"] - ratio) <= 0.005 + 1e-3 * ratio
-    assert "| prepared |" in "\n".join(out)
+    assert "| prepared |" in "\n".join(out) and "| device |" in "\n".join(out)
+    assert r["decode_device"] == "cpu"
     # the files are kept in --workdir, and the prepared copy mirrors them at the load size
     photos = list_images(tmp_path / "photos")
     assert [p.name for p in photos] == [f"{i:02d}.{'jpg' if i < 6 else 'png'}" for i in range(8)]
