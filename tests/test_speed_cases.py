@@ -54,3 +54,17 @@ def test_contention_seconds_per_step_and_table(tmp_path):
     assert "| auto | 2 | 0.200 | 0.500 | 2.50x |" in table
     argv = speed._pretrain_argv(tmp_path, run, 30, 10)
     assert argv[3:5] == ["pretrain", "--config"] and "train.log_every=10" in argv
+
+
+def test_profile_step_counts_the_operators_of_a_step(capsys):
+    from cebench.benchmarks import profile_step
+
+    argv = ["--config", "small", "--batch-size", "4", "--steps", "2", "--warmup", "0"]
+    assert profile_step.main([*argv, "--rows", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "aten::convolution_backward" in out  # a training step: forward and backward
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("small (eager): ") and "aten operators per step" in line
+    assert int(line.split(": ")[1].split()[0]) > 100
+    assert profile_step.main(["--steps", "0"]) == 2
+    assert "error: --steps" in capsys.readouterr().err
