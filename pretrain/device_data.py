@@ -35,6 +35,11 @@ from cebench.data.images import max_pixels_limit
 from cebench.pretrain.train_data import TrainImages
 
 _EXIF_ORIENTATION = 0x0112
+# Memory bounds: JPEGs decoded per decode_jpeg call (uint8, 3 bytes a pixel: 192 MB) and images
+# resized per interpolate call (float, 12 bytes a pixel: 192 MB). A batch of 64 camera photos
+# (12 Mpx) would otherwise take 2.3 GB decoded and 9.2 GB as floats at once.
+DECODE_PIXELS = 64_000_000
+RESIZE_PIXELS = 16_000_000
 
 
 @dataclass
@@ -47,6 +52,7 @@ class RawItem:
     label: int
     skipped: int
     data: torch.Tensor | None = None  # uint8 [n]: the file's bytes
+    pixels: int = 0  # w x h from the JPEG's header
     ready: torch.Tensor | None = None  # float [3, size, size] in [-1, 1]
 
 
@@ -59,7 +65,7 @@ class RawImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def _jpeg_bytes(self, index: int) -> torch.Tensor | None:
+    def _jpeg_bytes(self, index: int) -> tuple[torch.Tensor, int] | None:
         path = self.images.paths[index]
         try:
             blob = path.read_bytes()
@@ -71,14 +77,14 @@ class RawImages(torch.utils.data.Dataset):
                     return None
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             return None  # TrainImages reads it again and names the problem
-        return torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        return torch.frombuffer(bytearray(blob), dtype=torch.uint8), w * h
 
     def __getitem__(self, key: tuple[int, int]) -> RawItem:
         index, aug_seed = key
         label = self.images.labels[index] if self.images.labels is not None else -1
-        data = self._jpeg_bytes(index)
-        if data is not None:
-            return RawItem(index, aug_seed, label, 0, data=data)
+        jpeg = self._jpeg_bytes(index)
+        if jpeg is not None:
+            return RawItem(index, aug_seed, label, 0, data=jpeg[0], pixels=jpeg[1])
         return cpu_item(self.images, key)
 
 
@@ -125,6 +131,19 @@ def crop_params(
     return x0, y0, flipped
 
 
+def _chunks(idx: list[int], pixels: list[int], budget: int) -> list[list[int]]:
+    """`idx` in runs of at most `budget` pixels in all (at least one image each)."""
+    out: list[list[int]] = []
+    total = budget
+    for i in idx:
+        if total + pixels[i] > budget:
+            out.append([])
+            total = 0
+        out[-1].append(i)
+        total += pixels[i]
+    return out
+
+
 def resize_crop_flip(
     decoded: list[torch.Tensor],
     seeds: list[int],
@@ -136,7 +155,8 @@ def resize_crop_flip(
 ) -> torch.Tensor:
     """Decoded uint8 [3, H, W] images (one device) -> float [B, 3, size, size] in [-1, 1]:
     `TrainImages`' resize -> crop -> [-1, 1] -> flip, batched: one antialiased bicubic resize per
-    distinct (source, target) size, one gather for the crops, one flip."""
+    distinct (source, target) size (in runs of at most RESIZE_PIXELS), one gather per size for
+    the crops, one flip."""
     device = decoded[0].device
     n = len(decoded)
     out = torch.empty(n, 3, size, size, device=device)
@@ -145,21 +165,25 @@ def resize_crop_flip(
         h, w = img.shape[-2:]
         rw, rh = resized_size(w, h, load_size, size)
         groups[(h, w, rh, rw)].append(i)
+    pixels = [img.shape[-1] * img.shape[-2] for img in decoded]
     flips = torch.zeros(n, dtype=torch.bool)
     r = torch.arange(size, device=device)
-    for (h, w, rh, rw), idx in groups.items():
-        x = torch.stack([decoded[i] for i in idx]).float()
-        if (rh, rw) != (h, w):
-            x = F.interpolate(x, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False)
-            x = x.round_().clamp_(0, 255)  # PIL's resize gives 8-bit pixels
-        params = [crop_params(rw, rh, size, crop, flip, seeds[i]) for i in idx]
-        off = torch.tensor([[p[1], p[0]] for p in params], device=device)  # (y0, x0)
-        ys = (off[:, 0:1] + r).view(-1, 1, size, 1)
-        xs = (off[:, 1:2] + r).view(-1, 1, 1, size)
-        g = torch.arange(len(idx), device=device).view(-1, 1, 1, 1)
-        ch = torch.arange(3, device=device).view(1, 3, 1, 1)
-        out[torch.tensor(idx, device=device)] = x[g, ch, ys, xs]
-        flips[idx] = torch.tensor([p[2] for p in params])
+    for (h, w, rh, rw), members in groups.items():
+        for idx in _chunks(members, pixels, RESIZE_PIXELS):
+            x = torch.stack([decoded[i] for i in idx]).float()
+            if (rh, rw) != (h, w):
+                x = F.interpolate(
+                    x, size=(rh, rw), mode="bicubic", antialias=True, align_corners=False
+                )
+                x = x.round_().clamp_(0, 255)  # PIL's resize gives 8-bit pixels
+            params = [crop_params(rw, rh, size, crop, flip, seeds[i]) for i in idx]
+            off = torch.tensor([[p[1], p[0]] for p in params], device=device)  # (y0, x0)
+            ys = (off[:, 0:1] + r).view(-1, 1, size, 1)
+            xs = (off[:, 1:2] + r).view(-1, 1, 1, size)
+            g = torch.arange(len(idx), device=device).view(-1, 1, 1, 1)
+            ch = torch.arange(3, device=device).view(1, 3, 1, 1)
+            out[torch.tensor(idx, device=device)] = x[g, ch, ys, xs]
+            flips[idx] = torch.tensor([p[2] for p in params])
     out = out.div_(127.5).sub_(1.0)
     flips = flips.to(device).view(-1, 1, 1, 1)
     return torch.where(flips, out.flip(-1), out)
@@ -187,23 +211,25 @@ class DeviceDecoder:
             return out
 
     def __call__(self, items: list[RawItem]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        jpeg = [i for i, it in enumerate(items) if it.data is not None]
-        decoded = self._decode([items[i] for i in jpeg]) if jpeg else []
-        for i, img in zip(list(jpeg), decoded, strict=True):
-            if img is None:  # undecodable: the CPU path names it (or skips it)
-                items[i] = cpu_item(self.images, (items[i].index, items[i].aug_seed))
-                jpeg.remove(i)
         d = self.images
         images = torch.empty(len(items), 3, d.size, d.size, device=self.device)
-        if jpeg:
-            images[torch.tensor(jpeg, device=self.device)] = resize_crop_flip(
-                [img for img in decoded if img is not None],
-                [items[i].aug_seed for i in jpeg],
-                size=d.size,
-                load_size=d.load_size,
-                crop=d.crop,
-                flip=d.flip,
-            )
+        jpeg = [i for i, it in enumerate(items) if it.data is not None]
+        pixels = [it.pixels for it in items]
+        for chunk in _chunks(jpeg, pixels, DECODE_PIXELS) if jpeg else []:
+            decoded = self._decode([items[i] for i in chunk])
+            good = [i for i, img in zip(chunk, decoded, strict=True) if img is not None]
+            for i, img in zip(chunk, decoded, strict=True):
+                if img is None:  # undecodable: the CPU path names it (or skips it)
+                    items[i] = cpu_item(d, (items[i].index, items[i].aug_seed))
+            if good:
+                images[torch.tensor(good, device=self.device)] = resize_crop_flip(
+                    [img for img in decoded if img is not None],
+                    [items[i].aug_seed for i in good],
+                    size=d.size,
+                    load_size=d.load_size,
+                    crop=d.crop,
+                    flip=d.flip,
+                )
         for i, it in enumerate(items):
             if it.ready is not None:
                 images[i] = it.ready.to(self.device, non_blocking=True)

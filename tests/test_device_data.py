@@ -175,3 +175,23 @@ def test_pretrain_with_device_decoding_equals_cpu_decoding_without_resizes(tmp_p
         for k, v in runs.items()
     }
     assert rows["device"] == rows["cpu"] and len(rows["cpu"]) == 3
+
+
+def test_memory_bounded_chunks_give_the_same_batch(photos, monkeypatch):
+    """Decoding and resizing in runs of a pixel budget (camera photos would take gigabytes at
+    once) changes nothing but the number of calls."""
+    from cebench.pretrain import device_data
+
+    keys = [(i, 40 + i) for i in range(len(photos))] * 2
+    _, whole, _, _, _ = _both(photos, keys)
+    calls = []
+    real = device_data.F.interpolate
+    monkeypatch.setattr(
+        device_data.F, "interpolate", lambda x, **kw: calls.append(len(x)) or real(x, **kw)
+    )
+    monkeypatch.setattr(device_data, "DECODE_PIXELS", 200 * 150)
+    monkeypatch.setattr(device_data, "RESIZE_PIXELS", 1)
+    _, chunked, items, _, _ = _both(photos, keys)
+    assert torch.equal(chunked, whole)
+    assert set(calls) == {1} and items[3].pixels == 640 * 480
+    assert device_data._chunks([0, 1, 2, 3], [5, 5, 5, 20], 10) == [[0, 1], [2], [3]]
