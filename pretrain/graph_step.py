@@ -159,7 +159,8 @@ class GraphedStep:
         else:
             if self.graph is None:
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):
+                # thread_local: the DataLoader's pin-memory thread may call CUDA meanwhile
+                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                     self.out = self._body()
             self.graph.replay()  # the capture recorded the step without running it
             assert self.out is not None
