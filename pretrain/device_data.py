@@ -1,6 +1,6 @@
 """Training images decoded and augmented on the training device (`data.decode: device`).
 
-    cebench pretrain --config paper-alexnet --data PHOTOS --out runs/a --set data.decode=device
+    cebench pretrain --config paper-alexnet --data PHOTOS --out runs/a data.decode=device
 
 The loader workers only read each file's bytes (and its header: size, colour mode, EXIF
 orientation). The main process decodes a batch's JPEGs in one `torchvision.io.decode_jpeg` call
@@ -18,6 +18,8 @@ few grey levels (libjpeg decodes identically on the CPU; the resize is torch's a
 in float instead of PIL's in 8-bit integers, then rounded to 8 bits): tests/test_device_data.py
 states the tolerance. nvJPEG may differ from libjpeg by a level or two more. There is no DCT-scaled
 (draft) decoding: each JPEG is decoded at full size, which is what a GPU is fast at.
+torchvision 0.29 marks its image decoders deprecated (a DeprecationWarning, hidden by default) in
+favour of TorchCodec; they still work, and the pinned torchvision keeps them.
 """
 
 from __future__ import annotations

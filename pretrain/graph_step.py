@@ -1,6 +1,6 @@
 """The context encoder's whole training step as one CUDA graph (`train.cuda_graph`).
 
-    cebench pretrain --config paper-inpainting --data DIR --out runs/p --set train.cuda_graph=on
+    cebench pretrain --config paper-inpainting --data DIR --out runs/p train.cuda_graph=on
 
 On a GPU the paper's step is many small kernels (benchmarks/README.md "GPU": 13-17 ms per batch of
 64, 2-4% of the bf16 matmul peak), so the CPU's time to launch them is the first limit. A CUDA

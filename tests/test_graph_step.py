@@ -144,3 +144,18 @@ def test_choose_step_names_why_a_step_is_not_graphed(images, tmp_path):
 def test_cuda_graph_bad_value_is_a_config_error(images, tmp_path):
     with pytest.raises(ConfigError, match="cuda_graph"):
         tiny_config(images, tmp_path / "x", ["train.cuda_graph=maybe"])
+
+
+def test_resume_may_switch_cuda_graph(images, tmp_path, capsys):
+    """train.cuda_graph changes how the step runs, not what it computes: a resumed run may
+    change it without the "ignoring changed keys" note, and continues bit-exactly."""
+    from cebench.pretrain.train import build_config, get_args_parser
+
+    whole = run(tiny_config(images, tmp_path / "whole", ["train.steps=4", "train.save_every=2"]))
+    run(tiny_config(images, tmp_path / "part", ["train.steps=2", "train.save_every=2"]))
+    capsys.readouterr()
+    argv = ["--out", str(tmp_path / "part"), "--resume", "--steps", "4"]
+    resumed = run(build_config(get_args_parser().parse_args([*argv, "train.cuda_graph=on"])))
+    err = capsys.readouterr().err
+    assert "ignoring changed keys" not in err and "train.cuda_graph=on: no CUDA device" in err
+    assert _losses(resumed) == _losses(whole)
