@@ -10,10 +10,14 @@
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh [SECONDS]     # SECONDS: the whole script's budget (500)
 #   OUT=/tmp/gpu bash benchmarks/gpu_check.sh ab            # 1, then A/Bs: data workers, channels_last,
 #                                                           # the photo folder (plain / draft / prepared)
+#   bash benchmarks/gpu_check.sh throughput                 # 1, 2, then issue 27's figures: eager vs
+#       train.cuda_graph=on + data.decode=device (img/s, % of peak, step ms, data/step, 100k-step
+#       hours), the photo folder with device decoding, and the kernel profiles (about 5 minutes)
+# OUT defaults to benchmarks/gpu/<UTC date> (the folder the README's GPU tables cite).
 set -u
-OUT=${OUT:-/tmp/cebench-gpu}
+OUT=${OUT:-benchmarks/gpu/$(date -u +%Y-%m-%d)}
 MODE=all
-if [ "${1:-}" = ab ]; then MODE=ab; shift; fi
+if [ "${1:-}" = ab ] || [ "${1:-}" = throughput ]; then MODE=$1; shift; fi
 DEADLINE=${1:-500}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -46,6 +50,49 @@ if [ "$MODE" = ab ]; then
     timeout 120 cebench speed --device cuda --json --configs none --photos --steps 5 --warmup 2 \
         >"$OUT/photos.log" 2>&1
     echo "photos rc=$?" | tee -a "$OUT/summary.txt"
+    stage done
+    exit 0
+fi
+
+if [ "$MODE" = throughput ]; then
+    stage "CUDA tests"
+    timeout 150 python3 -m pytest -q -p no:cacheprovider -m needs_cuda tests/test_cuda.py \
+        tests/test_speed.py >"$OUT/pytest.log" 2>&1
+    echo "pytest rc=$? $(tail -1 "$OUT/pytest.log")" | tee -a "$OUT/summary.txt"
+    S="cebench speed --device cuda --json --steps 10 --warmup 3 --probe-epochs 1"
+    stage "$S (eager, PIL workers)"
+    timeout 120 $S >"$OUT/speed-eager.log" 2>&1
+    echo "speed eager rc=$?" | tee -a "$OUT/summary.txt"
+    stage "$S --set train.cuda_graph=on --set data.decode=device"
+    timeout 150 $S --set train.cuda_graph=on --set data.decode=device >"$OUT/speed-graph.log" 2>&1
+    echo "speed graph rc=$?" | tee -a "$OUT/summary.txt"
+    python3 - "$OUT/speed-eager.log" "$OUT/speed-graph.log" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+import json, sys
+for f in sys.argv[1:]:
+    try:
+        r = json.loads(open(f).read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError) as e:
+        print(f, "no JSON:", e)
+        continue
+    for k, v in r["configs"].items():
+        print(f"{k}: step {v['cuda_graph']}, decode {v['decode']}: {v['ours_img_per_s']} img/s, "
+              f"{1000 * v['ours_step_s']:.2f} ms/step, {v.get('of_bf16_peak')} of bf16 peak, "
+              f"ours/plain {v['ratio']}, data/train {v['data_over_train']}, "
+              f"100k steps {v['wall_100k_h']} h")
+PY
+    stage "photos (data.decode=device row)"
+    timeout 150 cebench speed --device cuda --json --configs none --photos --steps 5 --warmup 2 \
+        >"$OUT/photos.log" 2>&1
+    echo "photos rc=$?" | tee -a "$OUT/summary.txt"
+    grep '^| ' "$OUT/photos.log" | tee -a "$OUT/summary.txt"
+    for c in paper-inpainting paper-alexnet; do
+        for g in off on; do
+            stage "profile $c train.cuda_graph=$g"
+            timeout 60 python3 -m cebench.benchmarks.profile_step --config "$c" --device cuda \
+                --set train.cuda_graph=$g >"$OUT/profile-$c-graph-$g.log" 2>&1
+            echo "rc=$? $(tail -1 "$OUT/profile-$c-graph-$g.log")" | tee -a "$OUT/summary.txt"
+        done
+    done
     stage done
     exit 0
 fi

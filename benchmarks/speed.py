@@ -29,8 +29,11 @@ bottleneck, joint loss; "paper-alexnet" = 227 px AlexNet, random-region masks; "
 --photos: the `small` config on camera-sized files (6 JPEGs 4000x3000 with sensor-like noise, 2
 PNGs 2560x1600; written once into --workdir): its training rate against the training DataLoader
 with the default workers decoding them at full size (plain), in JPEG draft mode (draft: what
-training does), and from `cebench data prepare`'s copy at the load size (prepared), and the
-copy's own cost. --contention: `cebench pretrain` (small config) alone and with a second one
+training does), from `cebench data prepare`'s copy at the load size (prepared), and with
+`data.decode: device` (device: the workers read bytes, --device decodes the JPEGs and resizes,
+crops and flips the batch; the PNGs go through the workers), and the copy's own cost.
+`--set train.cuda_graph=on` / `--set data.decode=device` measure the configurations' step as one
+CUDA graph / their data path decoded on the device. --contention: `cebench pretrain` (small config) alone and with a second one
 competing for the CPUs, for the automatic thread count and one thread, each with passive and
 with OpenMP's default wait policy (cebench.core.threads).
 
@@ -43,7 +46,7 @@ JSON (last line with --json): {"date", "device", "torch", "threads", "git_commit
 "flops_per_step", "ours_tflops", "ours_peak_mem_gib", "plain_peak_mem_gib", "mem_kind",
 "data_workers", "data_img_per_s", "data_over_train", "features_img_per_s", "probe_images",
 "probe_epochs", "probe_s", "compile_s", "compiled_step_s", "compiled_speedup", "of_bf16_peak",
-"of_fp32_peak"}}}, with "matmul_peak_tflops": {"n",
+"of_fp32_peak", "cuda_graph", "decode", "wall_100k_h"}}}, with "matmul_peak_tflops": {"n",
 "reps", "bf16", "fp32"}, "photos" (--photos) and "contention" (--contention) beside "configs".
 Times are seconds, memory GiB; null where not measured.
 """
@@ -72,6 +75,9 @@ CONFIGS = {
 }
 DEFAULT_CONFIGS = ["paper-inpainting", "paper-alexnet"]
 CPU_MEMORY_LIMIT_GIB = 8.0
+PAPER_STEPS = (
+    100_000  # paper-alexnet's pretraining (Sec. 5.2: about 100k iterations, 14 h on a Titan X)
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -215,6 +221,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
 
     from cebench.benchmarks.plain_reference import PlainStep
     from cebench.core.distributed import DistInfo
+    from cebench.pretrain.graph_step import GraphedStep
     from cebench.pretrain.masks import fill_holes
     from cebench.pretrain.steps import batch_masks
     from cebench.pretrain.trainer import Trainer
@@ -282,7 +289,16 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
             plain_step()
         if compiled is not None:
             compiled_step()
-    if args.warmup == 0:  # count on a copy so the timed steps start from the same state
+    graphed = isinstance(trainer.step_fn, GraphedStep)
+    while graphed and trainer.step_fn.graph is None:  # its eager warm-up and capture: untimed
+        if flops:
+            ours_step()
+            continue
+        with FlopCounterMode(display=False) as fc:  # an eager step: a replay shows no ops
+            ours_step()
+        flops = fc.get_total_flops()
+    # (not under a graph: it holds the optimizer states that load_state_dict would replace)
+    if args.warmup == 0 and not graphed:  # count on a copy so the timed steps start the same
         mods = [*trainer.method.models.values(), *trainer.method.optims.values()]
         saved = [copy.deepcopy(m.state_dict()) for m in mods]
         with FlopCounterMode(display=False) as fc:
@@ -379,6 +395,9 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         "compile_s": round(compile_s, 2) if compile_s is not None else None,
         "compiled_step_s": round(statistics.median(t_comp), 4) if t_comp else None,
         "compiled_speedup": round(statistics.median(comp_ratios), 3) if comp_ratios else None,
+        "cuda_graph": "graph" if graphed else "eager",
+        "decode": cfg.data.decode,
+        "wall_100k_h": round(PAPER_STEPS * ours_s / 3600, 2),
     }
 
 
@@ -467,10 +486,19 @@ def _skip_prefetched(it: Any, workers: int) -> None:
         next(it)
 
 
-def _data_rate(paths: list[Path], cfg: Any, draft: bool, batches: int, workers: int) -> float:
+def _data_rate(
+    paths: list[Path],
+    cfg: Any,
+    draft: bool,
+    batches: int,
+    workers: int,
+    device: torch.device | None = None,
+) -> float:
     """Images/s of the training DataLoader (`TrainImages` + `StepBatchSampler`, `workers`
-    processes) over `paths`, after the workers' head start (`_skip_prefetched`)."""
+    processes) over `paths`, after the workers' head start (`_skip_prefetched`). With `device`:
+    `data.decode: device`'s loader (workers read bytes, `device` decodes and augments)."""
     from cebench.core.threads import data_worker_init
+    from cebench.pretrain.device_data import device_loader
     from cebench.pretrain.train_data import StepBatchSampler, TrainImages, collate
 
     ds = TrainImages(
@@ -483,18 +511,22 @@ def _data_rate(paths: list[Path], cfg: Any, draft: bool, batches: int, workers: 
     )
     b = cfg.train.batch_size
     sampler = StepBatchSampler(len(ds), b, cfg.train.seed, 0, batches + 1 + 2 * workers)
-    loader = torch.utils.data.DataLoader(
-        ds,
+    kwargs = dict(
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,
         worker_init_fn=data_worker_init if workers else None,
     )
+    if device is not None:
+        loader: Any = device_loader(ds, device, **kwargs)
+    else:
+        loader = torch.utils.data.DataLoader(ds, collate_fn=collate, **kwargs)
     it = iter(loader)
     _skip_prefetched(it, workers)
     t = time.perf_counter()
     for _ in range(batches):
         next(it)
+    if device is not None:
+        _sync(device)
     rate = batches * b / (time.perf_counter() - t)
     del it
     return rate
@@ -551,6 +583,7 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "plain": _data_rate(src, cfg, False, slow, workers),
         "draft": _data_rate(src, cfg, True, slow, workers),
         "prepared": _data_rate(dst, cfg, True, max(8, args.steps), workers),
+        "device": _data_rate(src, cfg, True, slow, workers, device=trainer.device),
     }
     mpx = [_megapixels(p) for p in files]
     return {
@@ -565,6 +598,7 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "median_mpx": round(statistics.median(mpx), 2),
         "mbytes": round(sum(p.stat().st_size for p in files) / 1e6, 1),
         "data_workers": workers,
+        "decode_device": trainer.device.type,
         "train_img_per_s": round(train_rate, 2),
         **{f"data_{k}_img_per_s": round(v, 2) for k, v in rates.items()},
         **{f"data_{k}_over_train": round(v / train_rate, 2) for k, v in rates.items()},
@@ -693,13 +727,16 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         return "-" if v is None else f"{v:.{nd}f}"
 
     head = (
-        "| config | batch | amp | ours img/s | plain img/s | ours/plain | data img/s | data/train "
-        "| peak mem ours / plain (GiB) | TFLOP/s | of matmul peak | features img/s | probe s |"
+        "| config | batch | amp | step | ours img/s | step ms | 100k steps (h) | plain img/s "
+        "| ours/plain | data img/s | data/train | peak mem ours / plain (GiB) | TFLOP/s "
+        "| of matmul peak | features img/s | probe s |"
     )
-    rows = [head, "|" + "---|" * 13]
+    rows = [head, "|" + "---|" * 16]
     for name, r in results.items():
+        step = r["cuda_graph"] + (", device decode" if r["decode"] == "device" else "")
         rows.append(
-            f"| {name} | {r['batch_size']} | {r['amp']} | {f(r['ours_img_per_s'])} | "
+            f"| {name} | {r['batch_size']} | {r['amp']} | {step} | {f(r['ours_img_per_s'])} | "
+            f"{f(1000 * r['ours_step_s'])} | {f(r['wall_100k_h'], 2)} | "
             f"{f(r['plain_img_per_s'])} | {f(r['ratio'], 2)} | {f(r['data_img_per_s'])} | "
             f"{f(r['data_over_train'], 1)} | {f(r['ours_peak_mem_gib'], 2)} / "
             f"{f(r['plain_peak_mem_gib'], 2)} | {f(r['ours_tflops'], 3)} | {_of_peak(r)} | "
@@ -725,11 +762,15 @@ def format_photos(r: dict[str, Any]) -> str:
         "| data path | data img/s | training img/s | data/train |\n|---|---|---|---|"
     )
     rows = [head]
-    for k in ("plain", "draft", "prepared"):
+    for k in ("plain", "draft", "prepared", "device"):
         rows.append(
             f"| {k} | {r[f'data_{k}_img_per_s']:.1f} | {r['train_img_per_s']:.1f} | "
             f"{r[f'data_{k}_over_train']:.2f} |"
         )
+    rows.append(
+        f"\ndevice: the workers read bytes, {r['decode_device']} decodes the JPEGs and resizes / "
+        "crops / flips the batch (data.decode=device); the PNGs are decoded by the workers"
+    )
     rows.append(
         f"\npreparing the copy (cebench data prepare, 1 process): {r['prepare_s']:.1f} s, "
         f"{r['prepare_img_per_s']:.1f} images/s"

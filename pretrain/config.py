@@ -56,6 +56,9 @@ class DataConfig:
         False  # replace an undecodable image by the next one (counted) instead of stopping
     )
     max_pixels: int = 89_478_485  # an image with more pixels (w x h) is a bad image (PIL's level)
+    # cpu: workers decode with PIL; device: workers read bytes, the training device decodes JPEGs
+    # and resizes / crops / flips the batch (cebench.pretrain.device_data)
+    decode: Literal["cpu", "device"] = "cpu"
 
     def validate(self) -> None:
         if self.load_size < 0:
@@ -144,6 +147,8 @@ class TrainConfig:
     device: str = "auto"
     amp: Literal["auto", "bf16", "off"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
     channels_last: bool = False
+    # one CUDA graph per step (cebench.pretrain.graph_step): off | on | auto (on, quiet off CUDA)
+    cuda_graph: Literal["off", "on", "auto"] = "off"
     log_every: int = 10
     save_every: int = 500
     sample_every: int = 500  # PNG grid into samples/, and one at the last step; 0 = never
@@ -281,6 +286,7 @@ RUNTIME_KEYS = {
         "save_every",
         "sample_every",
         "tensorboard",
+        "cuda_graph",  # the same numbers as the eager step (cebench.pretrain.graph_step)
     ),
     "data": ("path", "workers", "max_pixels"),
     "monitor": tuple(f.name for f in fields(MonitorConfig)),  # watches training, never changes it

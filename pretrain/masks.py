@@ -31,6 +31,8 @@ MASK_KINDS: tuple[str, ...] = ("center", "random-block", "random-region", "none"
 
 # Released code (train_random.lua): noise at 6% of full resolution, upscaled bicubically.
 NOISE_RESOLUTION = 0.06
+MAX_BLOCKS = 8  # random-block: rectangles drawn per sample (at most)
+MAX_SHAPES = 4  # random-region with a shape bank: shapes drawn per sample (at most)
 
 
 def _check_size(size: int, coverage: float | None = None) -> None:
@@ -92,7 +94,7 @@ def random_block_masks(
     batch: int,
     size: int,
     coverage: float = 0.25,
-    max_blocks: int = 8,
+    max_blocks: int = MAX_BLOCKS,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
@@ -105,9 +107,16 @@ def random_block_masks(
     _check_size(size, coverage)
     if max_blocks < 1:
         raise ConfigError(f"max_blocks must be >= 1, got {max_blocks}")
+    u = _uniform((batch, max_blocks, 5), generator, device)
+    return block_masks_from_uniform(u, size, coverage)
+
+
+def block_masks_from_uniform(u: torch.Tensor, size: int, coverage: float) -> torch.Tensor:
+    """`random_block_masks` from its uniform draws u [B, max_blocks, 5]: tensor ops only (no
+    host sync, static shapes), so a CUDA graph can capture it (cebench.pretrain.graph_step)."""
+    max_blocks, device = u.shape[1], u.device
     lo = max(1, size // 8)
     hi = max(lo, int(size * math.sqrt(coverage / 2)))
-    u = _uniform((batch, max_blocks, 5), generator, device)
     hs = (lo + u[..., 0] * (hi - lo + 1)).long().clamp(max=hi)  # [B, K]
     ws = (lo + u[..., 1] * (hi - lo + 1)).long().clamp(max=hi)
     top = (u[..., 2] * (size - hs + 1)).long()
@@ -122,6 +131,10 @@ def random_block_masks(
     return _union_within_coverage(blocks, coverage)
 
 
+def _noise_cells(size: int) -> int:
+    return math.ceil(size * NOISE_RESOLUTION) + 4  # +4 cells: bicubic support and crop room
+
+
 def _noise_region_masks(
     batch: int, size: int, coverage: float, generator: torch.Generator | None, device
 ) -> torch.Tensor:
@@ -130,14 +143,24 @@ def _noise_region_masks(
     re-draws crops until 20-30% is covered and uses that one mask for the whole batch; here every
     sample gets its own crop, whose floor(coverage * H * W) lowest values form the hole, so each
     mask covers exactly that many pixels, never more than `coverage`."""
-    cells = math.ceil(size * NOISE_RESOLUTION) + 4  # +4 cells: bicubic support and crop room
-    big = round(cells / NOISE_RESOLUTION)
+    cells = _noise_cells(size)
     noise = _uniform((batch, 1, cells, cells), generator, device)
+    crop_u = _uniform((batch, 2), generator, device)
+    return noise_masks_from_uniform(noise, crop_u, size, coverage)
+
+
+def noise_masks_from_uniform(
+    noise: torch.Tensor, crop_u: torch.Tensor, size: int, coverage: float
+) -> torch.Tensor:
+    """`_noise_region_masks` from its two uniform draws (noise [B, 1, c, c], crop offsets [B, 2]):
+    tensor ops only, static shapes (capturable in a CUDA graph)."""
+    batch, cells, device = noise.shape[0], noise.shape[-1], noise.device
+    big = round(cells / NOISE_RESOLUTION)
     pattern = F.interpolate(noise, size=(big, big), mode="bicubic", align_corners=False)
     # Random crop per sample, batched with advanced indexing (no Python loop over the batch).
     margin = round(2 / NOISE_RESOLUTION)  # stay away from the border cells bicubic extrapolates
     span = big - size - 2 * margin
-    off = (_uniform((batch, 2), generator, device) * (span + 1)).long().clamp(max=span) + margin
+    off = (crop_u * (span + 1)).long().clamp(max=span) + margin
     r = torch.arange(size, device=device)
     ys = (off[:, 0:1] + r).view(batch, size, 1)
     xs = (off[:, 1:2] + r).view(batch, 1, size)
@@ -152,6 +175,16 @@ def _noise_region_masks(
     return hole.view(batch, 1, size, size)
 
 
+def check_shape_bank(shapes: torch.Tensor) -> None:
+    """Refuse a shape bank that cannot give holes (a host sync: done before any capture)."""
+    if shapes.dim() != 3 or shapes.shape[0] == 0:
+        raise ConfigError(
+            f"random-region shapes must be a non-empty [K, h, w] tensor, got {tuple(shapes.shape)}"
+        )
+    if bool((shapes.flatten(1).float().mean(1) <= 0).any()):
+        raise ConfigError("random-region shapes contain an empty mask")
+
+
 def _shape_region_masks(
     batch: int,
     size: int,
@@ -163,16 +196,19 @@ def _shape_region_masks(
 ) -> torch.Tensor:
     """Shapes from a bank [K, h, w], each randomly scaled, stretched, rotated, flipped (one batched
     affine `grid_sample`) and pasted at a random place; kept while the union is within coverage."""
-    if shapes.dim() != 3 or shapes.shape[0] == 0:
-        raise ConfigError(
-            f"random-region shapes must be a non-empty [K, h, w] tensor, got {tuple(shapes.shape)}"
-        )
-    bank = shapes.to(device=device, dtype=torch.float32)
+    check_shape_bank(shapes)
+    u = _uniform((batch * max_shapes, 7), generator, device)
+    return shape_masks_from_uniform(u, shapes.to(device), batch, size, coverage)
+
+
+def shape_masks_from_uniform(
+    u: torch.Tensor, shapes: torch.Tensor, batch: int, size: int, coverage: float
+) -> torch.Tensor:
+    """`_shape_region_masks` from its uniform draws u [batch * max_shapes, 7] and a checked bank
+    (`check_shape_bank`) on u's device: tensor ops only, static shapes (capturable)."""
+    bank = shapes.to(device=u.device, dtype=torch.float32)
     area = bank.flatten(1).mean(1)  # fraction of its own frame each shape fills
-    if bool((area <= 0).any()):
-        raise ConfigError("random-region shapes contain an empty mask")
-    n = batch * max_shapes
-    u = _uniform((n, 7), generator, device)
+    n, max_shapes = u.shape[0], u.shape[0] // batch
     pick = (u[:, 0] * bank.shape[0]).long().clamp(max=bank.shape[0] - 1)
     # Target area per shape in [coverage/8, coverage/2] of the image: a few shapes fill the budget.
     target = coverage * (0.125 + 0.375 * u[:, 1])
@@ -207,7 +243,7 @@ def random_region_masks(
     shapes: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
-    max_shapes: int = 4,
+    max_shapes: int = MAX_SHAPES,
 ) -> torch.Tensor:
     """Arbitrary-shaped holes covering at most `coverage` of the image, uncorrelated with it.
 
@@ -272,6 +308,49 @@ def make_masks(
     if kind == "none":
         return torch.zeros(batch, 1, size, size, dtype=torch.bool, device=device)
     raise ConfigError(f"unknown mask kind {kind!r}; choose one of {list(MASK_KINDS)}")
+
+
+def mask_draw_shapes(
+    kind: str, batch: int, size: int, *, shapes: torch.Tensor | None = None
+) -> list[tuple[int, ...]]:
+    """The shapes of the uniform draws `make_masks(kind, ...)` takes from its generator, in order
+    (none for "center" and "none"). With `masks_from_draws` it splits `make_masks` in two: the
+    draws (a seeded generator, outside a CUDA graph) and everything after them (captured)."""
+    if kind == "random-block":
+        return [(batch, MAX_BLOCKS, 5)]
+    if kind == "random-region" and shapes is None:
+        cells = _noise_cells(size)
+        return [(batch, 1, cells, cells), (batch, 2)]
+    if kind == "random-region":
+        return [(batch * MAX_SHAPES, 7)]
+    if kind in ("center", "none"):
+        return []
+    raise ConfigError(f"unknown mask kind {kind!r}; choose one of {list(MASK_KINDS)}")
+
+
+def masks_from_draws(
+    kind: str,
+    draws: list[torch.Tensor],
+    batch: int,
+    size: int,
+    *,
+    region: int | None = None,
+    overlap: int = 4,
+    coverage: float = 0.25,
+    shapes: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
+    """`make_masks` from the draws of `mask_draw_shapes` (made by the same generator in the same
+    order, they give the same masks, bit for bit): tensor ops on the device, static shapes, no
+    host sync (a shape bank is checked with `check_shape_bank` beforehand), so capturable."""
+    _check_size(size, coverage)
+    if kind == "random-block":
+        return block_masks_from_uniform(draws[0], size, coverage)
+    if kind == "random-region" and shapes is None:
+        return noise_masks_from_uniform(draws[0], draws[1], size, coverage)
+    if kind == "random-region":
+        return shape_masks_from_uniform(draws[0], shapes, batch, size, coverage)
+    return make_masks(kind, batch, size, region=region, overlap=overlap, device=device)
 
 
 def loss_weights(hole: torch.Tensor, overlap: int, border_weight: float = 10.0) -> torch.Tensor:

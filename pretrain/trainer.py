@@ -57,7 +57,9 @@ from cebench.pretrain.config import (
     resumed_config,
     saved_config,
 )
+from cebench.pretrain.device_data import DecodingLoader, device_loader
 from cebench.pretrain.encoder_file import save_encoder
+from cebench.pretrain.graph_step import choose_step
 from cebench.pretrain.methods import get_method
 from cebench.pretrain.monitor import OnlineProbe
 from cebench.pretrain.samples import save_grid
@@ -258,6 +260,10 @@ class Trainer:
         self._build_models()
         if self.state is not None:
             self._load_state(self.state)
+        # after the load: a captured graph holds the optimizer states' addresses
+        self.step_fn, note = choose_step(self.method, device, dist)
+        if note:
+            self.notes.append(note)
         self.bf16 = self.method.bf16
         self.commit = git_commit()
         self.wall_before = float(self.state["wall_time"]) if self.state else 0.0
@@ -340,7 +346,7 @@ class Trainer:
         w = self.cfg.data.workers
         return w if w >= 0 else default_workers(self.device.type)
 
-    def _loader(self) -> torch.utils.data.DataLoader:
+    def _loader(self) -> torch.utils.data.DataLoader | DecodingLoader:
         cfg = self.cfg
         workers = self.loader_workers
         self.sampler = StepBatchSampler(
@@ -352,14 +358,16 @@ class Trainer:
             self.dist.rank,
             self.dist.world_size,
         )
-        return torch.utils.data.DataLoader(
-            self.ds,
+        kwargs = dict(
             batch_sampler=self.sampler,
             num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
             worker_init_fn=data_worker_init if workers > 0 else None,
+        )
+        if cfg.data.decode == "device":  # workers read bytes; the device decodes
+            return device_loader(self.ds, self.device, **kwargs)
+        return torch.utils.data.DataLoader(
+            self.ds, collate_fn=collate, pin_memory=self.device.type == "cuda", **kwargs
         )
 
     # ----- the loop
@@ -435,7 +443,7 @@ class Trainer:
         images, labels, n_bad = next_batch(it, self.step, self.last_saved)
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         self.skipped_local += n_bad
-        m = self.method.step(images, labels, self.step)
+        m = self.step_fn(images, labels, self.step)
         self.step += 1
         self.pending.append((self.step, m))
         every = cfg.train.sample_every

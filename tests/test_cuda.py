@@ -117,6 +117,37 @@ def test_torchrun_nccl_on_one_gpu_equals_one_process(images, tmp_path):
     assert safe_load(out / "checkpoint.pt")["world_size"] == 1
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["mask.kind=random-block", "train.amp=off"],  # fp32, both networks
+        # bf16, the noise regions, and dropout drawn from the device's generator inside the graph
+        ["mask.kind=random-region", "train.amp=bf16", "model.bottleneck_dropout=0.5"],
+    ],
+)
+def test_cuda_graph_step_equals_the_eager_step_on_cuda(
+    images, tmp_path, monkeypatch, capsys, extra
+):
+    """train.cuda_graph=on: 3 eager warm-up steps, a capture, then replays (a checkpoint and a
+    sample grid written between replays): the eager run's losses and weights."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    over = ["train.steps=8", "train.save_every=4", "train.sample_every=4", "train.device=cuda"]
+    eager = run(tiny_config(images, tmp_path / "eager", [*over, *extra]))
+    capsys.readouterr()
+    graphed = run(tiny_config(images, tmp_path / "graph", [*over, *extra, "train.cuda_graph=on"]))
+    assert "captured as one CUDA graph" in capsys.readouterr().err
+    a, b = _losses(eager), _losses(graphed)
+    assert [s for s, _ in b] == list(range(1, 9))
+    for (step, la), (_, lb) in zip(a, b, strict=True):
+        assert lb == pytest.approx(la, rel=1e-6, abs=1e-7), step
+    wa = safe_load(eager / "checkpoint.pt")["models"]
+    wb = safe_load(graphed / "checkpoint.pt")["models"]
+    for part in wa:
+        for k, v in wa[part].items():
+            torch.testing.assert_close(wb[part][k], v, rtol=1e-6, atol=1e-7, msg=f"{part}.{k}")
+
+
 def test_frozen_features_on_cuda_equal_the_cpu():
     """The transfer harnesses' feature extraction (fp32) gives the CPU's features on the GPU."""
     from cebench.pretrain.models import build_encoder

@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 
 from cebench.core.errors import ConfigError
 from cebench.pretrain.masks import (
+    block_masks_from_uniform,
     center_masks,
     center_region_start,
     fill_holes,
     loss_weights,
     make_masks,
+    mask_draw_shapes,
+    masks_from_draws,
     random_block_masks,
     random_region_masks,
     shape_bank_from_label_maps,
@@ -166,3 +169,74 @@ def test_property_coverage_shape_dtype(kind, batch, size, coverage, seed):
         m = make_masks(kind, batch, size, coverage=coverage, generator=g)
     assert m.shape == (batch, 1, size, size) and m.dtype == torch.bool
     assert float(_coverage(m).max()) <= coverage + 1e-9
+
+
+# ----- the split used by the CUDA-graph step: draws (outside the graph), then tensor ops
+SHAPE_BANK = torch.zeros(3, 16, 16, dtype=torch.bool)
+SHAPE_BANK[0, 4:12, 4:12] = True
+SHAPE_BANK[1, 2:14, 6:10] = True
+SHAPE_BANK[2, 8:, :8] = True
+
+
+@pytest.mark.parametrize(
+    "kind,shapes",
+    [
+        ("random-block", None),
+        ("random-region", None),
+        ("random-region", SHAPE_BANK),
+        ("center", None),
+        ("none", None),
+    ],
+)
+def test_masks_from_draws_equal_make_masks_bit_for_bit(kind, shapes):
+    """The graph step's masks (draws into static buffers, then `masks_from_draws`) are the eager
+    step's masks exactly: same generator, same draws in the same order, same ops."""
+    kw = dict(region=16, overlap=2, coverage=0.25, shapes=shapes)
+    for seed in range(3):
+        eager = make_masks(kind, 5, 32, generator=torch.Generator().manual_seed(seed), **kw)
+        gen = torch.Generator().manual_seed(seed)
+        draws = [torch.rand(s, generator=gen) for s in mask_draw_shapes(kind, 5, 32, shapes=shapes)]
+        split = masks_from_draws(kind, draws, 5, 32, **kw)
+        assert split.dtype == torch.bool and split.shape == (5, 1, 32, 32)
+        assert torch.equal(split, eager), (kind, seed)
+
+
+def _naive_blocks(u: torch.Tensor, size: int, coverage: float) -> torch.Tensor:
+    """Per-sample, per-block Python loops over the same draws: the spec of random_block_masks."""
+    b, k, _ = u.shape
+    lo = max(1, size // 8)
+    hi = max(lo, int(size * math.sqrt(coverage / 2)))
+    out = torch.zeros(b, 1, size, size, dtype=torch.bool)
+    for i in range(b):
+        n = 1 + min(int(float(u[i, 0, 4]) * k), k - 1)
+        union = torch.zeros(size, size, dtype=torch.bool)
+        for j in range(n):
+            h = min(int(lo + float(u[i, j, 0]) * (hi - lo + 1)), hi)
+            w = min(int(lo + float(u[i, j, 1]) * (hi - lo + 1)), hi)
+            top, left = (
+                int(float(u[i, j, 2]) * (size - h + 1)),
+                int(float(u[i, j, 3]) * (size - w + 1)),
+            )
+            cand = union.clone()
+            cand[top : top + h, left : left + w] = True
+            if cand.sum() > coverage * size * size + 1e-6:
+                break
+            union = cand
+        out[i, 0] = union
+    return out
+
+
+def test_block_masks_from_uniform_match_a_naive_loop():
+    u = torch.rand(16, 8, 5, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(block_masks_from_uniform(u, 32, 0.25), _naive_blocks(u, 32, 0.25))
+
+
+def test_draw_shapes_are_static_and_unknown_kind_refused():
+    """Static shapes: the draws depend on (kind, batch, size, bank or not), never on the step."""
+    assert mask_draw_shapes("random-block", 4, 32) == [(4, 8, 5)]
+    assert mask_draw_shapes("random-region", 4, 32, shapes=SHAPE_BANK) == [(16, 7)]
+    noise = mask_draw_shapes("random-region", 4, 64)
+    assert noise == [(4, 1, math.ceil(64 * 0.06) + 4, math.ceil(64 * 0.06) + 4), (4, 2)]
+    assert mask_draw_shapes("center", 4, 32) == mask_draw_shapes("none", 4, 32) == []
+    with pytest.raises(ConfigError, match="unknown mask kind"):
+        mask_draw_shapes("blob", 4, 32)

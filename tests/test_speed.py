@@ -172,16 +172,19 @@ def test_bf16_loss_curve_tracks_fp32():
 def test_speed_cli_json_keys(capsys):
     args = speed.get_args_parser().parse_args(
         ["--json", "--steps", "1", "--warmup", "0", "--configs", "small", "--batch-size", "4",
-         "--probe-epochs", "2", "--set", "data.workers=1", "--set", "train.channels_last=true"]
+         "--probe-epochs", "2", "--set", "data.workers=1", "--set", "train.channels_last=true",
+         "--set", "data.decode=device", "--set", "train.cuda_graph=on"]
     )  # fmt: skip
     assert speed.main(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith("| config |")
     res = json.loads(out[-1])
     assert {"date", "device", "torch", "threads", "git_commit", "overrides", "configs"} <= set(res)
-    assert res["overrides"] == ["data.workers=1", "train.channels_last=true"]
+    assert res["overrides"][:2] == ["data.workers=1", "train.channels_last=true"]
     r = res["configs"]["small"]
     assert r["data_workers"] == 1 and r["channels_last"] is True  # --set reached the config
+    assert r["decode"] == "device" and r["cuda_graph"] == "eager"  # on the CPU: the eager step
+    assert r["wall_100k_h"] == pytest.approx(1e5 * r["ours_step_s"] / 3600, rel=1e-2, abs=0.01)
     keys = speed.__doc__.split('"configs": {NAME: {')[1].split("}}}")[0]
     documented = {k.strip().strip('"') for k in keys.replace("\n", " ").split(",")}
     assert documented == set(r), documented ^ set(r)

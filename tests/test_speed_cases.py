@@ -22,11 +22,12 @@ def test_photos_case_reports_plain_draft_prepared(tmp_path, monkeypatch, capsys)
     assert res["configs"] == {} and res["contention"] is None and res["matmul_peak_tflops"] is None
     r = res["photos"]
     assert (r["files"], r["jpegs"], r["pngs"], r["load_size"]) == (8, 6, 2, 72)
-    for k in ("plain", "draft", "prepared"):
+    for k in ("plain", "draft", "prepared", "device"):
         assert r[f"data_{k}_img_per_s"] > 0
         ratio = r[f"data_{k}_img_per_s"] / r["train_img_per_s"]
         assert abs(r[f"data_{k}_over_train"] - ratio) <= 0.005 + 1e-3 * ratio
-    assert "| prepared |" in "\n".join(out)
+    assert "| prepared |" in "\n".join(out) and "| device |" in "\n".join(out)
+    assert r["decode_device"] == "cpu"
     # the files are kept in --workdir, and the prepared copy mirrors them at the load size
     photos = list_images(tmp_path / "photos")
     assert [p.name for p in photos] == [f"{i:02d}.{'jpg' if i < 6 else 'png'}" for i in range(8)]
@@ -53,3 +54,17 @@ def test_contention_seconds_per_step_and_table(tmp_path):
     assert "| auto | 2 | 0.200 | 0.500 | 2.50x |" in table
     argv = speed._pretrain_argv(tmp_path, run, 30, 10)
     assert argv[3:5] == ["pretrain", "--config"] and "train.log_every=10" in argv
+
+
+def test_profile_step_counts_the_operators_of_a_step(capsys):
+    from cebench.benchmarks import profile_step
+
+    argv = ["--config", "small", "--batch-size", "4", "--steps", "2", "--warmup", "0"]
+    assert profile_step.main([*argv, "--rows", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "aten::convolution_backward" in out  # a training step: forward and backward
+    line = out.strip().splitlines()[-1]
+    assert line.startswith("small (eager): ") and "aten operators per step" in line
+    assert int(line.split(": ")[1].split()[0]) > 100
+    assert profile_step.main(["--steps", "0"]) == 2
+    assert "error: --steps" in capsys.readouterr().err
