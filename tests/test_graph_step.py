@@ -16,7 +16,7 @@ import torch
 from cebench.core.distributed import DistInfo
 from cebench.core.errors import ConfigError
 from cebench.core.io import safe_load
-from cebench.core.logger import read_jsonl
+from cebench.core.logger import MetricLogger, read_jsonl
 from cebench.pretrain.graph_step import GraphedStep, choose_step
 from cebench.pretrain.train import run
 from cebench.pretrain.trainer import Trainer
@@ -32,7 +32,9 @@ def images(tmp_path_factory):
 
 def _trainer(cfg) -> Trainer:
     t = Trainer(cfg, torch.device("cpu"), DistInfo())
-    t.pending, t.skipped_local = [], 0  # what Trainer.train() sets before its loop
+    # what Trainer.train() sets before its loop
+    t.pending, t.skipped_local, t.probe_row = [], 0, {}
+    t.logger = MetricLogger(None, enabled=False)
     return t
 
 
