@@ -48,8 +48,9 @@ from cebench.core.io import atomic_write_text
 from cebench.core.logger import MetricLogger
 from cebench.core.provenance import git_commit
 from cebench.core.threads import data_worker_init, default_workers, set_threads, threads_note
-from cebench.data import ImageFolderDataset, list_images
+from cebench.data import ImageFolderDataset
 from cebench.data.images import set_max_pixels
+from cebench.data.layout import pretrain_images
 from cebench.pretrain.config import (
     RELEASED_MEAN_RGB,
     PretrainConfig,
@@ -290,7 +291,9 @@ class Trainer:
             folder = ImageFolderDataset(cfg.data.path)
             paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
         else:
-            paths, labels, classes = list_images(cfg.data.path), None, []
+            paths, note = pretrain_images(cfg.data.path, cfg.data.split)
+            labels, classes = None, []
+            self.say(note)  # what a dataset root gave: its photos, never its label masks
         if self.method_cls.uses_fill and fill_value is None:
             if cfg.data.fill == "released":
                 fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]

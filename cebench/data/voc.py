@@ -141,7 +141,7 @@ def parse_annotation(xml_path: str | Path, classes: list[str]) -> VOCAnnotation:
         )
         if xmax < xmin or ymax < ymin:
             raise DatasetError(
-                f"{path}: {where} box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} is empty (x2 <= x1 or y2 <= y1)"
+                f"{path}: {where} box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} is empty (xmax < xmin or ymax < ymin)"
             )
         if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
             raise DatasetError(
