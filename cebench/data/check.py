@@ -33,6 +33,7 @@ from cebench.data.images import list_images, load_rgb
 from cebench.data.layout import VOC_TASKS, detect_layout, guess_coco_images, voc_tasks
 from cebench.data.voc import (
     IGNORE_INDEX,
+    VOC_CLASSES,
     find_image,
     load_segmentation_mask,
     parse_annotation,
@@ -229,7 +230,11 @@ def check_voc(root: Path, report: CheckReport) -> None:
     if classes is None:
         return
     source = (
-        "classes.txt" if (root / "classes.txt").is_file() else "the 20 VOC classes: no classes.txt"
+        "classes.txt"
+        if (root / "classes.txt").is_file()
+        else "the 20 VOC classes: no classes.txt"
+        if classes == list(VOC_CLASSES)
+        else "the names in Annotations/: no classes.txt"
     )
     report.lines.append(f"  {len(classes)} classes ({source}): {', '.join(classes)}")
     usable = _task_lines(root, report)
@@ -323,9 +328,9 @@ def _mask_values(root: Path, classes: list[str], values: Counter, report: CheckR
     absent = [c for k, c in enumerate(classes, start=1) if k not in values]
     if absent:
         hint = (
-            ""
-            if (root / "classes.txt").is_file()
-            else "; without classes.txt the 20 VOC names are assumed"
+            "; without classes.txt the 20 VOC names are assumed"
+            if not (root / "classes.txt").is_file() and classes == list(VOC_CLASSES)
+            else ""
         )
         report.warnings.append(
             f"{root / 'SegmentationClass'}: {len(absent)} of the {len(classes)} classes never occur "
