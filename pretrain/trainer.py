@@ -288,7 +288,8 @@ class Trainer:
         """(training images, class names, the hole fill value: saved in the config, reused on resume)."""
         fill_value = cfg.data.fill_value
         if self.method_cls.uses_labels:
-            folder = ImageFolderDataset(cfg.data.path)
+            root = Path(cfg.data.path)
+            folder = ImageFolderDataset(root / cfg.data.split if cfg.data.split else root)
             paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
         else:
             paths, note = pretrain_images(cfg.data.path, cfg.data.split)

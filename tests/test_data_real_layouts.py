@@ -14,7 +14,7 @@ from cebench.cli import main as cli_main
 from cebench.core.errors import DatasetError
 from cebench.data import listing
 from cebench.data.check import check
-from cebench.data.images import first_image, list_images
+from cebench.data.images import first_image, list_image_strings, list_images
 from cebench.data.layout import detect_layout, pretrain_images
 from cebench.data.synth import generate
 
@@ -41,17 +41,17 @@ def seg_only(synth: Path, where: Path) -> Path:
 
 def test_pretrain_images_take_the_photos_of_each_layout(synth, tmp_path):
     paths, note = pretrain_images(synth)
-    assert paths == list_images(synth / "unlabelled") and len(paths) == 4
+    assert paths == list_image_strings(synth / "unlabelled") and len(paths) == 4
     assert note == f"built-in root {synth}: 4 images from unlabelled/"
 
     voc = synth / "VOC"
     assert len(list_images(voc)) == 16  # 8 photos + 8 SegmentationClass masks
     paths, note = pretrain_images(voc)
-    assert paths == list_images(voc / "JPEGImages") and len(paths) == 8
+    assert paths == list_image_strings(voc / "JPEGImages") and len(paths) == 8
     assert "8 images from JPEGImages (all splits)" in note
     train_ids = (voc / "ImageSets/Main/train.txt").read_text().split()
     paths, note = pretrain_images(voc, "train")
-    assert [p.stem for p in paths] == train_ids
+    assert [Path(p).stem for p in paths] == train_ids
     assert note == f"VOC root {voc}: 4 train images from JPEGImages (ImageSets/Main/train.txt)"
     with pytest.raises(DatasetError, match="test.txt: split file not found"):
         pretrain_images(voc, "test")
@@ -60,15 +60,15 @@ def test_pretrain_images_take_the_photos_of_each_layout(synth, tmp_path):
     seg = seg_only(synth, tmp_path / "user")
     paths, note = pretrain_images(tmp_path / "user", "val")
     val_ids = (seg / "ImageSets/Segmentation/val.txt").read_text().split()
-    assert [p.stem for p in paths] == val_ids and "ImageSets/Segmentation/val.txt" in note
+    assert [Path(p).stem for p in paths] == val_ids and "ImageSets/Segmentation/val.txt" in note
 
     paths, note = pretrain_images(synth / "imagefolder", "val")
-    assert paths == list_images(synth / "imagefolder" / "val")
+    assert paths == list_image_strings(synth / "imagefolder" / "val")
     with pytest.raises(DatasetError, match="no test/ split folder"):
         pretrain_images(synth / "imagefolder", "test")
 
     paths, note = pretrain_images(synth / "coco")
-    assert paths == list_images(voc / "JPEGImages") and "COCO root" in note
+    assert paths == list_image_strings(voc / "JPEGImages") and "COCO root" in note
 
 
 def test_plain_folder_with_masks_warns(synth, tmp_path):
@@ -265,3 +265,36 @@ def test_parallel_check_reports_the_same(synth, tmp_path):
     one, two = check(folder, workers=1), check(folder, workers=2)
     assert one.lines == two.lines and one.problems == two.problems
     assert len(one.problems) == 1 and "broken.jpg: cannot read image" in one.problems[0]
+
+
+def test_listing_order_is_sorted_paths_on_a_random_tree(tmp_path, monkeypatch):
+    """The listing's order without a global sort equals sorted(Path) of an os.walk (the naive
+    reference), on names that interleave files and folders, cases and separators-like chars."""
+    import os
+    import random
+
+    monkeypatch.setenv("CEBENCH_LISTING_CACHE", "off")
+    rng = random.Random(0)
+    chars = "aAbB-_.0Z~"
+    folders = [tmp_path / "t"]
+    for _ in range(40):
+        parent = rng.choice(folders)
+        name = "".join(rng.choice(chars) for _ in range(rng.randint(1, 3))).strip(".") or "d"
+        if not (parent / name).exists():
+            (parent / name).mkdir(parents=True)
+            folders.append(parent / name)
+    for _ in range(150):
+        stem = "".join(rng.choice(chars) for _ in range(rng.randint(1, 3)))
+        f = rng.choice(folders) / (stem + rng.choice([".jpg", ".PNG", ".txt"]))
+        if not f.exists() and not stem.startswith("."):
+            f.write_bytes(b"")
+    ref = []
+    for dirpath, dirnames, filenames in os.walk(tmp_path / "t"):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        ref += [
+            Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and f.lower().endswith((".jpg", ".png"))
+        ]
+    assert len(ref) > 50
+    assert list_images(tmp_path / "t") == sorted(ref)

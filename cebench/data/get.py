@@ -150,9 +150,12 @@ def fetch(url: str, dest: Path, md5: str, say: Callable[[str], None] = _say) -> 
         say(f"  {dest.name}: already downloaded, MD5 ok")
         return
     part = dest.with_name(dest.name + ".part")
-    last_error = ""
-    for _ in range(TRIES):
+    last_error, before = "", -1
+    for attempt in range(TRIES):
         have = part.stat().st_size if part.is_file() else 0
+        if attempt and have == before:  # the last try brought nothing: wait a little
+            time.sleep(min(2**attempt, 10))
+        before = have
         request = urllib.request.Request(url, headers={"User-Agent": "cebench"})
         if have:
             request.add_header("Range", f"bytes={have}-")

@@ -19,6 +19,7 @@ pretraining's automatic config choice all call `detect_layout`, so they agree on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from cebench.core.errors import DatasetError
@@ -56,11 +57,14 @@ def is_imagefolder(root: Path) -> bool:
     """Class sub-folders that each hold images, and no loose images beside them."""
     subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     loose = [p for p in root.iterdir() if p.is_file() and is_image_file(p)]
-    return (
-        bool(subdirs)
-        and not loose
-        and all(any(is_image_file(f) for f in d.iterdir()) for d in subdirs)
-    )
+    return bool(subdirs) and not loose and all(_holds_image(d) for d in subdirs)
+
+
+def _holds_image(folder: Path) -> bool:
+    """Whether `folder` directly holds an image file; stops at the first (os.scandir reads the
+    folder in chunks, so a class folder of ImageNet's is not listed whole)."""
+    with os.scandir(folder) as entries:
+        return any(is_image_file(e.name) and e.is_file() for e in entries)
 
 
 def detect_layout(path: str | Path) -> list[tuple[str, Path]]:
@@ -156,10 +160,10 @@ def _voc_split_images(root: Path, split: str) -> tuple[list[Path], str]:
     return [find_image(root, i) for i in dict.fromkeys(ids)], f"ImageSets/{tasks[0]}/{split}.txt"
 
 
-def label_folders(root: Path, paths: list[Path]) -> list[str]:
+def label_folders(root: Path, paths: list[str] | list[Path]) -> list[str]:
     """Folders under `root` that hold some of `paths` and are named like label-image folders
     (SegmentationClass/, masks/, gtFine/, ...): a plain folder that mixes photos and masks."""
-    parents = {p.parent for p in paths}
+    parents = {Path(d) for d in {os.path.dirname(p) for p in paths}}
     found = set()
     for d in parents:
         rel = d.relative_to(root).parts if d.is_relative_to(root) else ()
@@ -170,8 +174,8 @@ def label_folders(root: Path, paths: list[Path]) -> list[str]:
     return sorted(found)
 
 
-def pretrain_images(data: str | Path, split: str = "") -> tuple[list[Path], str]:
-    """(the photos to pretrain on, a line saying what was taken) for `--data`.
+def pretrain_images(data: str | Path, split: str = "") -> tuple[list[str], str]:
+    """(the photos to pretrain on, as path strings; a line saying what was taken) for `--data`.
 
     A recognised layout gives its photos only: the built-in root its unlabelled/ images, a VOC root
     its JPEGImages (those of `split` when given: ImageSets/Main/<split>.txt, else
@@ -180,7 +184,7 @@ def pretrain_images(data: str | Path, split: str = "") -> tuple[list[Path], str]
     Any other folder: every image under it, with a warning in the line when some sit in folders
     named like label masks (SegmentationClass/, masks/, ...). DatasetError if nothing is found or
     `split` does not exist."""
-    from cebench.data.images import list_images
+    from cebench.data.images import list_image_strings as list_images  # strings: cheaper
 
     path = Path(data)
     if not path.exists():
@@ -205,6 +209,7 @@ def pretrain_images(data: str | Path, split: str = "") -> tuple[list[Path], str]
                 )
             if split:
                 got, source = _voc_split_images(root, split)
+                got = [str(p) for p in got]
                 parts.append(f"{_count(len(got), split + ' image')} from JPEGImages ({source})")
             else:
                 got = list_images(root / "JPEGImages")

@@ -72,14 +72,29 @@ def _walk(root: str, suffixes: tuple[str, ...]) -> dict[str, list]:
 
 def _files(root: str, dirs: dict[str, list]) -> list[str]:
     """The full path strings, in the order sorted(Path) gives (part by part, not character by
-    character: "a/b.jpg" before "a-c.jpg")."""
-    files = [
-        os.path.join(root, rel, n) if rel else os.path.join(root, n)
-        for rel, (_, names) in dirs.items()
-        for n in names
-    ]
-    files.sort(key=lambda s: s.split(os.sep))
-    return files
+    character: "a/b.jpg" before "a-c.jpg"): each folder's files and sub-folders in name order,
+    a sub-folder's files in its place. No global sort: each folder's names are sorted already."""
+    children: dict[str, list[str]] = {}
+    for rel in dirs:
+        if rel:
+            parent, _, name = rel.rpartition(os.sep)
+            children.setdefault(parent, []).append(name)
+    out: list[str] = []
+
+    def emit(rel: str, prefix: str) -> None:
+        names, subs = dirs[rel][1], children.get(rel)
+        if not subs:  # the common case (an ImageNet class folder): its files, in order
+            out.extend([prefix + n for n in names])
+            return
+        for name, is_dir in sorted([(n, False) for n in names] + [(d, True) for d in subs]):
+            if is_dir:
+                emit(os.path.join(rel, name) if rel else name, prefix + name + os.sep)
+            else:
+                out.append(prefix + name)
+
+    if "" in dirs:
+        emit("", os.path.join(root, ""))
+    return out
 
 
 def _cache_file(root: str, folder: Path) -> Path:
