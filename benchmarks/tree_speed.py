@@ -125,12 +125,17 @@ def _pretrain_once(data: Path, out: Path, cache: str) -> float:
 def check_seconds(folder: Path, workers: int) -> float:
     """`cebench data check`'s work (`cebench.data.check.check`) in this process."""
     from cebench.data.check import check
+    from cebench.data.images import clear_file_cache
 
-    start = time.perf_counter()
-    report = check(folder, workers=workers)
-    if report.problems:
-        raise SystemExit(f"data check found problems: {report.problems[:3]}")
-    return time.perf_counter() - start
+    best = float("inf")
+    for _ in range(2):  # the best of two: a shared machine's noise only ever adds time
+        clear_file_cache()  # one process would otherwise find the last run's decoded images
+        start = time.perf_counter()
+        report = check(folder, workers=workers)
+        best = min(best, time.perf_counter() - start)
+        if report.problems:
+            raise SystemExit(f"data check found problems: {report.problems[:3]}")
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import hashlib
 import http.server
 import io
 import shutil
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -252,3 +253,24 @@ def test_urls_and_checksums_are_torchvisions():
     assert table["sbd"].archives[0].md5 == "82b4d87ceb2ed10f6038a1cba92111cb"
     a = table["voc2012"].archives[0]
     assert a.source("http://127.0.0.1:1/m/") == "http://127.0.0.1:1/m/VOCtrainval_11-May-2012.tar"
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        ("data get voc2007 --root {afile}", "cannot write"),
+        ("data get nosuch --root {root}", "invalid choice"),
+        ("data check {root} --workers -1", "--workers must be >= 0"),
+        ("data check {root} --task nosuch", "invalid choice"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match, monkeypatch):
+    monkeypatch.setenv(get_mod.MIRROR_ENV, "http://127.0.0.1:9")  # nothing may be fetched
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    args = argv.format(afile=afile, root=tmp_path).split()
+    with pytest.raises(SystemExit) as e:
+        sys.exit(cli_main(args))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert match in err[-1] and "Traceback" not in "\n".join(err)
