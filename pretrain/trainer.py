@@ -291,10 +291,10 @@ class Trainer:
             root = Path(cfg.data.path)
             folder = ImageFolderDataset(root / cfg.data.split if cfg.data.split else root)
             paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
+            note = ""
         else:
             paths, note = pretrain_images(cfg.data.path, cfg.data.split)
             labels, classes = None, []
-            self.say(note)  # what a dataset root gave: its photos, never its label masks
         if self.method_cls.uses_fill and fill_value is None:
             if cfg.data.fill == "released":
                 fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
@@ -307,6 +307,8 @@ class Trainer:
                     else None
                 )
                 fill_value = D.broadcast_object(mean)
+        if note:  # once the images read: what a dataset root gave (its photos, never its label
+            self.say(note)  # masks), or a warning for a plain folder that mixes them
         ds = TrainImages(
             paths,
             labels,

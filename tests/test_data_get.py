@@ -130,7 +130,8 @@ def test_voc2007_resumes_verifies_and_extracts(server, monkeypatch, voc, tmp_pat
         ("VOCtrainval_06-Nov-2007.tar", f"bytes={half}-"),
     ]
     root = tmp_path / "data" / "VOCdevkit" / "VOC2007"
-    assert f"continuing at {half:,} bytes" in out
+    total = len(archives["VOCtrainval_06-Nov-2007.tar"])
+    assert f"continuing at {half:,} of {total:,} bytes" in out
     assert f"--set data.paths.voc2007={root}" in out
     assert check(root, task="detection").problems == []
     assert not list((tmp_path / "data").glob("*.tar*"))  # archives deleted once extracted

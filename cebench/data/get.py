@@ -165,10 +165,11 @@ def fetch(url: str, dest: Path, md5: str, say: Callable[[str], None] = _say) -> 
                     have = 0
                 total = response.headers.get("Content-Length")
                 total = int(total) + have if total is not None else None
+                size = f"{total:,} bytes" if total else "size unknown"
                 say(
-                    f"  {url}: "
-                    + (f"continuing at {have:,} bytes" if have else "downloading")
-                    + (f" of {total:,}" if total else "")
+                    f"  {url}: continuing at {have:,} of {size}"
+                    if have
+                    else f"  {url}: downloading {size}"
                 )
                 _copy(response, part, have, total, say)
             break
