@@ -23,7 +23,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": (
         "cebench.data.commands",
-        "generate the built-in dataset (synth) or validate a dataset (check)",
+        "generate the built-in dataset (synth), validate a dataset (check), resize photos "
+        "(prepare) or download the paper's public datasets (get)",
     ),
     "pretrain": (
         "cebench.pretrain.train",

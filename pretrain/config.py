@@ -43,6 +43,10 @@ MaskKind = Literal["center", "random-block", "random-region", "none"]
 @dataclass
 class DataConfig:
     path: str = ""  # training images (any folder tree); an ImageFolder tree for --method supervised
+    # a dataset root's split to pretrain on (VOC ImageSets/*/<split>.txt, ImageFolder <split>/,
+    # COCO json name; --method supervised: the ImageFolder's <split>/ folder); "" = all of its
+    # photos (cebench.data.layout.pretrain_images)
+    split: str = ""
     load_size: int = 0  # resize the shorter side to this before cropping; 0 = keep the size
     crop: Literal["random", "center"] = "random"
     flip: bool = True  # random horizontal flip

@@ -77,15 +77,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 def _first_image_side(data: str) -> int:
     from PIL import Image
 
-    from cebench.data import list_images
-    from cebench.data.images import too_large
+    from cebench.data.images import first_image, too_large
     from cebench.data.layout import detect_layout
 
     if not Path(data).exists():
         raise DatasetError(f"--data {data}: no such file or directory")
     kind, where = detect_layout(data)[0]
     where = {"synth": where / "unlabelled", "voc": where / "JPEGImages"}.get(kind, where)
-    path = list_images(where if where.exists() else data)[0]
+    path = first_image(where if where.exists() else data)  # not the whole listing: one file
     try:
         with Image.open(path) as im:  # the header only: nothing is decoded
             problem = too_large(path, im.size)

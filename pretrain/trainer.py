@@ -48,8 +48,9 @@ from cebench.core.io import atomic_write_text
 from cebench.core.logger import MetricLogger
 from cebench.core.provenance import git_commit
 from cebench.core.threads import data_worker_init, default_workers, set_threads, threads_note
-from cebench.data import ImageFolderDataset, list_images
+from cebench.data import ImageFolderDataset
 from cebench.data.images import set_max_pixels
+from cebench.data.layout import pretrain_images
 from cebench.pretrain.config import (
     RELEASED_MEAN_RGB,
     PretrainConfig,
@@ -294,10 +295,13 @@ class Trainer:
         """(training images, class names, the hole fill value: saved in the config, reused on resume)."""
         fill_value = cfg.data.fill_value
         if self.method_cls.uses_labels:
-            folder = ImageFolderDataset(cfg.data.path)
+            root = Path(cfg.data.path)
+            folder = ImageFolderDataset(root / cfg.data.split if cfg.data.split else root)
             paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
+            note = ""
         else:
-            paths, labels, classes = list_images(cfg.data.path), None, []
+            paths, note = pretrain_images(cfg.data.path, cfg.data.split)
+            labels, classes = None, []
         if self.method_cls.uses_fill and fill_value is None:
             if cfg.data.fill == "released":
                 fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
@@ -310,6 +314,8 @@ class Trainer:
                     else None
                 )
                 fill_value = D.broadcast_object(mean)
+        if note:  # once the images read: what a dataset root gave (its photos, never its label
+            self.say(note)  # masks), or a warning for a plain folder that mixes them
         ds = TrainImages(
             paths,
             labels,

@@ -88,8 +88,8 @@ def test_voc_classification_ignore_only_for_difficult_only_classes(tmp_path):
     [
         ([("cat", 0, 1, 5, 5, 0)], "outside the 16x16 image"),
         ([("cat", 1, 1, 17, 5, 0)], "outside the 16x16 image"),
-        ([("cat", 6, 1, 5, 5, 0)], r"empty \(x2 <= x1"),
-        ([("cat", 1, 9, 5, 8, 0)], r"empty \(x2 <= x1 or y2 <= y1\)"),
+        ([("cat", 6, 1, 5, 5, 0)], r"empty \(xmax < xmin"),
+        ([("cat", 1, 9, 5, 8, 0)], r"empty \(xmax < xmin or ymax < ymin\)"),
         ([("cow", 1, 1, 5, 5, 0)], "unknown class 'cow'"),
         ([("cat", 1, 1, "five", 5, 0)], "<xmax> is not a number: .five."),
         ([("cat", 1, 1, 5, 5, 2)], "<difficult> is '2'"),

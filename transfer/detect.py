@@ -74,6 +74,7 @@ from cebench.transfer.metrics import (
     DetectionEvaluator,
     VOCDetectionEvaluator,
     coco_gt_from_targets,
+    per_class_table,
 )
 
 
@@ -628,6 +629,7 @@ def main(args: argparse.Namespace) -> int:
         f"detect: VOC07 mAP {m['mAP_voc07']:.2f} AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
         f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
     )
+    print(per_class_table(m["per_class_AP_voc07"], "AP (VOC07, %)"))
     return 0
 
 

@@ -427,3 +427,12 @@ class VOCDetectionEvaluator:
         }
 
     summarize = compute  # the name DetectionEvaluator uses
+
+
+def per_class_table(values: dict[str, float], metric: str) -> str:
+    """The per-class numbers as lines to print under a run's summary, one class a line, named
+    as the dataset names them ("  apple      0.70" under "  class  AP (VOC07, %)")."""
+    width = max([len("class"), *(len(str(name)) for name in values)])
+    lines = [f"  {'class':<{width}}  {metric}"]
+    lines += [f"  {name:<{width}}  {value:>{len(metric)}.2f}" for name, value in values.items()]
+    return "\n".join(lines)

@@ -59,7 +59,7 @@ from cebench.transfer.data import ResizedImages, calibration_batch, find_format,
 from cebench.transfer.detect import select_levels
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
-from cebench.transfer.metrics import ConfusionMatrix
+from cebench.transfer.metrics import ConfusionMatrix, per_class_table
 
 
 @dataclass
@@ -405,6 +405,7 @@ def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
     m = run(cfg, preset_note(args))["metrics"]
     print(f"segment: mIoU {m['mIoU']:.2f} pixel acc {m['pixel_acc']:.2f} -> {cfg.out}/metrics.json")
+    print(per_class_table(m["per_class_IoU"], "IoU (%)"))
     return 0
 
 
@@ -500,6 +501,7 @@ class Segment(Harness):
         classes = ["background", *data.train.classes]
         metrics = evaluate(model, val_loader, len(classes), device)
         metrics.update(
+            per_class_IoU=dict(zip(classes, metrics["per_class_iou"], strict=True)),
             score=metrics["mIoU"],
             format=data.format,
             classes=classes,

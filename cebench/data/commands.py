@@ -1,5 +1,5 @@
-"""`cebench data`: generate the built-in synthetic dataset, validate a dataset folder, or write a
-resized copy of a photo folder.
+"""`cebench data`: generate the built-in synthetic dataset, validate a dataset folder, write a
+resized copy of a photo folder, or download one of the paper's public datasets.
 
 cebench data synth --out data/builtin
 cebench data synth --out data/tiny --size 32 --images 48 --unlabelled 48 --folder-images 60 --seed 1
@@ -7,6 +7,7 @@ cebench data check data/builtin
 cebench data check VOCdevkit/VOC2007
 cebench data check coco/annotations/instances_val2017.json --images coco/val2017
 cebench data prepare ~/photos --size 160 --out data/photos-160
+cebench data get voc2007 --root data
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ EXAMPLES = """examples:
   cebench data check coco/annotations/instances_val2017.json --images coco/val2017
   cebench data prepare ~/photos --size 160 --out data/photos-160
       resized copy (shorter side 160, same names and order) to train on instead of ~/photos
+  cebench data get voc2007 --root data
+      download (resumable), verify the published MD5 and extract into data/VOCdevkit/VOC2007;
+      also voc2012, sbd, imagenette; `cebench data get imagenet` / `paris` say how to obtain them
 
-`check` exits 0 when no problem is found and 1 otherwise, after listing every problem.
+`check` exits 0 when no problem is found and 1 otherwise, after listing every problem (and every
+warning: suspicious but readable, e.g. a zero-area box; warnings alone exit 0).
 """
 
 
@@ -39,7 +44,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
     )
-    sub = p.add_subparsers(dest="action", required=True, metavar="{synth,check,prepare}")
+    sub = p.add_subparsers(dest="action", required=True, metavar="{synth,check,prepare,get}")
     s = sub.add_parser(
         "synth",
         help="write the synthetic dataset (unlabelled, VOC, COCO, ImageFolder) from a seed",
@@ -105,6 +110,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="print only the problems and the final line"
     )
     c.add_argument(
+        "--task",
+        choices=["detection", "segmentation"],
+        default=None,
+        help="a VOC root is checked for this task only: fail only what it cannot read "
+        "(default: every task whose folders are there)",
+    )
+    c.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that read the images (default 0: the usable CPUs / concurrent jobs, "
+        "as cebench.core.threads; CEBENCH_THREADS or OMP_NUM_THREADS override)",
+    )
+    c.add_argument(
         "--max-pixels",
         type=int,
         default=None,
@@ -132,7 +151,38 @@ def get_args_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--force", action="store_true", help="replace an --out that holds something else"
     )
+    g = sub.add_parser(
+        "get",
+        help="download, verify (MD5) and extract a public dataset of the paper suite",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES,
+    )
+    g.add_argument(
+        "name",
+        choices=["voc2007", "voc2012", "sbd", "imagenette", "imagenet", "paris"],
+        help="dataset (imagenet and paris cannot be downloaded: how to obtain them is printed)",
+    )
+    g.add_argument("--root", default="data", help="folder to extract into (default data)")
+    g.add_argument(
+        "--mirror",
+        default=None,
+        help="base URL to download from instead of the original server (the archive's file name "
+        "is appended); also CEBENCH_DATA_MIRROR",
+    )
+    g.add_argument(
+        "--keep-archives", action="store_true", help="keep the archives after extraction"
+    )
     return p
+
+
+def _get(args: argparse.Namespace) -> int:
+    from cebench.data.get import NOT_DOWNLOADABLE, get
+
+    if args.name in NOT_DOWNLOADABLE:
+        print(NOT_DOWNLOADABLE[args.name].replace("DIR", args.root))
+        return 1  # nothing was fetched
+    get(args.name, args.root, mirror=args.mirror, keep_archives=args.keep_archives)
+    return 0
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -204,12 +254,23 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from cebench.core.errors import ConfigError
+    from cebench.core.threads import resolve_threads
     from cebench.data.check import check
 
-    report = check(args.path, images=args.images, max_pixels=args.max_pixels)
+    if args.workers < 0:
+        raise ConfigError(f"--workers must be >= 0 (0 = automatic), got {args.workers}")
+    workers = resolve_threads(args.workers or None).threads
+    report = check(
+        args.path, images=args.images, max_pixels=args.max_pixels, task=args.task, workers=workers
+    )
     if not args.quiet:
         print(f"formats: {', '.join(report.formats) or 'none'}")
         print("\n".join(report.lines))
+    if report.warnings:
+        print(f"warnings ({len(report.warnings)}):")
+        for warning in report.warnings:
+            print(f"  {warning}")
     if report.problems:
         print(f"problems ({len(report.problems)}):")
         for problem in report.problems:
@@ -219,7 +280,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    return {"synth": _synth, "check": _check, "prepare": _prepare}[args.action](args)
+    return {"synth": _synth, "check": _check, "prepare": _prepare, "get": _get}[args.action](args)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ image, or a root with no class folder, is an error rather than a silently smalle
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cebench.core.errors import DatasetError
-from cebench.data.images import IMAGE_EXTENSIONS, list_images, load_rgb
+from cebench.data.images import IMAGE_EXTENSIONS, load_rgb
+from cebench.data.listing import image_tree
 
 
 def find_classes(root: str | Path) -> list[str]:
@@ -38,15 +40,21 @@ class ImageFolderDataset:
         self.root = Path(root)
         self.classes = find_classes(self.root)
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        # one listing of the whole root (cached for a large tree: cebench.data.listing), in the
+        # order of the classes and, within one, of sorted(Path); loose files at the root skipped
+        prefix = os.path.join(str(self.root), "")
+        by_class: dict[str, list[Path]] = {c: [] for c in self.classes}
+        for f in image_tree(self.root, IMAGE_EXTENSIONS):
+            head, sep, _ = f[len(prefix) :].partition(os.sep)
+            if sep and head in by_class:
+                by_class[head].append(Path(f))
         self.samples: list[tuple[Path, int]] = []
         for c in self.classes:
-            try:
-                paths = list_images(self.root / c)
-            except DatasetError:
+            if not by_class[c]:
                 raise DatasetError(
                     f"{self.root / c}: class folder holds no image ({', '.join(IMAGE_EXTENSIONS)})"
-                ) from None
-            self.samples.extend((p, self.class_to_idx[c]) for p in paths)
+                )
+            self.samples.extend((p, self.class_to_idx[c]) for p in by_class[c])
         self.targets = [t for _, t in self.samples]
         self.transform = transform
 

@@ -6,7 +6,8 @@
     seg = VOCSegmentation("VOCdevkit/VOC2012", "val")       # (img, mask int64[H,W], 255 = ignore)
 
 Layout: ROOT/JPEGImages/<id>.jpg, ROOT/Annotations/<id>.xml, ROOT/SegmentationClass/<id>.png,
-ROOT/ImageSets/{Main,Segmentation}/<split>.txt, optional ROOT/classes.txt (else the 20 VOC classes).
+ROOT/ImageSets/{Main,Segmentation}/<split>.txt, optional ROOT/classes.txt (else the classes the
+annotations name, sorted, when one of them is not a VOC class; else the 20 VOC classes).
 
 Box convention: VOC `bndbox` is 1-based and inclusive (xmin..xmax are pixel indices); boxes are
 returned 0-based xyxy in continuous pixel coordinates, x1 = xmin - 1, x2 = xmax (as detectron2's
@@ -38,10 +39,13 @@ IGNORE_INDEX = 255
 
 
 def read_classes(voc_root: str | Path) -> list[str]:
-    """Class names from `<voc_root>/classes.txt` (one per line) if present, else the 20 VOC classes."""
+    """Class names from `<voc_root>/classes.txt` (one per line) if present; else, when the
+    Annotations/ name a class outside the 20 VOC classes, the sorted names found there
+    (`annotation_classes`); else the 20 VOC classes."""
     path = Path(voc_root) / "classes.txt"
     if not path.is_file():
-        return list(VOC_CLASSES)
+        found = annotation_classes(voc_root)
+        return found if found and not set(found) <= set(VOC_CLASSES) else list(VOC_CLASSES)
     names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DatasetError(f"{path}: empty class list")
@@ -53,6 +57,31 @@ def read_classes(voc_root: str | Path) -> list[str]:
             f"{path}: {len(names)} classes; at most {IGNORE_INDEX - 1} fit a VOC mask"
         )
     return names
+
+
+_NAMES_CACHE: dict[tuple, list[str]] = {}
+
+
+def annotation_classes(voc_root: str | Path) -> list[str]:
+    """Sorted object names found in `<voc_root>/Annotations/*.xml` ([] without that folder);
+    a file that does not parse is skipped here (the readers and `data check` name it). Kept per
+    process until the folder changes (its mtime)."""
+    folder = Path(voc_root) / "Annotations"
+    try:
+        key = (str(folder.resolve()), folder.stat().st_mtime_ns)
+    except OSError:
+        return []
+    if key not in _NAMES_CACHE:
+        names = set()
+        for xml in folder.glob("*.xml"):
+            try:
+                root = ET.parse(xml).getroot()
+            except (ET.ParseError, OSError):
+                continue
+            names.update((n.text or "").strip() for n in root.iterfind("object/name"))
+        names.discard("")
+        _NAMES_CACHE[key] = sorted(names)
+    return list(_NAMES_CACHE[key])
 
 
 def read_split(voc_root: str | Path, split: str, task: str = "Main") -> list[str]:
@@ -141,7 +170,7 @@ def parse_annotation(xml_path: str | Path, classes: list[str]) -> VOCAnnotation:
         )
         if xmax < xmin or ymax < ymin:
             raise DatasetError(
-                f"{path}: {where} box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} is empty (x2 <= x1 or y2 <= y1)"
+                f"{path}: {where} box xmin={xmin:g} ymin={ymin:g} xmax={xmax:g} ymax={ymax:g} is empty (xmax < xmin or ymax < ymin)"
             )
         if xmin < 1 or ymin < 1 or xmax > width or ymax > height:
             raise DatasetError(
