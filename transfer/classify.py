@@ -70,9 +70,7 @@ from cebench.transfer.data import (
 )
 from cebench.transfer.encoders import (
     MINUS_ONE_ONE,
-    renormalize,
-    rescale_,
-    weights_hash,
+    init_fc_head_,
 )
 from cebench.transfer.features import default_cache_dir, extract_features
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
@@ -202,7 +200,7 @@ class GlobalPool(nn.Module):
 class FcLayers(nn.Sequential):
     """AlexNet's fc6, fc7 on the flattened last stage: Linear-ReLU-Dropout twice, freshly drawn
     (weights N(0, 0.01^2), biases 0.1: the re-initialisation of Krähenbühl et al.'s released
-    VOC classification code)."""
+    VOC classification code), unless the encoder carries trained ones (`load_trained_fc_`)."""
 
     def __init__(self, in_features: int, dims: int = 4096, dropout: float = 0.5) -> None:
         super().__init__(
@@ -221,7 +219,8 @@ class FcLayers(nn.Sequential):
 
 
 class FinetuneModel(FrozenEncoder):
-    """Encoder -> neck -> linear classifier `head` (weights N(0, 0.01^2), bias 0).
+    """Encoder -> neck -> linear classifier `head` (weights N(0, 0.01^2), bias 0; 0.1 with the fc
+    head, as Krähenbühl et al.'s VOC classification code redraws fc8).
 
     head="linear": the neck is a global average pool of the last stage; head="fc": the neck is
     `FcLayers` on the flattened (not pooled) last stage, e.g. AlexNet's pool5 (256 x 6 x 6)."""
@@ -245,7 +244,8 @@ class FinetuneModel(FrozenEncoder):
             self.neck, width = GlobalPool(), encoder.num_features
         self.head = nn.Linear(width, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        # the fc head's fc8: voc-classification's redraw (N(0, 0.01^2), bias 0.1)
+        nn.init.constant_(self.head.bias, 0.1 if head == "fc" else 0.0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.encoder(x))
@@ -478,12 +478,11 @@ def build_finetune_model(
     model = FinetuneModel(
         encoder.to(device), len(train.classes), cfg.head, cfg.fc_dims, cfg.fc_dropout, size
     ).to(device)
-    if cfg.head == "fc" and cfg.rescale != "none":
-        # the fresh fc6/fc7 are part of the network Krähenbühl et al. rescale
-        images = renormalize(calibration(size), info.normalize).to(device)
-        record = rescale_(model, images, cfg.rescale, forward=model.features, seed=cfg.seed)
-        info.meta = {**info.meta, "rescale": {**record, "layers": "encoder, fc6, fc7"}}
-        info.hash = weights_hash(model.encoder)
+    if cfg.head == "fc":  # fc8 (`head`) is drawn after the rescaling, as in voc-classification
+        fc = [m for m in model.neck if isinstance(m, nn.Linear)]
+        init_fc_head_(
+            model, model.encoder, info, fc, model.features, cfg.rescale, cfg.seed, calibration
+        )
     if cfg.frozen:
         model.freeze_encoder()
     return model

@@ -52,6 +52,7 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
+from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
 from cebench.transfer.loop import make_optimizer, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix
@@ -90,7 +91,8 @@ def paper_preset(**overrides: Any) -> SegmentConfig:
     (FCN runs on the whole image at its size), fc6 is zero-padded to keep the pool5 grid (FCN pads
     the input by 100 px and crops), biases get no doubled learning rate. The encoder gets
     Krähenbühl et al.'s data-dependent rescaling first (`rescale="full"`, the paper's transfer
-    protocol); fc6/fc7 keep PyTorch's default initialisation.
+    protocol), of the encoder and fc6/fc7 together; fc6/fc7 are drawn fresh (N(0, 0.01^2), bias
+    0.1), or are the encoder's trained fc6/fc7 reshaped to 6x6 / 1x1 kernels when it carries them.
     """
     cfg = SegmentConfig(
         fc_dims=4096,
@@ -165,6 +167,7 @@ class FCN(FrozenEncoder):
                     drop7=nn.Dropout(fc_dropout),
                 )
             )
+            draw_fresh_fc_([self.fc.fc6, self.fc.fc7])
             channels = {**channels, last.name: fc_dims}
         self.scores = nn.ModuleDict(
             {n: nn.Conv2d(channels[n], num_classes, 1) for n in self.stages}
@@ -295,9 +298,13 @@ class Segment(Harness):
             ResizedImages(data.train, size), cfg.calibration_images, cfg.seed
         )
 
+    def rescale(self, cfg: SegmentConfig) -> str:
+        # with fc6/fc7, they are rescaled together with the encoder: done in build
+        return "none" if cfg.fc_dims else cfg.rescale
+
     def build(self, cfg: SegmentConfig, encoder, info, data: Splits, device) -> FCN:
         num_classes = len(data.train.classes) + 1  # + background
-        return FCN(
+        model = FCN(
             encoder,
             num_classes,
             info.input_size,
@@ -307,6 +314,19 @@ class Segment(Harness):
             cfg.fc_kernel,
             cfg.fc_dropout,
         ).to(device)
+        if model.fc is not None:  # FCN's fc6/fc7 (trained ones as convolutions), score excluded
+            fc = model.fc
+            init_fc_head_(
+                model,
+                model.encoder,
+                info,
+                [fc.fc6, fc.fc7],
+                lambda x: fc(model.encoder(x)),
+                cfg.rescale,
+                cfg.seed,
+                self.calibration(cfg, data),
+            )
+        return model
 
     def fit(self, cfg: SegmentConfig, model: FCN, data: Splits, info, device, log) -> None:
         opt = make_optimizer(
