@@ -72,6 +72,7 @@ PRETRAIN_SETTINGS = (
     ("mask.shapes", "shapes"),
     ("loss.lambda_rec", "rec"),
     ("loss.lambda_adv", "adv"),
+    ("loss.region_weighting", "rec_pixels"),
     ("optim.lr", "lr"),
     ("train.steps", "steps"),
     ("train.batch_size", "batch"),
