@@ -218,6 +218,7 @@ def test_bad_image_named_or_skipped(tmp_path):
         ("train.batch_size=0", "batch_size must be >= 1"),
         ("mask.kind=diamond", "must be one of"),
         ("model_preset=huge", "unknown model_preset 'huge'"),
+        ("loss.region_weighting=edges", r"loss.region_weighting must be one of \['paper'"),
     ],
 )
 def test_config_errors_name_the_key(override, match):
