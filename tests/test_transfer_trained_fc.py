@@ -115,6 +115,10 @@ def test_detection_box_head_gets_trained_fc6_fc7(hub_alexnet, monkeypatch):
     head = model.roi_heads.box_head
     assert torch.equal(head.fc6.weight, w6) and torch.equal(head.fc6.bias, b6)
     assert torch.equal(head.fc7.weight, w7) and torch.equal(head.fc7.bias, b7)
+    # keep_trained_fc=false: always the fresh draw
+    cfg = detect.paper_preset(encoder="x", rescale="none", keep_trained_fc=False)
+    head = detect.Detect().build(cfg, enc, info, data, torch.device("cpu")).roi_heads.box_head
+    assert info.meta["fc6_fc7"] == "fresh" and torch.all(head.fc6.bias == 0.1)
 
 
 def test_fcn_gets_trained_fc6_fc7_as_6x6_and_1x1_kernels(hub_alexnet, monkeypatch):

@@ -581,6 +581,7 @@ class Detect(Harness):
                 cfg.rescale,
                 cfg.seed,
                 self.calibration(cfg, data),
+                cfg.keep_trained_fc,
             )
         return model
 

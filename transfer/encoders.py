@@ -389,12 +389,13 @@ def init_fc_head_(
     rescale: str,
     seed: int,
     calibration: Callable[[int], torch.Tensor] | None,
+    keep_trained: bool = True,
 ) -> None:
-    """A head's fc6/fc7 (`fc`): the encoder's trained ones when it carries them that fit (else
-    the fresh draw stays), recorded as `info.meta["fc6_fc7"]`; then, unless `rescale` is "none",
-    the encoder and the head's layers that `forward` runs rescaled together (`rescale_network_`)
-    on `calibration(input size)` images."""
-    trained = fc if load_trained_fc_(fc, encoder) else []
+    """A head's fc6/fc7 (`fc`): with `keep_trained`, the encoder's trained ones when it carries
+    them that fit (else the fresh draw stays), recorded as `info.meta["fc6_fc7"]`; then, unless
+    `rescale` is "none", the encoder and the head's layers that `forward` runs rescaled together
+    (`rescale_network_`) on `calibration(input size)` images."""
+    trained = fc if keep_trained and load_trained_fc_(fc, encoder) else []
     info.meta = {**info.meta, "fc6_fc7": "trained" if trained else "fresh"}
     if rescale == "none":
         return

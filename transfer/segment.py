@@ -325,6 +325,7 @@ class Segment(Harness):
                 cfg.rescale,
                 cfg.seed,
                 self.calibration(cfg, data),
+                cfg.keep_trained_fc,
             )
         return model
 
