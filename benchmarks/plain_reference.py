@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cebench.pretrain.config import PretrainConfig
+from cebench.pretrain.masks import resolve_region_weighting
 from cebench.pretrain.models.alexnet import ChannelLRN
 from cebench.pretrain.models.context_encoder import build_context_encoder, build_discriminator
 from cebench.pretrain.models.decoder import FullMapConv2d, PointUpconv
@@ -137,10 +138,14 @@ class PlainStep:
         return masks
 
     def _weights(self, hole: torch.Tensor) -> torch.Tensor:
-        """1 on the hole, border_weight on the overlap band around it, 0 elsewhere."""
+        """loss.region_weighting as the suite resolves it: 1 on the hole and border_weight on the
+        overlap band around it ("overlap"), the hole only ("hole"), or every pixel ("whole")."""
         w = hole.float()
+        how = resolve_region_weighting(self.cfg.loss.region_weighting, self.cfg.mask.kind)
+        if how == "whole":
+            return torch.ones_like(w)
         o = self.cfg.mask.overlap
-        if o > 0:
+        if o > 0 and how == "overlap":
             band = F.max_pool2d(w, 2 * o + 1, stride=1, padding=o) - w
             w = w + band * self.cfg.mask.border_weight
         return w

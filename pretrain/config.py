@@ -29,6 +29,7 @@ from cebench.core.config import (
     to_dict,
 )
 from cebench.core.errors import ConfigError
+from cebench.pretrain.masks import REGION_WEIGHTINGS
 from cebench.pretrain.methods import get_method
 from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
 from cebench.pretrain.monitor import MonitorConfig
@@ -111,8 +112,18 @@ class MaskConfig:
 class LossConfig:
     lambda_rec: float = 0.999
     lambda_adv: float = 0.001  # 0 = L2 only: no discriminator is built or stepped
+    # pixels of the reconstruction loss (pretrain/masks.py, resolve_region_weighting): "paper"
+    # (centre, random-block: hole + mask.overlap band weighted mask.border_weight; random-region:
+    # the dropped pixels only), "overlap" (the band for every mask), "hole" (dropped pixels
+    # only), "whole" (plain whole-image L2, as the released train_random.lua)
+    region_weighting: str = "paper"
 
     def validate(self) -> None:
+        if self.region_weighting not in REGION_WEIGHTINGS:
+            raise ConfigError(
+                f"loss.region_weighting must be one of {list(REGION_WEIGHTINGS)}, "
+                f"got {self.region_weighting!r}"
+            )
         if self.lambda_rec < 0 or self.lambda_adv < 0 or self.lambda_rec + self.lambda_adv == 0:
             raise ConfigError(
                 f"loss.lambda_rec and loss.lambda_adv must be >= 0 and not both 0, "

@@ -378,10 +378,14 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def encoder_from_native_file(name: str, kwargs: dict[str, Any], path: str | Path) -> nn.Module:
     """Build encoder `name` and load a timm / torchvision weight file (native names) into it;
-    tensors outside the encoder (a classifier) are ignored, a missing one is a CheckpointError."""
+    tensors outside the encoder are ignored (torchvision AlexNet's fc6/fc7 become its
+    `trained_fc`), a missing one is a CheckpointError."""
     encoder = build_encoder(name, **kwargs)
     mapping, _ = key_map(encoder, name, kwargs, native_format(encoder))
-    _to_encoder(encoder, mapping, read_weights(path), str(path))
+    state = read_weights(path)
+    _to_encoder(encoder, mapping, state, str(path))
+    if hasattr(encoder, "take_trained_fc"):  # torchvision AlexNet's fc6/fc7, for the heads
+        encoder.take_trained_fc(state)
     return encoder
 
 

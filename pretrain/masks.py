@@ -365,6 +365,41 @@ def loss_weights(hole: torch.Tensor, overlap: int, border_weight: float = 10.0) 
     return w
 
 
+# loss.region_weighting: which pixels the reconstruction loss covers, with what weight
+REGION_WEIGHTINGS = ("paper", "overlap", "hole", "whole")
+
+
+def resolve_region_weighting(weighting: str, kind: str) -> str:
+    """ "overlap", "hole" or "whole" for `weighting` (`REGION_WEIGHTINGS`) and mask `kind`.
+
+    "paper": the paper's L_rec = ||M ⊙ (x - F((1 - M) ⊙ x))||² over the dropped region M. For
+    the centre and random-block masks that region carries the paper's overlap (the hole given to
+    the encoder is `overlap` px smaller on each side than the region predicted, the band weighted
+    10x): "overlap". For random regions the paper gives no overlap: the dropped pixels only,
+    "hole" (an overlap band around an irregular shape would carry most of the weight, on pixels
+    the encoder sees)."""
+    if weighting not in REGION_WEIGHTINGS:
+        raise ValueError(f"region weighting must be one of {REGION_WEIGHTINGS}, got {weighting!r}")
+    if weighting == "paper":
+        return "hole" if kind == "random-region" else "overlap"
+    return weighting
+
+
+def region_loss_weights(
+    hole: torch.Tensor, weighting: str, overlap: int, border_weight: float = 10.0
+) -> torch.Tensor:
+    """float[B,1,H,W] loss weights for a resolved `weighting`: "overlap" (`loss_weights`: 1 on the
+    hole, `border_weight` on the `overlap` px band around it), "hole" (1 on the dropped pixels
+    only) or "whole" (1 everywhere: the plain whole-image L2 of the released `train_random.lua`)."""
+    if weighting == "overlap":
+        return loss_weights(hole, overlap, border_weight)
+    if weighting == "hole":
+        return hole.float()
+    if weighting == "whole":
+        return torch.ones_like(hole, dtype=torch.float32)
+    raise ValueError(f"unresolved region weighting {weighting!r} (overlap, hole or whole)")
+
+
 def fill_holes(images: torch.Tensor, hole: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     """Set dropped pixels to the per-channel `fill` value (the dataset mean, in the images' scale)."""
     fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)

@@ -32,7 +32,7 @@ from cebench.pretrain.losses import (
     joint_loss,
     reconstruction_loss,
 )
-from cebench.pretrain.masks import fill_holes, loss_weights, make_masks
+from cebench.pretrain.masks import fill_holes, make_masks, region_loss_weights
 from cebench.pretrain.train_data import _seed
 
 
@@ -48,6 +48,7 @@ class GANParts:
     lambda_adv: float = 0.001
     overlap: int = 4
     border_weight: float = 10.0
+    weighting: str = "overlap"  # resolved loss.region_weighting (masks.resolve_region_weighting)
 
 
 def autocast(device: torch.device, bf16: bool):
@@ -99,12 +100,14 @@ def region_target(
     overlap: int,
     border_weight: float,
     autoencoder: bool,
+    weighting: str = "overlap",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(target, weights) for a prediction of side `out`: the centre region, or the whole image."""
+    """(target, weights) for a prediction of side `out`: the centre region, or the whole image.
+    `weighting`: "overlap", "hole" or "whole" (`cebench.pretrain.masks.region_loss_weights`)."""
     if autoencoder:
         weights = torch.ones_like(hole, dtype=torch.float32)
     else:
-        weights = loss_weights(hole, overlap, border_weight)
+        weights = region_loss_weights(hole, weighting, overlap, border_weight)
     size = images.shape[-1]
     if out != size:
         off = (size - out) // 2
@@ -136,7 +139,13 @@ def context_encoder_step(
         pred = parts.net(masked)
     pred = pred.float()
     target, weights = region_target(
-        images, hole, pred.shape[-1], parts.overlap, parts.border_weight, autoencoder
+        images,
+        hole,
+        pred.shape[-1],
+        parts.overlap,
+        parts.border_weight,
+        autoencoder,
+        parts.weighting,
     )
 
     # L_rec is a weighted mean over the predicted pixels of the *global* batch: scale this

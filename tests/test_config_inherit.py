@@ -104,7 +104,7 @@ def test_paper_alexnet_variants_are_a_base_plus_the_keys_that_differ():
     assert {k for k in base if base[k] != center[k]} == {"mask", "optim"}
     for cfg in (base, pool, center):  # paper Sec. 5.2, inherited from the base
         assert cfg["model"]["bottleneck_dropout"] == 0.5 and cfg["model"]["init"] == "dcgan"
-        assert cfg["loss"] == {"lambda_rec": 1.0, "lambda_adv": 0.0}
+        assert cfg["loss"] == {"lambda_rec": 1.0, "lambda_adv": 0.0, "region_weighting": "paper"}
         assert (cfg["train"]["steps"], cfg["train"]["batch_size"]) == (100000, 64)
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from cebench.benchmarks import speed
 from cebench.benchmarks.plain_reference import PlainStep, plain_layers
 from cebench.pretrain.config import load_pretrain_config
+from cebench.pretrain.masks import resolve_region_weighting
 from cebench.pretrain.models.alexnet import ChannelLRN
 from cebench.pretrain.models.context_encoder import (
     ModelConfig,
@@ -104,7 +105,9 @@ def test_plain_reference_computes_the_suite_losses_in_fp32(kind):
     plain = PlainStep(cfg, net, disc, torch.device("cpu"), fill=[0.4, 0.5, 0.6])
     opt = torch.optim.Adam(net.parameters(), 0.002, betas=(0.5, 0.999), fused=True)
     opt_d = torch.optim.Adam(disc.parameters(), 2e-4, betas=(0.5, 0.999), fused=True)
-    parts = GANParts(net, opt, disc, opt_d, overlap=2, border_weight=10.0)
+    weighting = resolve_region_weighting(cfg.loss.region_weighting, kind)
+    assert weighting == ("overlap" if kind == "center" else "hole")  # the paper's, by default
+    parts = GANParts(net, opt, disc, opt_d, overlap=2, border_weight=10.0, weighting=weighting)
     fill = torch.tensor([0.4, 0.5, 0.6]) * 2 - 1
     x = _images(6)
     for step in range(2):

@@ -69,7 +69,10 @@ def test_loss_goes_down(images, tmp_path, method, mask):
     run_dir = run(cfg)
     rec = [r["loss_rec"] for r in read_jsonl(run_dir / "metrics.jsonl")]
     assert len(rec) == 40
-    assert sum(rec[-5:]) / 5 < 0.7 * sum(rec[:5]) / 5
+    # random regions: the paper's loss covers only the dropped pixels (none the encoder sees), so
+    # it falls more slowly than the losses that include the visible overlap band
+    drop = 0.8 if mask == "random-region" else 0.7
+    assert sum(rec[-5:]) / 5 < drop * sum(rec[:5]) / 5
     for name in (
         "checkpoint.pt",
         "config.yaml",
@@ -215,6 +218,7 @@ def test_bad_image_named_or_skipped(tmp_path):
         ("train.batch_size=0", "batch_size must be >= 1"),
         ("mask.kind=diamond", "must be one of"),
         ("model_preset=huge", "unknown model_preset 'huge'"),
+        ("loss.region_weighting=edges", r"loss.region_weighting must be one of \['paper'"),
     ],
 )
 def test_config_errors_name_the_key(override, match):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -13,8 +16,9 @@ from cebench.core.errors import ConfigError
 from cebench.data.synth import generate
 from cebench.pretrain.models import build_encoder
 from cebench.transfer import classify
-from cebench.transfer.data import ClassificationView, crop_images, default_resize
+from cebench.transfer.data import ClassificationView, crop_images, default_resize, random_crop
 from cebench.transfer.encoders import MINUS_ONE_ONE
+from cebench.transfer.loop import bias_lr_groups, make_optimizer, train_one_epoch
 from cebench.transfer.metrics import voc07_mean_ap, voc_mean_ap
 
 ALEX = "random:alexnet,width=0.125,conv1_kernel=5,conv1_stride=2,conv1_padding=2,norm=none"
@@ -130,6 +134,90 @@ def test_random_crops_are_windows_of_the_resized_image():
         crop_images(img, 32, "random", resize_size=30)
 
 
+class _Rng:
+    """A random.Random stand-in that returns given values: uniform -> s, randint -> its list."""
+
+    def __init__(self, s, ints, flip=0.9):
+        self.s, self.ints, self.flip = s, list(ints), flip
+
+    def uniform(self, a, b):
+        assert (a, b) == (0.5, 2.0)
+        return self.s
+
+    def randint(self, a, b):
+        v = self.ints.pop(0)
+        assert a <= v <= b
+        return v
+
+    def random(self):
+        return self.flip
+
+
+def test_scale_jitter_scales_then_crops_and_pads_with_the_mean():
+    img = _image()
+    # s = 2: the image resized to 2 x 36 = 72 px, the window at (top 5, left 9)
+    c = crop_images(img, 32, "random", rng=_Rng(2.0, [5, 9]), scale=(0.5, 2.0))[0]
+    big = TF.resize(img, [72, 72], antialias=True)
+    assert torch.equal(TF.to_tensor(c), TF.to_tensor(big)[:, 5:37, 9:41])
+    # s = 0.5: 18 px, smaller than the 32 px window: pasted at (x 3, y 7) on a mean-coloured
+    # canvas, then the only window (0, 0); flipped (random() < 0.5)
+    red = Image.new("RGB", (40, 46), (200, 0, 0))
+    c = crop_images(red, 32, "random", rng=_Rng(0.5, [3, 7, 0, 0], 0.1), scale=(0.5, 2.0),
+                    fill=(128, 128, 128))[0]  # fmt: skip
+    a = np.asarray(c)
+    inside = np.zeros((32, 32), bool)
+    inside[7:25, 32 - 3 - 18 : 32 - 3] = True  # flipped left-right
+    assert (a[inside] == (200, 0, 0)).all() and (a[~inside] == (128, 128, 128)).all()
+
+
+def test_random_test_crops_are_ten_seeded_random_crops(synth):
+    base = classify.classification_splits(synth / "VOC", "voc", "train", "val", 32, MINUS_ONE_ONE)[
+        1
+    ].base
+    kw = dict(crop="random-ten", resize_size=40, scale=(0.5, 2.0))
+    view = ClassificationView(base, 32, MINUS_ONE_ONE, False, **kw)
+    x, _ = view[0]
+    assert x.shape == (10, 3, 32, 32)
+    assert torch.equal(x, view[0][0])  # the same crops in every evaluation
+    assert len({c.sum().item() for c in x}) == 10  # ten different crops
+    fixed = ClassificationView(base, 32, MINUS_ONE_ONE, False, crop="ten", resize_size=40)[0][0]
+    assert not torch.equal(x, fixed)
+    other = ClassificationView(base, 32, MINUS_ONE_ONE, False, seed=1, **kw)[0][0]
+    assert not torch.equal(x, other)
+    # the same crops as ten `random_crop` draws from the (seed, index) generator, by hand
+    from cebench.data import load_rgb
+
+    rng = random.Random(0 * 1_000_003 + 0)
+    img = load_rgb(view.image_path(0))
+    naive = [random_crop(img, 32, 40, rng, (0.5, 2.0), (128, 128, 128)) for _ in range(10)]
+    norm = [TF.normalize(TF.to_tensor(c), [0.5] * 3, [0.5] * 3) for c in naive]
+    assert torch.allclose(x, torch.stack(norm), atol=1e-6)
+
+
+def test_gradient_clipping_and_doubled_bias_lr_by_hand():
+    # one SGD step (lr 0.1, no momentum / decay) on l = 100 * (w . x + b): grad w = 100 x,
+    # grad b = 100; ||g|| = 100 * sqrt(|x|^2 + 1) = 100 * sqrt(11) with x = (1, 3)
+    layer = nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.zero_(), layer.bias.zero_()
+    x = torch.tensor([[1.0, 3.0]])
+    opt = make_optimizer(bias_lr_groups(layer, 2.0), "sgd", 0.1, momentum=0.0)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2]
+    train_one_epoch(layer, [x], lambda m, b, d: 100 * m(b).sum(), opt, torch.device("cpu"),
+                    clip_grad_norm=10.0)  # fmt: skip
+    k = 10.0 / (100 * 11**0.5)  # the clipping factor
+    assert torch.allclose(layer.weight, -0.1 * k * 100 * x, atol=1e-6)
+    assert layer.bias.item() == pytest.approx(-0.2 * k * 100, rel=1e-5)  # twice the lr
+
+
+def test_sum_over_classes_bce_by_hand():
+    logits = torch.zeros(2, 3)
+    target = torch.tensor([[1.0, 0.0, -1.0], [0.0, 1.0, 1.0]])  # -1: difficult, left out
+    assert classify.classification_loss(logits, target).item() == pytest.approx(math.log(2))
+    got = classify.classification_loss(logits, target, "sum_classes").item()
+    assert got == pytest.approx(5 * math.log(2) / 2)  # 5 labels, summed, / 2 images
+
+
 def test_score_reports_both_aps():
     s = torch.tensor([[0.9, 0.1], [0.8, 0.7], [0.3, 0.6], [0.2, 0.4], [0.1, 0.2]])
     t = torch.tensor([[0, 1], [1, 0], [1, 1], [0, -1], [1, 0]], dtype=torch.float32)
@@ -166,6 +254,9 @@ def test_presets_and_validation():
         0.001,
         0.5,
     )
+    # voc-classification: scale 0.5-2, 10 random test crops, clip 10, bias lr x2, summed BCE
+    assert (p.min_scale, p.max_scale, p.test_crop_mode) == (0.5, 2.0, "random")
+    assert (p.clip_grad_norm, p.bias_lr_mult, p.bce_reduction) == (10.0, 2.0, "sum_classes")
     for cfg in (classify.ClassifyConfig(), classify.small_preset()):
         assert (cfg.head, cfg.random_crop, cfg.test_crops, cfg.ap, cfg.rescale) == (
             "linear",
@@ -175,7 +266,19 @@ def test_presets_and_validation():
             "none",
         )
         assert cfg.lr_step_fraction is None and (cfg.train_split, cfg.val_split) == ("train", "val")
-    for key, bad in [("test_crops", 5), ("ap", "11pt"), ("head", "mlp"), ("fc_dropout", 1.0)]:
+        assert (cfg.min_scale, cfg.max_scale, cfg.test_crop_mode) == (1.0, 1.0, "fixed")
+        assert (cfg.clip_grad_norm, cfg.bias_lr_mult, cfg.bce_reduction) == (0.0, 1.0, "mean")
+    for key, bad in [
+        ("test_crops", 5),
+        ("ap", "11pt"),
+        ("head", "mlp"),
+        ("fc_dropout", 1.0),
+        ("min_scale", 3.0),
+        ("test_crop_mode", "grid"),
+        ("clip_grad_norm", -1.0),
+        ("bias_lr_mult", 0.0),
+        ("bce_reduction", "sum"),
+    ]:
         with pytest.raises(ConfigError, match=key):
             classify.small_preset(**{key: bad})
 

@@ -43,6 +43,10 @@ class HarnessConfig:
     # training: none | within (within-layer step) | full (within + between-layer step);
     # see cebench.transfer.encoders
     rescale: Literal["none", "within", "full"] = "none"
+    # heads with fc6/fc7 (classify head=fc, detect head=c4, segment fc_dims > 0): start from the
+    # encoder's trained fc6/fc7 when it carries them (torchvision AlexNet), as the paper's
+    # protocols keep them; false: always a fresh draw
+    keep_trained_fc: bool = True
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0

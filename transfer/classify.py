@@ -16,12 +16,13 @@ Protocols (what is trained, defaults = `ClassifyConfig`):
   `paper_preset()` is Krähenbühl et al.'s VOC 2007 protocol (ICLR 2016, arXiv 1511.06856), which
   Pathak et al. (CVPR 2016) follow: `rescale="full"` (their data-dependent within- and
   between-layer rescaling, here of the encoder and the new fc6/fc7 together, on
-  `calibration_images` training images), `head="fc"` (pool5 flattened -> fresh fc6, fc7 of 4096
-  with ReLU and dropout 0.5 -> linear classifier), training images resized to 256/227 of the input
-  and randomly cropped and flipped, 10-crop testing (corners + centre and their flips, logits
-  averaged), VOC 2007 11-point AP as the score, trainval -> test; SGD momentum 0.9, lr 0.001
-  halved every 1/8 of training, batch 16, weight decay 1e-6, 255 epochs (about 80,000
-  iterations): the schedule of their released evaluation code (philkr/voc-classification).
+  `calibration_images` training images), `head="fc"` (pool5 flattened -> fc6, fc7 of 4096
+  with ReLU and dropout 0.5, fresh or the encoder's trained ones -> a fresh fc8), training images
+  resized to 256/227 of the input, scaled by a random 0.5-2x, randomly cropped and flipped, 10
+  random test crops drawn the same way (logits averaged), VOC 2007 11-point AP as the score,
+  trainval -> test; SGD momentum 0.9, lr 0.001 halved every 1/8 of training (biases 2x),
+  gradients clipped at 10, batch 16, weight decay 1e-6, 255 epochs (about 80,000 iterations):
+  the schedule of their released evaluation code (philkr/voc-classification).
 - "linear": the encoder frozen; per stage, features average-pooled to <= 9216 dims (see
   `cebench.transfer.features`), standardised with training statistics, and a linear classifier trained on
   the cached features with Adam (lr 1e-3, weight decay 5e-4, batch 256, 100 epochs): the
@@ -71,13 +72,11 @@ from cebench.transfer.data import (
 )
 from cebench.transfer.encoders import (
     MINUS_ONE_ONE,
-    renormalize,
-    rescale_,
-    weights_hash,
+    init_fc_head_,
 )
 from cebench.transfer.features import default_cache_dir, extract_features
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
-from cebench.transfer.loop import make_optimizer, train_epochs, train_one_epoch
+from cebench.transfer.loop import bias_lr_groups, make_optimizer, train_epochs, train_one_epoch
 from cebench.transfer.metrics import top1, voc07_mean_ap, voc_mean_ap
 
 
@@ -111,6 +110,19 @@ class ClassifyConfig(HarnessConfig):
     random_crop: bool = False
     resize_size: int | None = None
     test_crops: int = 1
+    # random crops: the resized side times s ~ U(min_scale, max_scale) first (Krähenbühl et al.:
+    # 0.5-2); test_crop_mode "random": the 10 test crops are such random crops, the same for an
+    # image in every evaluation (their code), "fixed": corners + centre and their flips
+    min_scale: float = 1.0
+    max_scale: float = 1.0
+    test_crop_mode: Literal["fixed", "random"] = "fixed"
+    # finetune optimisation: gradients clipped to this joint L2 norm (0: off; Caffe's
+    # clip_gradients), conv/linear biases at bias_lr_mult x the lr (Caffe's lr_mult 2), and the
+    # multi-label BCE "mean" over the labels or "sum_classes": summed over the classes and
+    # averaged over the images (voc-classification's SigmoidCrossEntropyLoss, ~20x the mean)
+    clip_grad_norm: float = 0.0
+    bias_lr_mult: float = 1.0
+    bce_reduction: Literal["mean", "sum_classes"] = "mean"
     ap: Literal["voc07", "area"] = "area"  # VOC data: which AP is `score` / `mAP` (both reported)
     shots: int | None = None
     label_fraction: float | None = None
@@ -123,7 +135,13 @@ class ClassifyConfig(HarnessConfig):
         )
         if self.probe_lr <= 0:
             raise ConfigError(f"config key 'probe_lr' must be > 0, got {self.probe_lr}")
-        choices = {"head": ("linear", "fc"), "ap": ("voc07", "area"), "test_crops": (1, 10)}
+        choices = {
+            "head": ("linear", "fc"),
+            "ap": ("voc07", "area"),
+            "test_crops": (1, 10),
+            "test_crop_mode": ("fixed", "random"),
+            "bce_reduction": ("mean", "sum_classes"),
+        }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(
@@ -137,6 +155,17 @@ class ClassifyConfig(HarnessConfig):
             )
         if not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"config key 'lr_gamma' must be in (0, 1], got {self.lr_gamma}")
+        if not 0 < self.min_scale <= self.max_scale:
+            raise ConfigError(
+                f"config keys 'min_scale', 'max_scale' need 0 < min_scale <= max_scale, got "
+                f"{self.min_scale}, {self.max_scale}"
+            )
+        if self.clip_grad_norm < 0:
+            raise ConfigError(
+                f"config key 'clip_grad_norm' must be >= 0 (0: off), got {self.clip_grad_norm}"
+            )
+        if self.bias_lr_mult <= 0:
+            raise ConfigError(f"config key 'bias_lr_mult' must be > 0, got {self.bias_lr_mult}")
         size = self.input_size
         if self.resize_size is not None and self.resize_size < (size or 1):
             raise ConfigError(
@@ -147,14 +176,19 @@ class ClassifyConfig(HarnessConfig):
 def paper_preset(**overrides: Any) -> ClassifyConfig:
     """Krähenbühl et al.'s VOC 2007 fine-tuning protocol, the paper's classification column.
 
-    head="fc" (pool5 flattened, fresh fc6/fc7 of 4096 with dropout 0.5), random crops from images
+    head="fc" (pool5 flattened, fc6/fc7 of 4096 with dropout 0.5: fresh, or the encoder's trained
+    ones, as their code keeps a model's fc6/fc7 and redraws fc8), random crops from images
     resized to 256/227 of the input, 10-crop testing, VOC 2007 11-point AP (`ap="voc07"`),
     rescale="full" (their within- and between-layer rescaling), trainval -> test. The schedule is
     the one of their released evaluation code (philkr/voc-classification, src/train_cls.py):
     SGD momentum 0.9, lr 0.001 halved every 10,000 of 80,000 iterations (`lr_step_fraction`
     0.125, `lr_gamma` 0.5), batch 16, weight decay 1e-6; 255 epochs of the 5,011 trainval images
-    at batch 16 are about 80,000 iterations. Not reproduced: its gradient clipping at 10 and its
-    random scale augmentation (0.5-2x). `overrides` change any key.
+    at batch 16 are about 80,000 iterations. Also theirs: the training crops' random scale
+    (0.5-2x, `min_scale`/`max_scale`), 10 random test crops (`test_crop_mode="random"`), gradient
+    clipping at 10 (`clip_grad_norm`), biases at twice the lr (`bias_lr_mult`) and their loss, the
+    sigmoid cross-entropy summed over the classes and averaged over the images
+    (`bce_reduction="sum_classes"`, the scale the lr and the clipping were set for). `overrides`
+    change any key.
     """
     cfg = ClassifyConfig(
         head="fc",
@@ -174,6 +208,12 @@ def paper_preset(**overrides: Any) -> ClassifyConfig:
         batch_size=16,
         weight_decay=1e-6,
         epochs=255,
+        min_scale=0.5,
+        max_scale=2.0,
+        test_crop_mode="random",
+        clip_grad_norm=10.0,
+        bias_lr_mult=2.0,
+        bce_reduction="sum_classes",
     )
     return replace_validated(cfg, **overrides)
 
@@ -203,7 +243,7 @@ class GlobalPool(nn.Module):
 class FcLayers(nn.Sequential):
     """AlexNet's fc6, fc7 on the flattened last stage: Linear-ReLU-Dropout twice, freshly drawn
     (weights N(0, 0.01^2), biases 0.1: the re-initialisation of Krähenbühl et al.'s released
-    VOC classification code)."""
+    VOC classification code), unless the encoder carries trained ones (`load_trained_fc_`)."""
 
     def __init__(self, in_features: int, dims: int = 4096, dropout: float = 0.5) -> None:
         super().__init__(
@@ -222,7 +262,8 @@ class FcLayers(nn.Sequential):
 
 
 class FinetuneModel(FrozenEncoder):
-    """Encoder -> neck -> linear classifier `head` (weights N(0, 0.01^2), bias 0).
+    """Encoder -> neck -> linear classifier `head` (weights N(0, 0.01^2), bias 0; 0.1 with the fc
+    head, as Krähenbühl et al.'s VOC classification code redraws fc8).
 
     head="linear": the neck is a global average pool of the last stage; head="fc": the neck is
     `FcLayers` on the flattened (not pooled) last stage, e.g. AlexNet's pool5 (256 x 6 x 6)."""
@@ -246,7 +287,8 @@ class FinetuneModel(FrozenEncoder):
             self.neck, width = GlobalPool(), encoder.num_features
         self.head = nn.Linear(width, num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        # the fc head's fc8: voc-classification's redraw (N(0, 0.01^2), bias 0.1)
+        nn.init.constant_(self.head.bias, 0.1 if head == "fc" else 0.0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.encoder(x))
@@ -255,11 +297,18 @@ class FinetuneModel(FrozenEncoder):
         return self.head(self.features(x))
 
 
-def classification_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (class indices) or BCE over the non-ignored (target >= 0) labels."""
+def classification_loss(
+    logits: torch.Tensor, target: torch.Tensor, bce_reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy (class indices) or BCE over the non-ignored (target >= 0) labels: their mean,
+    or ("sum_classes") their sum divided by the number of images, as voc-classification's
+    SigmoidCrossEntropyLoss."""
     if target.dim() == 1:
         return F.cross_entropy(logits, target)
     keep = target >= 0
+    if bce_reduction == "sum_classes":
+        losses = F.binary_cross_entropy_with_logits(logits[keep], target[keep], reduction="sum")
+        return losses / len(target)
     return F.binary_cross_entropy_with_logits(logits[keep], target[keep])
 
 
@@ -452,34 +501,47 @@ def build_finetune_model(
     keep = low_shot_indices(train.targets(), cfg.shots, cfg.label_fraction, cfg.seed)
     train.indices = [train.indices[i] for i in keep]
     train.crop, train.resize_size = ("random" if cfg.random_crop else "none"), cfg.resize_size
-    val.crop = "ten" if cfg.test_crops == 10 else "center" if cfg.random_crop else "none"
-    val.resize_size = cfg.resize_size
+    ten = "random-ten" if cfg.test_crop_mode == "random" else "ten"
+    val.crop = ten if cfg.test_crops == 10 else "center" if cfg.random_crop else "none"
+    val.resize_size, val.seed = cfg.resize_size, cfg.seed
+    train.scale = val.scale = (cfg.min_scale, cfg.max_scale)
     size = info.input_size
     model = FinetuneModel(
         encoder.to(device), len(train.classes), cfg.head, cfg.fc_dims, cfg.fc_dropout, size
     ).to(device)
-    if cfg.head == "fc" and cfg.rescale != "none":
-        # the fresh fc6/fc7 are part of the network Krähenbühl et al. rescale
-        images = renormalize(calibration(size), info.normalize).to(device)
-        record = rescale_(model, images, cfg.rescale, forward=model.features, seed=cfg.seed)
-        info.meta = {**info.meta, "rescale": {**record, "layers": "encoder, fc6, fc7"}}
-        info.hash = weights_hash(model.encoder)
+    if cfg.head == "fc":  # fc8 (`head`) is drawn after the rescaling, as in voc-classification
+        fc = [m for m in model.neck if isinstance(m, nn.Linear)]
+        init_fc_head_(
+            model,
+            model.encoder,
+            info,
+            fc,
+            model.features,
+            cfg.rescale,
+            cfg.seed,
+            calibration,
+            cfg.keep_trained_fc,
+        )
     if cfg.frozen:
         model.freeze_encoder()
     return model
 
 
 def finetune(cfg: ClassifyConfig, model: FinetuneModel, train, device, log) -> None:
-    """SGD/Adam on every trainable parameter, step lr schedule (`lr_milestones`)."""
-    opt = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    """SGD/Adam on every trainable parameter (biases at `bias_lr_mult` x the lr), step lr
+    schedule (`lr_milestones`), gradients clipped at `clip_grad_norm` when > 0."""
+    params = (
+        model.parameters() if cfg.bias_lr_mult == 1 else bias_lr_groups(model, cfg.bias_lr_mult)
+    )
+    opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
     loader = seeded_loader(train, cfg.batch_size, True, cfg.seed, cfg.num_workers)
     steps = cfg.epochs * len(loader)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, lr_milestones(cfg, steps), cfg.lr_gamma)
 
     def loss_fn(m: nn.Module, batch, dev) -> torch.Tensor:
-        return classification_loss(m(batch[0].to(dev)), batch[1].to(dev))
+        return classification_loss(m(batch[0].to(dev)), batch[1].to(dev), cfg.bce_reduction)
 
-    train_epochs(model, loader, loss_fn, opt, device, sched, cfg.epochs, log)
+    train_epochs(model, loader, loss_fn, opt, device, sched, cfg.epochs, log, cfg.clip_grad_norm)
 
 
 def evaluate_finetuned(

@@ -9,7 +9,8 @@ sub-folder per class), or the built-in data's root (its VOC/ is used). Images ar
 encoder's square input; training adds random horizontal flips. Classification views can instead
 crop (`ClassificationView.crop`): "random" (training: resize to `resize_size`, a random
 `size` crop and a flip), "center" (one centre crop) or "ten" (the 4 corners and the centre of the
-resized image and their flips, stacked as [10, 3, size, size]).
+resized image and their flips, stacked as [10, 3, size, size]) or "random-ten" (ten random crops,
+each with the training crops' scale jitter).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms import functional as TF
 
 from cebench.core.errors import ConfigError, DatasetError
@@ -53,7 +55,7 @@ def to_tensor(
     return TF.normalize(TF.to_tensor(img), normalize["mean"], normalize["std"])
 
 
-CROPS = ("none", "random", "center", "ten")
+CROPS = ("none", "random", "center", "ten", "random-ten")
 
 
 def default_resize(size: int) -> int:
@@ -61,29 +63,60 @@ def default_resize(size: int) -> int:
     return round(size * 256 / 227)
 
 
+def random_crop(
+    img,
+    size: int,
+    big: int,
+    rng: random.Random,
+    scale: tuple[float, float] = (1.0, 1.0),
+    fill: tuple[int, ...] = (0, 0, 0),
+):
+    """A random `size` window of `img` resized to `big` x `big` (times a random factor s ~
+    U(scale), Krähenbühl et al.'s 0.5-2x jitter, when scale != (1, 1)), flipped with p 0.5. A
+    scaled image smaller than the window is placed at a random position on a `fill` canvas."""
+    side = big
+    if scale != (1.0, 1.0):
+        side = max(1, round(big * rng.uniform(*scale)))
+    img = TF.resize(img, [side, side], antialias=True)
+    if side < size:
+        canvas = Image.new("RGB", (size, size), tuple(fill))
+        canvas.paste(img, (rng.randint(0, size - side), rng.randint(0, size - side)))
+        img, side = canvas, size
+    top, left = rng.randint(0, side - size), rng.randint(0, side - size)
+    out = TF.crop(img, top, left, size, size)
+    return TF.hflip(out) if rng.random() < 0.5 else out
+
+
 def crop_images(
-    img, size: int, crop: str, resize_size: int | None = None, rng: random.Random | None = None
+    img,
+    size: int,
+    crop: str,
+    resize_size: int | None = None,
+    rng: random.Random | None = None,
+    scale: tuple[float, float] = (1.0, 1.0),
+    fill: tuple[int, ...] = (0, 0, 0),
 ) -> list:
-    """PIL image -> the list of PIL crops a view feeds the network (one, or ten for "ten").
+    """PIL image -> the list of PIL crops a view feeds the network (one, or ten for "ten" and
+    "random-ten").
 
     "none": resized to size x size; otherwise resized to resize_size x resize_size (default
-    `default_resize(size)`) and cropped: "random" (random position, flipped with p 0.5),
-    "center", or "ten" (torchvision's `ten_crop`: 4 corners + centre, then their flips)."""
+    `default_resize(size)`) and cropped: "random" (`random_crop`: random position and flip, with
+    the `scale` jitter), "center", "ten" (torchvision's `ten_crop`: 4 corners + centre, then their
+    flips) or "random-ten" (ten `random_crop`s, the test crops of Krähenbühl et al.'s code)."""
     if crop == "none":
         return [TF.resize(img, [size, size], antialias=True)]
     big = resize_size or default_resize(size)
     if big < size:
         raise ConfigError(f"config key 'resize_size' must be >= the input size {size}, got {big}")
+    if crop in ("random", "random-ten"):
+        r = rng or random
+        n = 10 if crop == "random-ten" else 1
+        return [random_crop(img, size, big, r, scale, fill) for _ in range(n)]
     img = TF.resize(img, [big, big], antialias=True)
     if crop == "center":
         return [TF.center_crop(img, [size, size])]
     if crop == "ten":
         return list(TF.ten_crop(img, [size, size]))
-    if crop == "random":
-        r = rng or random
-        top, left = r.randint(0, big - size), r.randint(0, big - size)
-        out = TF.crop(img, top, left, size, size)
-        return [TF.hflip(out) if r.random() < 0.5 else out]
     raise ConfigError(f"unknown crop '{crop}' (one of {', '.join(CROPS)})")
 
 
@@ -93,7 +126,9 @@ class ClassificationView(torch.utils.data.Dataset):
     Flips and random crops draw from Python's `random`, which the DataLoader seeds per worker
     and per epoch from the harness's seeded generator, so a seed fixes the whole run.
     `crop` (see `crop_images`): "none" (resize; flips when `train`), "random", "center", "ten"
-    (the image tensor is then [10, 3, size, size]).
+    or "random-ten" (the image tensor is then [10, 3, size, size]); `scale`: the random crops'
+    scale jitter. "random-ten" draws from a generator seeded by (`seed`, index): the same ten
+    crops of an image in every evaluation.
     """
 
     def __init__(
@@ -105,11 +140,13 @@ class ClassificationView(torch.utils.data.Dataset):
         indices: Sequence[int] | None = None,
         crop: str = "none",
         resize_size: int | None = None,
+        scale: tuple[float, float] = (1.0, 1.0),
+        seed: int = 0,
     ):
         if crop not in CROPS:
             raise ConfigError(f"unknown crop '{crop}' (one of {', '.join(CROPS)})")
         self.base, self.size, self.normalize, self.train = base, size, normalize, train
-        self.crop, self.resize_size = crop, resize_size
+        self.crop, self.resize_size, self.scale, self.seed = crop, resize_size, scale, seed
         self.indices = list(range(len(base))) if indices is None else list(indices)
         self.multilabel = hasattr(base, "labels") and hasattr(base, "ignore")
         self.classes = list(base.classes)
@@ -145,14 +182,24 @@ class ClassificationView(torch.utils.data.Dataset):
             return to_tensor(
                 load_rgb(self.image_path(i)), self.size, self.normalize, flip
             ), self.target(i)
-        crops = crop_images(load_rgb(self.image_path(i)), self.size, self.crop, self.resize_size)
+        rng = random.Random(self.seed * 1_000_003 + i) if self.crop == "random-ten" else None
+        fill = tuple(round(255 * m) for m in self.normalize["mean"])  # 0 once normalised
+        crops = crop_images(
+            load_rgb(self.image_path(i)),
+            self.size,
+            self.crop,
+            self.resize_size,
+            rng,
+            tuple(self.scale),
+            fill,
+        )
         x = torch.stack(
             [
                 TF.normalize(TF.to_tensor(c), self.normalize["mean"], self.normalize["std"])
                 for c in crops
             ]
         )
-        return (x if self.crop == "ten" else x[0]), self.target(i)
+        return (x if len(crops) == 10 else x[0]), self.target(i)
 
 
 def classification_splits(

@@ -68,6 +68,7 @@ from cebench.transfer.args import (
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
+from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import (
@@ -167,8 +168,9 @@ def paper_preset(**overrides: Any) -> DetectConfig:
     Faster R-CNN's RPN back, 2000 proposals kept). Its prototxt: conv1 at lr 0 (`freeze_stages`),
     biases at lr x2 without weight decay. Not Fast R-CNN: torchvision's RoI sampler takes every
     RoI under IoU 0.5 as background (Fast R-CNN: [0.1, 0.5)).
-    The encoder gets Krähenbühl et al.'s data-dependent rescaling first (`rescale="full"`, as the
-    paper's transfer protocol); the fresh fc6/fc7 keep PyTorch's default initialisation.
+    The encoder and fc6/fc7 get Krähenbühl et al.'s data-dependent rescaling first, together
+    (`rescale="full"`, as the paper's transfer protocol): fc6/fc7 are drawn fresh, or are the
+    encoder's trained ones when it carries them (torchvision's AlexNet).
     """
     _check_renamed(overrides)
     cfg = DetectConfig(
@@ -341,8 +343,9 @@ class RoIMaxPool(MultiScaleRoIAlign):
 
 
 class FastRCNNHead(nn.Sequential):
-    """Fresh fc6 and fc7 (`representation_size` wide, ReLU, dropout) over the pooled RoI, as the
-    fully connected layers of AlexNet in Fast R-CNN; nothing here comes from the encoder."""
+    """fc6 and fc7 (`representation_size` wide, ReLU, dropout) over the pooled RoI, as the fully
+    connected layers of AlexNet in Fast R-CNN: drawn fresh (N(0, 0.01^2), bias 0.1), or the
+    encoder's trained fc6/fc7 when it carries them (`Detect.build`, `init_fc_head_`)."""
 
     def __init__(self, in_features: int, representation_size: int, dropout: float) -> None:
         super().__init__(
@@ -356,6 +359,7 @@ class FastRCNNHead(nn.Sequential):
                 drop7=nn.Dropout(dropout),
             )
         )
+        draw_fresh_fc_([self.fc6, self.fc7])
 
 
 def detector_size(cfg: DetectConfig, input_size: int) -> tuple[int, int]:
@@ -683,10 +687,33 @@ class Detect(Harness):
             ResizedImages(data.train, size), cfg.calibration_images, cfg.seed
         )
 
+    def rescale(self, cfg: DetectConfig) -> str:
+        # with the c4 head, fc6/fc7 are rescaled together with the encoder: done in build
+        return "none" if cfg.head == "c4" else cfg.rescale
+
     def build(self, cfg: DetectConfig, encoder, info, data: Splits, device) -> nn.Module:
-        return build_detector(
+        model = build_detector(
             encoder, len(data.train.classes), info.input_size, cfg, info.normalize
         ).to(device)
+        if cfg.head == "c4":  # calibrated as the classification net: the whole image as one RoI
+            head, stage = model.roi_heads.box_head, model.backbone.levels[-1][0]
+
+            def forward(x: torch.Tensor) -> torch.Tensor:
+                f = stage_features(encoder, x, stage)[stage]
+                return head(nn.functional.adaptive_max_pool2d(f, cfg.roi_size))
+
+            init_fc_head_(
+                model,
+                encoder,
+                info,
+                [head.fc6, head.fc7],
+                forward,
+                cfg.rescale,
+                cfg.seed,
+                self.calibration(cfg, data),
+                cfg.keep_trained_fc,
+            )
+        return model
 
     def fit(self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device, log) -> None:
         params: Any = model.parameters()

@@ -13,10 +13,9 @@ Specs:
 - `random-rescaled:<name>[,...]`: the same Gaussian draw followed by the within-layer step of the
   data-dependent initialisation of Krähenbühl et al. (ICLR 2016, arXiv 1511.06856): layer by layer
   in forward order, a batch of real training images is passed through the network and every
-  output channel k of that conv/linear layer is rescaled so its pre-activation has mean 0 and
-  standard deviation 1 over the batch and positions (W_k /= std_k; b_k = -mean_k / std_k, or only
-  the scale when the layer has no bias). The batch is the harness's first training images
-  (`calibration_images` of a seeded shuffle);
+  output channel k of that conv/linear layer is rescaled so its pre-activation has standard
+  deviation 1 and mean 0.1 over the batch and positions (`cebench.transfer.rescale`). The batch
+  is the harness's first training images (`calibration_images` of a seeded shuffle);
 - `hub:torchvision/alexnet`, `hub:timm/resnet18`: ImageNet weights loaded ONLY from the local
   caches (torch hub checkpoints dir; Hugging Face hub cache for timm) by the registry's
   "alexnet" (torchvision layout) / "timm-resnet18" encoders with `pretrained=True`
@@ -27,12 +26,15 @@ Specs:
   exported weights rebuilt into the cebench encoder they came from (a round trip).
 
 `rescale` (the harnesses' `rescale` key, `--rescale`) applies the data-dependent rescaling of
-Krähenbühl et al. to ANY of these encoders before training, on the same calibration batch:
+Krähenbühl et al. (`cebench.transfer.rescale`) to ANY of these encoders before training, on the
+same calibration batch, as their magic_init.py does:
 - "none": nothing (a `random-rescaled:` spec still gets its within-layer step);
-- "within": the within-layer step above (`data_dependent_rescale_`);
-- "full": the within-layer step, then their between-layer step (`between_layer_rescale_`, their
-  Algorithm 2): every conv/linear layer k is rescaled so that its relative rate of change
-  C_k = E||dL/dW_k||^2 / ||W_k||^2 approaches the geometric mean over the layers.
+- "within": the within-layer step on the FRESH layers only: every layer of a `random:` encoder,
+  none of a trained one (a run, `hub:`, an exported file), whose weights it leaves untouched;
+- "full": the within-layer step, then their between-layer step over all layers.
+A harness whose head has fc6/fc7 rescales the encoder and those layers together
+(`rescale_network_`); fc6/fc7 are fresh unless the encoder carries trained ones
+(`load_trained_fc_`, e.g. torchvision's AlexNet classifier).
 Calibration images come in [-1, 1] and are renormalised to the statistics the weights expect
 (ImageNet for `hub:`). What was applied is recorded in `info["meta"]["rescale"]`.
 
@@ -44,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,14 @@ from cebench.core.config import parse_value
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.pretrain.encoder_file import load_encoder
 from cebench.pretrain.export import encoder_from_native_file, is_exported, load_exported
+from cebench.transfer.rescale import (  # noqa: F401  (re-exported: the harnesses import them here)
+    RESCALE_MODES,
+    between_layer_rescale_,
+    data_dependent_rescale_,
+    layer_change_rates,
+    rescale_,
+    run_order,
+)
 
 # Pretraining scales images to [-1, 1]; ImageNet weights expect ImageNet statistics.
 MINUS_ONE_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -108,246 +118,6 @@ def gaussian_init_(
             if getattr(m, "weight", None) is not None:
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-
-class _StopForward(Exception):
-    """Ends a calibration forward pass once the layer being rescaled has run."""
-
-
-RESCALE_MODES = ("none", "within", "full")
-
-
-@torch.no_grad()
-def run_order(
-    module: nn.Module, images: torch.Tensor, forward: Callable | None = None
-) -> list[nn.Module]:
-    """The conv/linear layers of `module` that run on `images`, in the order they run."""
-    order: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(lambda mod, _i, _o: order.append(mod) if mod not in order else None)
-        for m in module.modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    was_training = module.training
-    module.eval()
-    try:
-        (forward or module)(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        module.train(was_training)
-    return order
-
-
-@torch.no_grad()
-def data_dependent_rescale_(
-    encoder: nn.Module,
-    images: torch.Tensor,
-    eps: float = 1e-8,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> None:
-    """Within-layer data-dependent init (Krähenbühl et al. 2016): unit-variance, zero-mean channels.
-
-    Layers are visited in the order they run on `images`; each is calibrated with all earlier
-    layers already rescaled, so every layer sees the distribution it will see at the start of
-    training. BatchNorm is run in eval mode (its running statistics are the identity at init).
-    `forward` (default: the module itself) is the pass to calibrate, e.g. encoder + new fc layers.
-    """
-    order = run_order(encoder, images, forward)
-    was_training = encoder.training
-    encoder.eval()
-    for layer in order:
-        stats: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-        def grab(_m, _i, out: torch.Tensor, box=stats) -> None:
-            # statistics now: an in-place activation (ReLU(inplace=True)) overwrites `out` next
-            dims = [d for d in range(out.dim()) if d != 1] if out.dim() > 2 else [0]
-            box.append((out.mean(dim=dims), out.std(dim=dims)))
-            raise _StopForward
-
-        hook = layer.register_forward_hook(grab)
-        try:
-            (forward or encoder)(images)
-        except _StopForward:
-            pass
-        finally:
-            hook.remove()
-        mean, std = stats[0]
-        scale = 1.0 / (std + eps)
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        layer.weight.mul_(scale.view(shape))
-        if layer.bias is not None:
-            layer.bias.copy_(layer.bias * scale - mean * scale)
-    encoder.train(was_training)
-
-
-def layer_change_rates(
-    module: nn.Module,
-    images: torch.Tensor,
-    layers: list[nn.Module] | None = None,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    draws: int = 4,
-    generator: torch.Generator | None = None,
-) -> list[float]:
-    """Relative rate of change C_k = E||dl/dW_k||^2 / ||W_k||^2 of every conv/linear layer.
-
-    The loss is Krähenbühl et al.'s random one: l = <z, output> with z ~ N(0, 1) of the output's
-    shape (the released magic_init fills the top gradient with unit Gaussian noise), so no labels
-    are needed. Summing over the batch is enough: for independent zero-mean z the cross terms
-    vanish in expectation, so ||grad of the batch sum||^2 estimates N * E||grad of one image||^2,
-    the same factor N for every layer. Averaged over `draws` draws of z; eval mode (BatchNorm at
-    its running statistics, no dropout), as in the within-layer step.
-    """
-    layers = layers if layers is not None else run_order(module, images, forward)
-    weights = [layer.weight for layer in layers]
-    flags = [w.requires_grad for w in weights]
-    was_training = module.training
-    module.eval()
-    try:
-        for w in weights:
-            w.requires_grad_(True)
-        with torch.enable_grad():
-            out = (forward or module)(images)
-            sq = torch.zeros(len(weights), dtype=torch.float64)
-            for d in range(draws):
-                z = torch.randn(out.shape, generator=generator).to(out.device, out.dtype)
-                grads = torch.autograd.grad(
-                    (out * z).sum(), weights, retain_graph=d < draws - 1, allow_unused=True
-                )
-                sq += torch.tensor(
-                    [0.0 if g is None else g.double().pow(2).sum().item() for g in grads],
-                    dtype=torch.float64,
-                )
-    finally:
-        for w, f in zip(weights, flags, strict=True):
-            w.requires_grad_(f)
-        module.train(was_training)
-    norms = [w.detach().double().pow(2).sum().item() for w in weights]
-    return [
-        (s / draws) / n if n > 0 else float("nan") for s, n in zip(sq.tolist(), norms, strict=True)
-    ]
-
-
-@torch.no_grad()
-def _scale_layers_(
-    module: nn.Module,
-    images: torch.Tensor,
-    layers: list[nn.Module],
-    factors: list[float],
-    forward: Callable | None,
-) -> None:
-    """W_k, b_k *= factor_k, with b_k also following the change of scale of layer k's input.
-
-    For a network of positively homogeneous layers (ReLU, max pooling) the input of layer k
-    is scaled by the product of the earlier factors; scaling b_k by that too keeps layer k's
-    output exactly the scaled version of the old one, so the network computes the same function
-    up to the product of all factors. The input's change is measured (mean |x| before / after),
-    which also covers layers that are not homogeneous (LRN) approximately, as the released
-    magic_init does."""
-    run = forward or module
-    was_training = module.training
-    module.eval()
-    before: dict[nn.Module, float] = {}
-
-    def record(m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-        before.setdefault(m, inp[0].abs().mean().item())
-
-    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
-    try:
-        run(images)
-    finally:
-        for h in hooks:
-            h.remove()
-    factor = dict(zip(layers, factors, strict=True))
-    done: set[nn.Module] = set()
-
-    def rescale(m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-        if m in done:
-            return
-        done.add(m)
-        if m.bias is not None and before[m] > 0:
-            m.bias.mul_(inp[0].abs().mean().item() / before[m])
-        m.weight.mul_(factor[m])
-        if m.bias is not None:
-            m.bias.mul_(factor[m])
-
-    hooks = [layer.register_forward_pre_hook(rescale) for layer in layers]
-    try:
-        run(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        module.train(was_training)
-
-
-def _log_spread(rates: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log C_k - log of their geometric mean, mask of the usable layers)."""
-    r = torch.tensor(rates, dtype=torch.float64)
-    ok = torch.isfinite(r) & (r > 0)
-    logs = torch.where(ok, r.clamp(min=1e-300).log(), torch.zeros_like(r))
-    mean = logs[ok].mean() if ok.any() else torch.tensor(0.0, dtype=torch.float64)
-    return torch.where(ok, logs - mean, torch.zeros_like(r)), ok
-
-
-def between_layer_rescale_(
-    module: nn.Module,
-    images: torch.Tensor,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    iterations: int = 10,
-    damping: float = 0.5,
-    draws: int = 4,
-    tolerance: float = 0.02,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Between-layer scale adjustment of Krähenbühl et al. (ICLR 2016, Algorithm 2).
-
-    Each iteration estimates every conv/linear layer's C_k (`layer_change_rates`), takes their
-    geometric mean C, and multiplies W_k and b_k by r_k = (C_k / C)^(damping / 4) (b_k also by
-    the change of its input's scale, `_scale_layers_`). In a homogeneous network rescaling W_k by
-    r_k alone multiplies C_k by r_k^-4, and the product of the r_k is 1, so the output's scale is
-    kept and damping = 1 would equalise the C_k in one step; the damping (< 1, the paper's alpha;
-    in the released code's terms r_k = (sqrt(C_k) / sqrt(C))^(alpha / 2)) absorbs the non-homogeneous
-    layers and the noise of the estimate. Stops after `iterations` or once every |log C_k - log C|
-    is below `tolerance`. Returns {"iterations", "spread_before", "spread_after"}: max C_k / min C_k.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    layers = run_order(module, images, forward)
-    rates = layer_change_rates(module, images, layers, forward, draws, gen)
-    dev, ok = _log_spread(rates)
-    spread_before = float((dev[ok].max() - dev[ok].min()).exp()) if ok.any() else 1.0
-    done = 0
-    while done < iterations and ok.any() and dev[ok].abs().max() >= tolerance:
-        factors = (dev * damping / 4).exp().tolist()
-        _scale_layers_(module, images, layers, factors, forward)
-        done += 1
-        rates = layer_change_rates(module, images, layers, forward, draws, gen)
-        dev, ok = _log_spread(rates)
-    return {
-        "iterations": done,
-        "damping": damping,
-        "layers": len(layers),
-        "spread_before": round(spread_before, 4),
-        "spread_after": round(float((dev[ok].max() - dev[ok].min()).exp()) if ok.any() else 1.0, 4),
-    }
-
-
-def rescale_(
-    module: nn.Module,
-    images: torch.Tensor,
-    mode: str,
-    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Apply `mode` ("within" or "full", see the module docstring) in place; returns what was done."""
-    if mode not in ("within", "full"):
-        raise ConfigError(
-            f"config key 'rescale' must be one of {list(RESCALE_MODES)}, got {mode!r}"
-        )
-    data_dependent_rescale_(module, images, forward=forward)
-    record: dict[str, Any] = {"mode": mode, "calibration_images": len(images)}
-    if mode == "full":
-        record["between"] = between_layer_rescale_(module, images, forward, seed=seed)
-    return record
 
 
 @dataclass
@@ -528,6 +298,7 @@ def resolve_encoder(
     mode = (
         "full" if rescale == "full" else "within" if kind == "random-rescaled" and sep else rescale
     )
+    fresh = bool(sep) and kind in ("random", "random-rescaled")
     if mode != "none":
         if callable(calibration_images):
             calibration_images = calibration_images(size)
@@ -537,7 +308,8 @@ def resolve_encoder(
             )
         images = renormalize(calibration_images, info["normalize"])
         dev = torch.device(device) if device is not None else torch.device("cpu")
-        record = rescale_(encoder.to(dev), images.to(dev), mode, seed=seed)
+        trained = [] if fresh else param_layers(encoder)
+        record = rescale_(encoder.to(dev), images.to(dev), mode, seed=seed, trained=trained)
         encoder.cpu()
         info["meta"] = {**info["meta"], "rescale": record}
         if kind == "random-rescaled" and sep:
@@ -546,6 +318,91 @@ def resolve_encoder(
         info["meta"] = {**info["meta"], "rescale": {"mode": "none"}}
     info.update(spec=spec, input_size=size, hash=weights_hash(encoder))
     return encoder, EncoderInfo.from_dict(info)
+
+
+def is_fresh(info: EncoderInfo) -> bool:
+    """Whether the encoder's weights are a fresh draw (`random:`, `random-rescaled:`), not trained."""
+    return info.meta.get("method") in ("random", "random-rescaled")
+
+
+def param_layers(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def rescale_network_(
+    net: nn.Module,
+    encoder: nn.Module,
+    info: EncoderInfo,
+    images: torch.Tensor,
+    mode: str,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    seed: int,
+    trained_head: Iterable[nn.Module] = (),
+    layers: str = "encoder, fc6, fc7",
+) -> None:
+    """Rescale `net` (the encoder and the head layers `forward` runs) as one network, as
+    magic_init does for a whole Caffe net: the within-layer step on the fresh layers (the
+    encoder's when `is_fresh(info)`, and the head's but `trained_head`), then (mode "full") the
+    between-layer step over all. `images` in [-1, 1]; records what was done in `info`."""
+    trained = list(trained_head) + ([] if is_fresh(info) else param_layers(encoder))
+    x = renormalize(images, info.normalize).to(next(net.parameters()).device)
+    record = rescale_(net, x, mode, forward=forward, seed=seed, trained=trained)
+    info.meta = {**info.meta, "rescale": {**record, "layers": layers}}
+    info.hash = weights_hash(encoder)
+
+
+@torch.no_grad()
+def load_trained_fc_(layers: list[nn.Module], encoder: nn.Module) -> bool:
+    """Copy the trained fully connected layers an encoder carries (`encoder.trained_fc`: [(weight
+    [out, in], bias [out]), ...], e.g. torchvision AlexNet's fc6/fc7) into `layers` (Linear, or
+    Conv2d whose k x k kernel over C maps reads the same C*k*k inputs: FCN's convolutionalised
+    fc6/fc7, reshaped as Caffe's net surgery copies them). True when every layer got its weights;
+    False, with nothing changed, when the encoder carries none or their shapes do not fit."""
+    trained = list(getattr(encoder, "trained_fc", None) or [])
+    if len(trained) < len(layers) or not layers:
+        return False
+    for layer, (w, b) in zip(layers, trained, strict=False):
+        if layer.weight.shape[0] != w.shape[0] or layer.weight[0].numel() != w[0].numel():
+            return False
+        if layer.bias is None or layer.bias.shape != b.shape:
+            return False
+    for layer, (w, b) in zip(layers, trained, strict=False):
+        layer.weight.copy_(w.reshape(layer.weight.shape))
+        layer.bias.copy_(b)
+    return True
+
+
+@torch.no_grad()
+def draw_fresh_fc_(layers: Iterable[nn.Module]) -> None:
+    """The fresh draw of fully connected layers in Krähenbühl et al.'s code: N(0, 0.01^2), bias 0.1."""
+    for layer in layers:
+        layer.weight.normal_(0, 0.01)
+        layer.bias.fill_(0.1)
+
+
+def init_fc_head_(
+    net: nn.Module,
+    encoder: nn.Module,
+    info: EncoderInfo,
+    fc: list[nn.Module],
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    rescale: str,
+    seed: int,
+    calibration: Callable[[int], torch.Tensor] | None,
+    keep_trained: bool = True,
+) -> None:
+    """A head's fc6/fc7 (`fc`): with `keep_trained`, the encoder's trained ones when it carries
+    them that fit (else the fresh draw stays), recorded as `info.meta["fc6_fc7"]`; then, unless
+    `rescale` is "none", the encoder and the head's layers that `forward` runs rescaled together
+    (`rescale_network_`) on `calibration(input size)` images."""
+    trained = fc if keep_trained and load_trained_fc_(fc, encoder) else []
+    info.meta = {**info.meta, "fc6_fc7": "trained" if trained else "fresh"}
+    if rescale == "none":
+        return
+    if calibration is None:
+        raise ConfigError(f"rescale '{rescale}' needs a batch of training images to rescale on")
+    images = calibration(info.input_size)
+    rescale_network_(net, encoder, info, images, rescale, forward, seed, trained)
 
 
 def renormalize(images: torch.Tensor, normalize: dict[str, list[float]]) -> torch.Tensor:

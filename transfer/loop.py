@@ -2,6 +2,7 @@
 
     set_seed(cfg.seed)
     opt = make_optimizer(params, "sgd", lr=0.01, momentum=0.9, weight_decay=5e-4)
+    opt = make_optimizer(bias_lr_groups(model, 2.0), "sgd", lr=0.01)  # biases at 2x the lr
     stats = train_one_epoch(model, batches, loss_fn, opt, device)   # {"loss": mean loss}
     write_run(out, metrics, cfg, info, start)                      # metrics.json + config.yaml
 
@@ -40,7 +41,7 @@ def set_seed(seed: int) -> None:
 
 def param_groups(
     model: nn.Module,
-    weight_decay: float,
+    weight_decay: float | None,
     bias_lr: float = 1.0,
     bias_decay: bool = True,
     is_bias: Callable[[str], bool] | None = None,
@@ -51,7 +52,7 @@ def param_groups(
     and with weight decay only if `bias_decay`, the rest at the lr with `weight_decay`.
     Parameters under a `frozen` prefix (e.g. "backbone.encoder.stages.conv1.") get lr 0: they
     are left out of the optimizer and stop taking gradients. Give the result to `make_optimizer`,
-    which turns each group's "lr_mult" into its lr."""
+    which turns each group's "lr_mult" into its lr. `weight_decay=None`: the optimizer's own."""
     is_bias = is_bias or (lambda n: n == "bias" or n.endswith(".bias"))
     prefixes = tuple(frozen)
     weights: list[nn.Parameter] = []
@@ -62,11 +63,28 @@ def param_groups(
         if not p.requires_grad:
             continue
         (biases if is_bias(name) else weights).append(p)
-    groups = [{"params": weights, "lr_mult": 1.0, "weight_decay": weight_decay}]
+    def decay(value: float | None) -> dict[str, float]:
+        return {} if value is None else {"weight_decay": value}
+
+    groups = [{"params": weights, "lr_mult": 1.0, **decay(weight_decay)}]
     if biases:
-        decay = weight_decay if bias_decay else 0.0
-        groups.append({"params": biases, "lr_mult": bias_lr, "weight_decay": decay})
+        groups.append(
+            {"params": biases, "lr_mult": bias_lr, **decay(weight_decay if bias_decay else 0.0)}
+        )
     return groups
+
+
+def bias_lr_groups(module: nn.Module, bias_lr_mult: float = 1.0) -> list[dict[str, Any]]:
+    """Parameter groups for `make_optimizer`: the biases of conv/linear layers at `bias_lr_mult`
+    times the lr (Caffe's lr_mult 1 / 2 of the weights / biases in Krähenbühl et al.'s and Fast
+    R-CNN's solvers), everything else at the lr, with the optimizer's weight decay."""
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    names = {
+        f"{n}.bias" if n else "bias"
+        for n, m in module.named_modules()
+        if isinstance(m, layers) and m.bias is not None
+    }
+    return param_groups(module, None, bias_lr=bias_lr_mult, is_bias=names.__contains__)
 
 
 def make_optimizer(
@@ -76,16 +94,20 @@ def make_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
-    """The optimizer `name` over `params`: parameters (those without gradients dropped), or the
-    groups of `param_groups` (each at lr x its "lr_mult")."""
-    params = list(params)
-    if params and isinstance(params[0], dict):
-        params = [
-            {**{k: v for k, v in g.items() if k != "lr_mult"}, "lr": lr * g.get("lr_mult", 1.0)}
-            for g in params
-        ]
+    """The optimizer `name` over `params`: parameters, or the groups of `param_groups` /
+    `bias_lr_groups` (each at lr x its "lr_mult", with its own weight decay if it sets one);
+    parameters without gradients (frozen) are left out. The schedulers scale every group's lr
+    alike, so the multipliers hold throughout."""
+    items = list(params)
+    if items and isinstance(items[0], dict):
+        params = []
+        for g in items:
+            kept = [p for p in g["params"] if p.requires_grad]
+            if kept:
+                rest = {k: v for k, v in g.items() if k not in ("params", "lr_mult")}
+                params.append({**rest, "params": kept, "lr": lr * g.get("lr_mult", 1.0)})
     else:
-        params = [p for p in params if p.requires_grad]
+        params = [p for p in items if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
@@ -103,8 +125,11 @@ def train_one_epoch(
     device: torch.device,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     desc: str = "train",
+    clip_grad_norm: float = 0.0,
 ) -> dict[str, float]:
     """One pass; returns the mean loss. A non-finite loss stops training with a TrainingError.
+    `clip_grad_norm` > 0 rescales the gradients so their joint L2 norm is at most that (Caffe's
+    `clip_gradients`, applied before the weight decay as there).
 
     When stderr is not a terminal, a `Heartbeat` line (batch, loss, images/s, epoch eta) goes to
     stderr every 30 s, so a long epoch is not silent."""
@@ -116,6 +141,9 @@ def train_one_epoch(
             raise TrainingError(f"loss became {loss.item()} (lower the learning rate)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip_grad_norm > 0:
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, clip_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
@@ -125,11 +153,15 @@ def train_one_epoch(
     return {"loss": total / max(count, 1)}
 
 
-def train_epochs(model, loader, loss_fn, opt, device, scheduler, epochs: int, log) -> None:
+def train_epochs(
+    model, loader, loss_fn, opt, device, scheduler, epochs: int, log, clip_grad_norm: float = 0.0
+) -> None:
     """`epochs` passes of `train_one_epoch` in train mode, one log line (loss, lr) per epoch."""
     for epoch in range(epochs):
         model.train()
-        stats = train_one_epoch(model, loader, loss_fn, opt, device, scheduler)
+        stats = train_one_epoch(
+            model, loader, loss_fn, opt, device, scheduler, clip_grad_norm=clip_grad_norm
+        )
         log.update(epoch + 1, loss=stats["loss"], lr=opt.param_groups[0]["lr"])
 
 

@@ -57,6 +57,7 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
+from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix, per_class_table
@@ -117,7 +118,9 @@ def paper_preset(**overrides: Any) -> SegmentConfig:
     where FCN's fixed 63/32 deconvolution and crop offset 18 differ by less than one stride; the
     images are normalised the encoder's way (FCN: BGR minus the mean pixel, 0-255), so the same
     lr meets inputs of another scale. The encoder gets Krähenbühl et al.'s data-dependent
-    rescaling first (`rescale="full"`, the paper's transfer protocol).
+    rescaling first (`rescale="full"`, the paper's transfer protocol), of the encoder and
+    fc6/fc7 together; fc6/fc7 are drawn fresh (N(0, 0.01^2), bias 0.1), or are the encoder's
+    trained fc6/fc7 reshaped to 6x6 / 1x1 kernels when it carries them.
     """
     cfg = SegmentConfig(
         fc_dims=4096,
@@ -202,6 +205,7 @@ class FCN(FrozenEncoder):
                     drop7=nn.Dropout(fc_dropout),
                 )
             )
+            draw_fresh_fc_([self.fc.fc6, self.fc.fc7])
             channels = {**channels, last.name: fc_dims}
         self.scores = nn.ModuleDict(
             {n: nn.Conv2d(channels[n], num_classes, 1) for n in self.stages}
@@ -431,9 +435,13 @@ class Segment(Harness):
     def log_total(self, cfg: SegmentConfig) -> int | None:
         return None if cfg.steps or cfg.input_mode == "full" else cfg.epochs
 
+    def rescale(self, cfg: SegmentConfig) -> str:
+        # with fc6/fc7, they are rescaled together with the encoder: done in build
+        return "none" if cfg.fc_dims else cfg.rescale
+
     def build(self, cfg: SegmentConfig, encoder, info, data: Splits, device) -> FCN:
         num_classes = len(data.train.classes) + 1  # + background
-        return FCN(
+        model = FCN(
             encoder,
             num_classes,
             info.input_size,
@@ -444,6 +452,21 @@ class Segment(Harness):
             cfg.fc_dropout,
             cfg.input_pad,
         ).to(device)
+        if model.fc is not None:  # FCN's fc6/fc7 (trained ones as convolutions), score excluded
+            fc, p = model.fc, cfg.input_pad
+            init_fc_head_(
+                model,
+                model.encoder,
+                info,
+                [fc.fc6, fc.fc7],
+                # calibrated on what training feeds them: with FCN's input padding, padded
+                lambda x: fc(model.encoder(F.pad(x, (p, p, p, p)) if p else x)),
+                cfg.rescale,
+                cfg.seed,
+                self.calibration(cfg, data),
+                cfg.keep_trained_fc,
+            )
+        return model
 
     def fit(self, cfg: SegmentConfig, model: FCN, data: Splits, info, device, log) -> None:
         params: Any = model.parameters()

@@ -4,8 +4,10 @@
 
 Networks: encoder -> channel-wise FC (or the released conv bottleneck) -> up-convolutional
 decoder (`cebench.pretrain.models.build_context_encoder`), plus the discriminator when
-`loss.lambda_adv > 0`. Loss: lambda_rec * masked L2 (overlap band weighted `mask.border_weight`)
-+ lambda_adv * adversarial; the released code's lr rule (10x lr_d under the joint loss).
+`loss.lambda_adv > 0`. Loss: lambda_rec * masked L2 (`loss.region_weighting`: by default the
+paper's, the dropped region with the overlap band weighted `mask.border_weight` for centre and
+random-block masks, the dropped pixels only for random regions) + lambda_adv * adversarial; the
+released code's lr rule (10x lr_d under the joint loss).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch import nn
 
 from cebench.core.errors import ConfigError
+from cebench.pretrain.masks import resolve_region_weighting
 from cebench.pretrain.methods.base import PretrainMethod, register_method
 from cebench.pretrain.models import build_context_encoder, build_discriminator
 from cebench.pretrain.samples import composite
@@ -69,6 +72,7 @@ class ContextEncoder(PretrainMethod):
             lambda_adv=cfg.loss.lambda_adv,
             overlap=cfg.mask.overlap,
             border_weight=cfg.mask.border_weight,
+            weighting=resolve_region_weighting(cfg.loss.region_weighting, cfg.mask.kind),
         )
         fill = cfg.data.fill_value or [0.5] * 3
         self.fill = torch.tensor(fill, device=self.device) * 2 - 1  # [0,1] -> [-1,1]

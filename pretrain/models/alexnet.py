@@ -148,7 +148,8 @@ class AlexNetEncoder(Encoder):
                 "width=1, norm='none', poolfree=False, groups=1 and the default conv1"
             )
         state = load_hub_weights(url=TORCHVISION_ALEXNET_URL)
-        # torchvision features.{0,3,6,8,10} are conv1..conv5; the classifier is not part of pool5.
+        # torchvision features.{0,3,6,8,10} are conv1..conv5; the classifier (fc6, fc7, fc8) is
+        # not part of pool5: fc6/fc7 are kept aside for the transfer heads (`take_trained_fc`).
         names = {0: "conv1", 3: "conv2", 6: "conv3", 8: "conv4", 10: "conv5"}
         mapped = {}
         for idx, stage in names.items():
@@ -158,6 +159,16 @@ class AlexNetEncoder(Encoder):
                     raise CheckpointError(f"torchvision AlexNet weights lack {key}")
                 mapped[f"stages.{stage}.0.{p}"] = state[key]
         self.load_state_dict(mapped, strict=True)
+        self.take_trained_fc(state)
+
+    def take_trained_fc(self, state: dict[str, torch.Tensor]) -> None:
+        """Keep torchvision AlexNet's trained fc6 (classifier.1: 9216 -> 4096, on pool5's
+        256 x 6 x 6) and fc7 (classifier.4) as `trained_fc` when `state` has them; fc8 is
+        ImageNet's 1000-way classifier, which every transfer protocol redraws."""
+        keys = [f"classifier.{i}.{p}" for i in (1, 4) for p in ("weight", "bias")]
+        if all(k in state for k in keys):
+            w6, b6, w7, b7 = (state[k].detach().float().clone() for k in keys)
+            self.trained_fc = [(w6, b6), (w7, b7)]
 
 
 @register_encoder("alexnet")

@@ -32,6 +32,10 @@ class Encoder(nn.Module):
         self.input_size = input_size
         self.stages = nn.ModuleDict()
         self.feature_info: list[FeatureInfo] = []
+        # trained fully connected layers on the flattened last stage that came with the weights
+        # (torchvision AlexNet's fc6, fc7): [(weight [out, in], bias [out]), ...], not part of the
+        # forward pass nor of the state dict; the transfer heads that keep them copy them
+        self.trained_fc: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
     def num_features(self) -> int:
