@@ -47,6 +47,7 @@ from torch import nn
 
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.core.io import atomic_save, atomic_write_bytes, atomic_write_text, safe_load
+from cebench.core.lock import refuse_overlap
 from cebench.core.provenance import git_commit
 from cebench.pretrain.encoder_file import load_encoder
 from cebench.pretrain.models import build_encoder
@@ -275,6 +276,10 @@ def export_encoder(source: str | Path, out: str | Path, format: str | None = Non
     for the encoder family's own. Returns the weight file's path."""
     out = Path(out)
     _suffix_kind(out)
+    refuse_overlap(out, {"source": source})
+    for target in (out, sidecar_path(out)):
+        if target.is_dir():
+            raise CheckpointError(f"could not write {target}: a folder is in the way")
     encoder, info, src = _read_source(source)
     fmt = format or native_format(encoder)
     mapping, missing = key_map(encoder, info["name"], info["kwargs"], fmt)
@@ -308,7 +313,13 @@ def export_encoder(source: str | Path, out: str | Path, format: str | None = Non
         "load": _load_line(fmt, model_name, out.name),
     }
     write_weights(state, out)
-    atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+    try:
+        atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+    except OSError as e:  # a weight file without its sidecar cannot be loaded: take it back
+        out.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write {sidecar_path(out)}: {e.strerror or e}; {out} removed"
+        ) from None
     return out
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _prepare(args: argparse.Namespace) -> int:
     from cebench.core.errors import ConfigError
-    from cebench.data.prepare import prepare
+    from cebench.data.prepare import PrepareInterrupted, prepare
 
     try:
         info = prepare(
@@ -151,6 +152,13 @@ def _prepare(args: argparse.Namespace) -> int:
     except OSError as e:  # a read-only or full disk, no permission
         where = f" ({e.filename})" if e.filename else ""
         raise ConfigError(f"--out {args.out}: cannot write: {e.strerror or e}{where}") from None
+    except PrepareInterrupted as e:
+        print(
+            f"cebench data prepare: {e}; the finished images are kept: rerun the same command "
+            "to continue",
+            file=sys.stderr,
+        )
+        return e.exit_code
     bad = sum(1 for f in info["files"].values() if f.get("unreadable"))
     copied = sum(1 for f in info["files"].values() if f.get("copied")) - bad
     # written + kept = count; of the count, `copied` are the original bytes (already small enough)
