@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -288,7 +289,7 @@ def _extend_lists(base: dict[str, Any], data: dict[str, Any], path: Path) -> dic
 
 def _base_path(name: str, path: Path, search_dirs: tuple[Path, ...]) -> Path:
     p = Path(name).expanduser()
-    if p.suffix in (".yaml", ".yml") or "/" in name:
+    if looks_like_path(name):
         candidate = p if p.is_absolute() else path.parent / p
         if candidate.is_file():
             return candidate
@@ -304,19 +305,36 @@ def _base_path(name: str, path: Path, search_dirs: tuple[Path, ...]) -> Path:
     )
 
 
+def looks_like_path(text: str | Path) -> bool:
+    """Whether the user wrote a file path (it holds a separator or ends in .yaml / .yml) rather
+    than a built-in name. What is in the working folder never matters: `--config small` is the
+    named config even beside a folder called `small`; write `./small` for a file of that name."""
+    text = str(text)
+    return "/" in text or (os.sep in text) or Path(text).suffix.lower() in (".yaml", ".yml")
+
+
 def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: str) -> Path:
-    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`).
+    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`), told
+    apart by `looks_like_path` (the text, never the files present).
 
     Errors name the missing file, or the unknown name with the `listing` of the known ones."""
-    p = Path(name_or_file)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if looks_like_path(name_or_file):
+        p = Path(name_or_file).expanduser()
         if not p.is_file():
-            raise ConfigError(f"{kind} file not found: {p}")
+            what = "is not a file" if p.exists() else "not found"
+            raise ConfigError(f"{kind} file {what}: {p}")
         return p
     named = directory / f"{name_or_file}.yaml"
     if not named.is_file():
         names = sorted(f.stem for f in directory.glob("*.yaml"))
-        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}")
+        hint = (
+            f" (a file of that name is here: write ./{name_or_file} to use it)"
+            if Path(name_or_file).is_file()
+            else ""
+        )
+        raise ConfigError(
+            f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}{hint}"
+        )
     return named
 
 

@@ -150,8 +150,19 @@ def _pixels(n: int) -> str:
     return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n} px"
 
 
+def is_regular_file(path: str | Path) -> bool:
+    """A regular file (symlinks followed): never a FIFO, a socket or a device, whose read could
+    wait forever or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
 def is_image_file(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """The one image predicate every listing uses: an IMAGE_EXTENSIONS suffix on a regular file
+    (`is_regular_file`; a FIFO named x.png is not an image)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS and is_regular_file(path)
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -162,9 +173,11 @@ def list_images(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{root}: no such file or directory")
-    if root.is_file():
+    if not root.is_dir():
         if is_image_file(root):
             return [root]
+        if not is_regular_file(root):
+            raise DatasetError(f"{root}: not a regular file or a folder (a FIFO, socket or device)")
         raise DatasetError(
             f"{root}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
         )
@@ -173,7 +186,9 @@ def list_images(root: str | Path) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found.extend(
-            Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f)
+            Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and is_image_file(Path(dirpath) / f)
         )
     if not found:
         raise DatasetError(
@@ -241,7 +256,9 @@ def load_rgb(
     """
     path = Path(path)
     key = file_key(path, ("rgb", draft_side))
-    if key is None:
+    if key is None:  # missing, or not a regular file (a FIFO would block the read forever)
+        if path.exists():
+            raise DatasetError(f"{path}: not a regular file (a FIFO, socket or device)")
         raise DatasetError(f"{path}: image file not found")
     if not cache or not cache_limit_bytes():  # cache=False: the caller keeps what it derives
         return _decode(path, max_pixels, draft_side)[1]

@@ -181,7 +181,7 @@ def _foreign(folder: Path, manifest: dict[str, Any] | None) -> list[str]:
     """Files under `folder` that `data prepare` did not write (not in its manifest)."""
     ours = set((manifest or {}).get("files", {})) | {MANIFEST, LOCK_NAME}
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, _dirnames, filenames in os.walk(folder):
         for name in filenames:
             rel = (Path(dirpath) / name).relative_to(folder).as_posix()
             if rel not in ours and not _is_our_temp(name):
