@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from cebench.benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
 from cebench.core.config import config_hash
+from cebench.core.threads import MAX_JOBS
 from cebench.core.errors import CebenchError, ConfigError
 from cebench.core.io import atomic_write_text, inside
 from cebench.core.lock import folder_lock
@@ -217,7 +218,9 @@ class Runner:
         log=print,
         launcher: Any = None,
     ) -> None:
-        self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
+        if jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}")
+        self.suite, self.executor, self.jobs = suite, executor, jobs
         # None: this machine (--jobs); else an object whose run(runner, todo, outcome) runs the
         # cells elsewhere (cebench.benchmarks.slurm.SlurmLauncher)
         self.launcher = launcher
@@ -677,6 +680,9 @@ def main(args: argparse.Namespace) -> int:
         else f"cebench bench --suite {args.suite}"
     )
     jobs = args.jobs if args.jobs is not None else suite.jobs
+    if not 1 <= jobs <= MAX_JOBS:  # refused, not bent: 0 or -1 never runs as 1
+        flag = "--jobs" if args.jobs is not None else f"suite {args.suite}: jobs"
+        raise ConfigError(f"{flag} must be from 1 to {MAX_JOBS}, got {jobs}")
     launcher = None
     kind = args.launcher or suite.launcher.kind
     if kind == "slurm":

@@ -87,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     from cebench.core.errors import CebenchError
     from cebench.core.threads import passive_openmp
 
-    passive_openmp()  # before torch loads OpenMP: no spinning threads on shared cores
+    try:
+        passive_openmp()  # before torch loads OpenMP: no spinning threads on shared cores
+    except CebenchError as e:
+        print(f"cebench: error: {e}", file=sys.stderr)
+        return 2
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:

@@ -33,10 +33,11 @@ DEFAULT_PROGRESS_EVERY = 30.0
 
 def progress_every_default() -> float:
     """Seconds between plain progress lines: CEBENCH_PROGRESS_EVERY, else 30."""
-    try:
-        return max(0.0, float(os.environ.get("CEBENCH_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
-    except ValueError:
-        return DEFAULT_PROGRESS_EVERY
+    from cebench.core.env import env_float
+
+    return env_float(
+        "CEBENCH_PROGRESS_EVERY", default=DEFAULT_PROGRESS_EVERY, lo=0, hi=1e7, unit="of seconds"
+    )
 
 
 def format_duration(seconds: float) -> str:

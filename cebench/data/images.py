@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cebench.core.env import env_float
 from cebench.core.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -66,12 +67,8 @@ _CACHE_USED = {"bytes": 0}
 
 def cache_limit_bytes() -> int:
     """The decoded-file cache's budget: CEBENCH_IMAGE_CACHE_MB (MiB, 0 = off), default 128."""
-    raw = os.environ.get("CEBENCH_IMAGE_CACHE_MB", "")
-    try:
-        mb = float(raw) if raw.strip() else DEFAULT_CACHE_MB
-    except ValueError:
-        raise DatasetError(f"CEBENCH_IMAGE_CACHE_MB must be a number of MiB, got {raw!r}") from None
-    return max(0, int(mb * 2**20))
+    mb = env_float("CEBENCH_IMAGE_CACHE_MB", default=DEFAULT_CACHE_MB, lo=0, hi=2**20, unit="of MiB")
+    return int(mb * 2**20)
 
 
 def clear_file_cache() -> None:
