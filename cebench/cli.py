@@ -122,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cebench {name}: interrupted", file=sys.stderr)
         return 130
+    except RecursionError:  # a file nested deeper than Python recurses (json, yaml, pickle)
+        print(
+            f"cebench {name}: error: an input file is nested too deeply to read "
+            f"(Python's recursion limit, {sys.getrecursionlimit()})",
+            file=sys.stderr,
+        )
+        return 2
     return int(rc or 0)
 
 

@@ -114,13 +114,46 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
 
 
+MAX_DEPTH = 32  # nesting of mappings and lists in a config, and of its `_base_` chain
+
+
+def plain_data(value: Any, where: str, depth: int = 0) -> Any:
+    """`value` (read from YAML) checked to be a config's plain data: mappings keyed by strings
+    (`1: 2` is refused, not compared with str keys later), nested at most MAX_DEPTH deep.
+    The one check every YAML file and command-line value goes through; ConfigError naming it."""
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(
+                    f"{where}: key {k!r} is not text ({type(k).__name__}); keys must be names"
+                )
+            plain_data(v, f"{where}.{k}" if depth else f"{where}: '{k}'", depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            plain_data(v, where, depth + 1)
+    return value
+
+
+def _safe_load(text: str) -> Any:
+    """yaml.safe_load; a document too deeply nested for the parser is a ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
 def parse_value(raw: str, key: str) -> Any:
     """A command-line value read as YAML (`[64, 64]`, `1e-3`, `true`); ConfigError if malformed."""
     try:
-        return yaml.safe_load(raw)
+        value = _safe_load(raw)
     except yaml.YAMLError as e:
         why = str(getattr(e, "problem", "") or "not valid YAML")
         raise ConfigError(f"config key '{key}': value {raw!r} is malformed ({why})") from None
+    except ConfigError as e:
+        raise ConfigError(f"config key '{key}': value {e}") from None
+    return plain_data(value, f"config key '{key}'")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -164,7 +197,18 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         node: Any = data
         cls: Any = type(cfg)
         for i, part in enumerate(parts):
-            valid = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+            if i and (cls is dict or typing.get_origin(cls) is dict):
+                where = ".".join(parts[:i])
+                raise ConfigError(
+                    f"unknown config key '{key}': set the mapping '{where}' whole, "
+                    f"e.g. {where}={{{part}: ...}}"
+                )
+            if i and not dataclasses.is_dataclass(cls):  # `name.x=1`: a scalar holds no keys
+                raise ConfigError(
+                    f"unknown config key '{key}': '{'.'.join(parts[:i])}' is a single value "
+                    f"({getattr(cls, '__name__', cls)}), not a section with keys"
+                )
+            valid = _field_types(cls)
             if part not in valid:
                 where = ".".join(parts[:i])
                 prefix = where + "." if where else ""
@@ -207,22 +251,29 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _safe_load(path.read_text())
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+    return plain_data(data, f"config file {path}")
 
 
 def _load_with_bases(
     path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...]
 ) -> dict[str, Any]:
     key = path.resolve()
+    if len(chain) >= MAX_DEPTH:
+        raise ConfigError(
+            f"config file {chain[0]}: its {BASE_KEY} chain is more than {MAX_DEPTH} files long "
+            f"(at {path})"
+        )
     if key in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(key) :], key))
         raise ConfigError(f"config file {chain[-1]}: _base_ cycle: {cycle}")
