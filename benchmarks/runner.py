@@ -40,11 +40,11 @@ from typing import Any, Protocol
 
 from cebench.benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
 from cebench.core.config import config_hash
-from cebench.core.threads import MAX_JOBS
 from cebench.core.errors import CebenchError, ConfigError
 from cebench.core.io import atomic_write_text, inside
 from cebench.core.lock import folder_lock
 from cebench.core.provenance import git_commit
+from cebench.core.threads import MAX_JOBS
 
 
 class Executor(Protocol):

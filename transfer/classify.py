@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cebench.core.errors import ConfigError
+from cebench.core.lock import prepare_out_dir
 from cebench.core.logger import MetricLogger
 from cebench.transfer.args import (
     HarnessConfig,
@@ -394,6 +395,8 @@ def _frozen_protocol(
         if cfg.cache_dir
         else default_cache_dir(cfg.out)
     )
+    if cache is not None:  # a file in the way, an unwritable folder, the data: one line, now
+        prepare_out_dir(cache, "--cache-dir", inputs={"--data": cfg.data})
     feats, hits = {}, {}
     for name, view in (("train", train), ("val", val)):
         key = {
