@@ -235,14 +235,14 @@ class CellExecutor:
         self.out_dir = Path(out_dir).resolve()
         ensure_synth(suite, out_dir)
 
-    def _confined(self, cell: Cell, key: str, path: Any) -> None:
+    def _confined(self, key: str, path: Any) -> None:
         """A suite's configs may only write inside the results directory (`{work}` and below)."""
         if self.out_dir is None or not path or str(path).lower() == "none":
             return
         target = Path(str(path)).expanduser().resolve()
         if not target.is_relative_to(self.out_dir):
             raise ConfigError(
-                f"cell {cell.id}: {key}={path} would write outside the results directory "
+                f"{key}={path} would write outside the results directory "
                 f"{self.out_dir}; use '{{work}}'"
             )
 
@@ -250,7 +250,7 @@ class CellExecutor:
         """The cell's resolved config; every path it writes to (`written_paths`) is confined."""
         resolved = self._resolve(cell)
         for key, path in written_paths(resolved):
-            self._confined(cell, key, path)
+            self._confined(key, path)
         return resolved
 
     def _resolve(self, cell: Cell) -> dict[str, Any]:

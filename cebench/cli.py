@@ -84,10 +84,12 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cebench.core.env import check_environment
     from cebench.core.errors import CebenchError
     from cebench.core.threads import passive_openmp
 
     try:
+        check_environment()  # every CEBENCH_* number, before any work
         passive_openmp()  # before torch loads OpenMP: no spinning threads on shared cores
     except CebenchError as e:
         print(f"cebench: error: {e}", file=sys.stderr)

@@ -383,9 +383,7 @@ def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: st
             if Path(name_or_file).is_file()
             else ""
         )
-        raise ConfigError(
-            f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}{hint}"
-        )
+        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}{hint}")
     return named
 
 

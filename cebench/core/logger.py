@@ -32,11 +32,9 @@ DEFAULT_PROGRESS_EVERY = 30.0
 
 def progress_every_default() -> float:
     """Seconds between plain progress lines: CEBENCH_PROGRESS_EVERY, else 30."""
-    from cebench.core.env import env_float
+    from cebench.core.env import env_number
 
-    return env_float(
-        "CEBENCH_PROGRESS_EVERY", default=DEFAULT_PROGRESS_EVERY, lo=0, hi=1e7, unit="of seconds"
-    )
+    return env_number("CEBENCH_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)
 
 
 def format_duration(seconds: float) -> str:

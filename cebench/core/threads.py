@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cebench.core.env import env_int, parse_int
+from cebench.core.env import VARIABLES, env_number, parse_int
 from cebench.core.errors import ConfigError
 
 _SAID_ENV = "_CEBENCH_THREADS_SAID"  # inherited by child processes: they do not repeat the line
@@ -103,18 +103,20 @@ def default_workers(device_type: str, env: Mapping[str, str] | None = None) -> i
 
 
 # torch's own limit is far lower than any int: torch.set_num_threads(99999) crashed the process
-MAX_THREADS = 256
-_BOUNDS = {"CEBENCH_THREADS": MAX_THREADS, "OMP_NUM_THREADS": MAX_THREADS}
-MAX_JOBS = 1024
+MAX_THREADS = int(VARIABLES["CEBENCH_THREADS"][2])
+MAX_JOBS = int(VARIABLES["CEBENCH_JOBS"][2])
 
 
 def _positive(env: Mapping[str, str], name: str) -> int | None:
+    if name in VARIABLES:
+        value = env_number(name, env=env)
+        return None if value is None else int(value)
     raw = env.get(name, "")
     if not raw.strip():
         return None
-    hi = _BOUNDS.get(name, MAX_JOBS)
+    hi = MAX_THREADS if name == "OMP_NUM_THREADS" else MAX_JOBS  # LOCAL_WORLD_SIZE: processes
     first = raw.split(",")[0]  # OMP_NUM_THREADS may be a list per nesting level
-    return parse_int(name, first if name == "OMP_NUM_THREADS" else raw, 1, hi)
+    return parse_int(name, first, 1, hi)
 
 
 def jobs_from_env(env: Mapping[str, str]) -> int:
@@ -174,7 +176,7 @@ def passive_openmp(env: dict[str, str] | None = None) -> bool:
     """Set OMP_WAIT_POLICY=PASSIVE (see module doc) unless it is set or CEBENCH_OMP_PASSIVE=0;
     effective only before torch is first imported. Returns whether it was set."""
     env = os.environ if env is None else env
-    if "OMP_WAIT_POLICY" in env or env_int("CEBENCH_OMP_PASSIVE", default=1, lo=0, hi=1, env=env) == 0:
+    if "OMP_WAIT_POLICY" in env or env_number("CEBENCH_OMP_PASSIVE", 1, env) == 0:
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return True

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cebench.core.env import env_float
+from cebench.core.env import env_number
 from cebench.core.errors import DatasetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -67,7 +67,7 @@ _CACHE_USED = {"bytes": 0}
 
 def cache_limit_bytes() -> int:
     """The decoded-file cache's budget: CEBENCH_IMAGE_CACHE_MB (MiB, 0 = off), default 128."""
-    mb = env_float("CEBENCH_IMAGE_CACHE_MB", default=DEFAULT_CACHE_MB, lo=0, hi=2**20, unit="of MiB")
+    mb = env_number("CEBENCH_IMAGE_CACHE_MB", DEFAULT_CACHE_MB)
     return int(mb * 2**20)
 
 

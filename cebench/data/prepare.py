@@ -170,11 +170,34 @@ def prepare(
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"--out {dst}: is a file, not a folder")
     refuse_overlap(dst, {"SRC": src})
+    if dst.is_dir() and any(dst.iterdir()):  # refused before the lock: a refusal leaves nothing
+        _check_out(dst, {"format": FORMAT, "source": str(src.resolve()), "size": size}, force)
     # one writer per --out: the lock file sits beside it (DST itself is renamed into place)
     with FolderLock(
         dst.parent, "cebench data prepare", lock_name=f".{dst.name}.cebench.lock", shown=dst
     ):
         return _prepare_locked(src, dst, size, workers, force, say)
+
+
+def _check_out(dst: Path, settings: dict[str, Any], force: bool) -> bool:
+    """Whether the non-empty `dst` is this source at this size (work goes on in it); ConfigError
+    when it holds files `data prepare` did not write (even with --force) or, without --force,
+    another source or size."""
+    old = _load_manifest(dst)
+    same = old is not None and all(old.get(k) == v for k, v in settings.items())
+    foreign = [] if same else _foreign(dst, old)
+    if foreign:  # --force replaces only what cebench data prepare wrote
+        raise ConfigError(
+            f"--out {dst}: holds files not written by cebench data prepare "
+            f"({foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); "
+            "choose another --out (--force never deletes files cebench did not write)"
+        )
+    if not same and not force:
+        raise ConfigError(
+            f"--out {dst}: holds another source or size; choose another --out or pass "
+            "--force to replace it"
+        )
+    return same
 
 
 def _foreign(folder: Path, manifest: dict[str, Any] | None) -> list[str]:
@@ -204,19 +227,7 @@ def _prepare_locked(
     partial = dst.parent / f".{dst.name}.partial"
     old = _load_manifest(dst) if dst.is_dir() else None
     if dst.is_dir() and any(dst.iterdir()):
-        same = old is not None and all(old.get(k) == v for k, v in settings.items())
-        foreign = [] if same else _foreign(dst, old)
-        if foreign:  # --force replaces only what cebench data prepare wrote
-            raise ConfigError(
-                f"--out {dst}: holds files not written by cebench data prepare "
-                f"({foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); "
-                "choose another --out (--force never deletes files cebench did not write)"
-            )
-        if not same and not force:
-            raise ConfigError(
-                f"--out {dst}: holds another source or size; choose another --out or pass "
-                "--force to replace it"
-            )
+        same = _check_out(dst, settings, force)
         if not same:  # --force: start over beside it, replace it at the end
             shutil.rmtree(partial, ignore_errors=True)
             work, old = partial, None
