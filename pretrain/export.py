@@ -269,6 +269,22 @@ def _load_line(fmt: str, model_name: str, file: str) -> str:
     return f"cebench.build_encoder({model_name!r}, **sidecar['kwargs']).load_state_dict({read})"
 
 
+def _refuse_clobbering_the_source(out: Path, source: Path) -> None:
+    """`out` may lie in the run folder it exports (beside encoder.pt), but may never be the
+    encoder file itself nor replace a file of that run (checkpoint.pt, ...); an earlier export
+    there (it has its sidecar) may be replaced."""
+    encoder_file = source / "encoder.pt" if source.is_dir() else source
+    refuse_overlap(out, {"source": encoder_file})
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        if not sidecar_path(out).is_file():
+            for target in (out, sidecar_path(out)):
+                if target.exists():
+                    raise ConfigError(
+                        f"--out {out} would replace {target}, a file of the run {source} it "
+                        "exports; choose another --out"
+                    )
+
+
 def export_encoder(source: str | Path, out: str | Path, format: str | None = None) -> Path:
     """Write `out` (weights under the family's native names) and `out.json` (the sidecar).
 
@@ -276,7 +292,7 @@ def export_encoder(source: str | Path, out: str | Path, format: str | None = Non
     for the encoder family's own. Returns the weight file's path."""
     out = Path(out)
     _suffix_kind(out)
-    refuse_overlap(out, {"source": source})
+    _refuse_clobbering_the_source(out, Path(source))
     for target in (out, sidecar_path(out)):
         if target.is_dir():
             raise CheckpointError(f"could not write {target}: a folder is in the way")

@@ -110,6 +110,10 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     f["imgs_parent"] = root
     f["enc_good"] = root / "enc_good.pt"
     save_encoder(f["enc_good"], enc, "tiny", {"width": 4, "input_size": 32}, {})
+    f["run_dir"] = root / "run"  # a run folder: encoder.pt and a checkpoint.pt
+    f["run_dir"].mkdir()
+    save_encoder(f["run_dir"] / "encoder.pt", enc, "tiny", {"width": 4, "input_size": 32}, {})
+    torch.save({"step": 1}, f["run_dir"] / "checkpoint.pt")
     f["blocked"] = root / "blocked"  # export --out blocked/w.pt: a folder where w.pt.json goes
     (f["blocked"] / "w.pt.json").mkdir(parents=True)
     for name, change in (
@@ -214,6 +218,11 @@ CASES: list[tuple[str, str, str | None]] = [
         None,
     ),
     ("export-out-is-source", "export {enc_good} --format state-dict --out {enc_good}", None),
+    (
+        "export-out-run-checkpoint",
+        "export {run_dir} --format state-dict --out {run_dir}/checkpoint.pt",
+        None,
+    ),
     ("export-sidecar-blocked", "export {enc_good} --format state-dict --out {blocked}/w.pt", None),
     (
         "classify-out-in-data",
