@@ -110,6 +110,8 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     f["imgs_parent"] = root
     f["enc_good"] = root / "enc_good.pt"
     save_encoder(f["enc_good"], enc, "tiny", {"width": 4, "input_size": 32}, {})
+    f["fifo"] = root / "fifo.png"  # a FIFO named like an image: opening it would block
+    os.mkfifo(f["fifo"])
     f["run_dir"] = root / "run"  # a run folder: encoder.pt and a checkpoint.pt
     f["run_dir"].mkdir()
     save_encoder(f["run_dir"] / "encoder.pt", enc, "tiny", {"width": 4, "input_size": 32}, {})
@@ -273,6 +275,11 @@ CASES: list[tuple[str, str, str | None]] = [
     ),
     ("pretrain-override-scalar", "pretrain --data {imgs} --out {root}/out train.steps.x=1", OUT),
     ("pretrain-override-mapping", "pretrain --data {imgs} --out {root}/out method_kwargs.x=1", OUT),
+    # --- issue 24: a FIFO is not an image (reading it would block forever)
+    ("pretrain-data-fifo", "pretrain --data {fifo} --out {root}/out", OUT),
+    ("inpaint-images-fifo", "inpaint --images {fifo} --method mean-fill --out {root}/out", OUT),
+    ("prepare-src-fifo", "data prepare {fifo} --size 32 --out {root}/out", OUT),
+    ("pretrain-config-fifo", "pretrain --data {imgs} --config {fifo} --out {root}/out", OUT),
     # --- issue 24: hostile checkpoints
     (
         "inpaint-ckpt-system",
@@ -405,6 +412,7 @@ CASES += [
     ("speed-config", "speed --configs nosuch", None),
     ("speed-nothing", "speed --configs none", None),
     ("speed-workdir-file", "speed --configs none --photos --workdir {afile}", None),
+    ("speed-workdir-foreign", "speed --configs none --photos --workdir {imgs}", None),
 ]
 
 

@@ -117,22 +117,38 @@ def yaml_problem(e: yaml.YAMLError) -> str:
 MAX_DEPTH = 32  # nesting of mappings and lists in a config, and of its `_base_` chain
 
 
-def plain_data(value: Any, where: str, depth: int = 0) -> Any:
+MAX_VALUES = 100_000  # values in one config, aliases counted each time they are used
+
+
+def plain_data(value: Any, where: str) -> Any:
     """`value` (read from YAML) checked to be a config's plain data: mappings keyed by strings
-    (`1: 2` is refused, not compared with str keys later), nested at most MAX_DEPTH deep.
-    The one check every YAML file and command-line value goes through; ConfigError naming it."""
-    if depth > MAX_DEPTH:
-        raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(
-                    f"{where}: key {k!r} is not text ({type(k).__name__}); keys must be names"
-                )
-            plain_data(v, f"{where}.{k}" if depth else f"{where}: '{k}'", depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            plain_data(v, where, depth + 1)
+    (`1: 2` is refused, not compared with str keys later), nested at most MAX_DEPTH deep, at
+    most MAX_VALUES values (YAML aliases repeat a value without copying it: a few lines can
+    stand for billions). The one check every YAML file and command-line value goes through;
+    ConfigError naming it."""
+    budget = [MAX_VALUES]
+
+    def walk(v: Any, at: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(
+                f"{where}: more than {MAX_VALUES} values (YAML aliases count each time they "
+                "are used)"
+            )
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ConfigError(
+                        f"{at}: key {k!r} is not text ({type(k).__name__}); keys must be names"
+                    )
+                walk(item, f"{at}.{k}" if depth else f"{at}: '{k}'", depth + 1)
+        elif isinstance(v, list):
+            for item in v:
+                walk(item, at, depth + 1)
+
+    walk(value, where, 0)
     return value
 
 

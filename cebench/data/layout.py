@@ -39,6 +39,8 @@ def detect_layout(path: str | Path) -> list[tuple[str, Path]]:
     path = Path(path)
     if path.is_file():
         return [("coco", path)] if path.suffix == ".json" else [("images", path)]
+    if path.exists() and not path.is_dir():  # a FIFO, socket or device: list_images refuses it
+        return [("images", path)]
     if (path / "synth.json").is_file() or (
         (path / "VOC").is_dir() and (path / "unlabelled").is_dir()
     ):
