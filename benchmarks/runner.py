@@ -664,6 +664,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse_writing_into_the_data(suite: Suite, out: Path) -> None:
+    """The suite's own data paths (`data.paths` not built from `{out}` / `{data.synth}`, e.g. a
+    VOC root of the user's) are inputs: --out may not be, hold or lie inside one
+    (`refuse_overlap`)."""
+    from cebench.benchmarks.suite import data_env
+    from cebench.core.lock import refuse_overlap
+
+    env = data_env(suite, out.expanduser().resolve())
+    given = {
+        f"data.paths.{name}": env[f"data.{name}"]
+        for name, raw in suite.data.paths.items()
+        if "{out}" not in raw and "{data.synth}" not in raw
+    }
+    refuse_overlap(out, given)
+
+
 def main(args: argparse.Namespace) -> int:
     from cebench.benchmarks.cells import CellExecutor, cell_settings
 
@@ -679,6 +695,7 @@ def main(args: argparse.Namespace) -> int:
         if sys.argv[1:2] == ["bench"]
         else f"cebench bench --suite {args.suite}"
     )
+    _refuse_writing_into_the_data(suite, out)
     jobs = args.jobs if args.jobs is not None else suite.jobs
     if not 1 <= jobs <= MAX_JOBS:  # refused, not bent: 0 or -1 never runs as 1
         flag = "--jobs" if args.jobs is not None else f"suite {args.suite}: jobs"

@@ -144,6 +144,13 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
         (chain / f"c{i}.yaml").write_text(f"_base_: c{i + 1}.yaml\n")
     (chain / "c200.yaml").write_text("train: {steps: 1}\n")
     f["yaml_chain"] = chain / "c0.yaml"
+    f["data_suite"] = root / "datasuite.yaml"  # a suite reading the user's own folder
+    f["data_suite"].write_text(
+        f"name: ds\nseeds: [0]\ndata: {{paths: {{voc: {f['voc']}}}}}\n"
+        "arms: [{name: r, method: random, encoder: tiny}]\n"
+        "transfer: {data: '{data.voc}', encoder: 'random:tiny,width=4'}\n"
+        "tasks: [{name: c, kind: classify, metric: score}]\n"
+    )
     f["escape_suite"] = root / "escape.yaml"
     f["escape_suite"].write_text(
         "name: escape\nseeds: [0]\narms: [{name: r, method: random, encoder: tiny}]\n"
@@ -236,6 +243,8 @@ CASES: list[tuple[str, str, str | None]] = [
         "transfer segment --encoder {enc_good} --data {voc} --out {enc_good}",
         None,
     ),
+    ("bench-out-holds-data", "bench --suite {data_suite} --out {data}", None),
+    ("bench-out-in-data", "bench --suite {data_suite} --out {voc}/results", None),
     ("bench-cache-dir-escapes", "bench --suite {escape_suite} --out {root}/out", OUT),
     # --- issue 24: YAML that is not plain data, values through a single value
     (
