@@ -22,6 +22,7 @@ from typing import Any, Literal
 from cebench.core.config import (
     _deep_merge,
     apply_overrides,
+    check_seed,
     from_dict,
     load_yaml,
     merge_bases,
@@ -154,6 +155,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.sample_every < 0:
             raise ConfigError(f"train.sample_every must be >= 0, got {self.sample_every}")
+        check_seed(self.seed, "train.seed")
 
 
 @dataclass

@@ -282,6 +282,13 @@ CASES: list[tuple[str, str, str | None]] = [
         "pretrain --data {imgs} --config {yaml_chain} --out {root}/out",
         OUT,
     ),
+    ("pretrain-seed-negative", "pretrain --data {imgs} --seed -1 --out {root}/out", OUT),
+    (
+        "pretrain-seed-huge",
+        "pretrain --data {imgs} --seed 99999999999999999999 --out {root}/out",
+        OUT,
+    ),
+    ("synth-seed-negative", "data synth --out {root}/out --seed -1 --size 32", OUT),
     ("pretrain-override-scalar", "pretrain --data {imgs} --out {root}/out train.steps.x=1", OUT),
     ("pretrain-override-mapping", "pretrain --data {imgs} --out {root}/out method_kwargs.x=1", OUT),
     # --- issue 24: a FIFO is not an image (reading it would block forever)
@@ -370,6 +377,7 @@ for task in ("classify", "detect", "segment"):
         (f"{task}-set-yaml", f"{base} --encoder random:tiny --set lr=[1", OUT),
         (f"{task}-set-key", f"{base} --encoder random:tiny --set nosuch=1", OUT),
         (f"{task}-lr-text", f"{base} --encoder random:tiny --lr fast", OUT),
+        (f"{task}-seed-huge", f"{base} --encoder random:tiny --seed 99999999999999999999", OUT),
         (f"{task}-set-scalar", f"{base} --encoder random:tiny --set epochs.x=1", OUT),
         (f"{task}-encoder-system", f"{base} --encoder {{system_pt}}", OUT),
         (f"{task}-encoder-hf-hub", f"{base} --encoder {{enc_hfhub}}", OUT),

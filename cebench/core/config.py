@@ -107,6 +107,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's generators take 0 .. 2**63 - 1 alike
+
+
+def check_seed(value: int, key: str) -> None:
+    """ConfigError unless `value` is a seed every generator takes as it is (a negative one is
+    not silently wrapped round, a huge one does not overflow inside torch)."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"config key '{key}' must be from 0 to 2**63 - 1 (a seed), got {value}")
+
+
 def yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error in one line: what is wrong and where (line, column)."""
     mark = getattr(e, "problem_mark", None)

@@ -180,6 +180,8 @@ def _synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {out}: is a file, not a folder")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if not 0 <= args.seed < 2**63:  # numpy's generators take no negative seed
+        raise ConfigError(f"--seed must be from 0 to 2**63 - 1, got {args.seed}")
     start = time.perf_counter()
     try:
         info = generate(
