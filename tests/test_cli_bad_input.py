@@ -194,6 +194,8 @@ CASES: list[tuple[str, str, str | None]] = [
     ("prepare-out-unwritable", "data prepare {imgs} --size 32 --out {unwritable}", None),
     # --- pretrain
     ("pretrain-out-file", "pretrain --data {imgs} --steps 1 --out {afile}", None),
+    ("pretrain-out-under-file", "pretrain --data {imgs} --steps 1 --out {afile}/run", None),
+    ("export-out-under-file", "export {enc_good} --format state-dict --out {afile}/w.pt", None),
     ("pretrain-out-unwritable", "pretrain --data {imgs} --steps 1 --out {unwritable}", None),
     ("pretrain-device-tpu", "pretrain --data {imgs} --device tpu --out {root}/out", OUT),
     (
@@ -242,6 +244,12 @@ CASES: list[tuple[str, str, str | None]] = [
         "segment-out-is-encoder",
         "transfer segment --encoder {enc_good} --data {voc} --out {enc_good}",
         None,
+    ),
+    (
+        "classify-cache-dir-file",
+        "transfer classify --encoder random:tiny --data {voc} --preset small --protocol linear "
+        "--cache-dir {afile} --out {root}/out",
+        OUT,
     ),
     ("bench-out-holds-data", "bench --suite {data_suite} --out {data}", None),
     ("bench-out-in-data", "bench --suite {data_suite} --out {voc}/results", None),

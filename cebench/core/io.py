@@ -10,6 +10,7 @@ An `encoder.pt` holds only tensors and plain data, so it loads with `torch.load(
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import re
@@ -28,7 +29,15 @@ os.umask(_UMASK)
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write bytes so that readers see either the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where a folder of the path should be
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.is_file()), None)
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"a file is in the way ({blocker or path.parent})", str(path)
+        ) from None
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file open()'s usual mode

@@ -67,6 +67,11 @@ def prepare_out_dir(folder: str | Path, flag: str = "--out", inputs: Inputs | No
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise ConfigError(f"{flag} {folder}: is a file, not a folder") from None
+    except NotADirectoryError:  # a file where one of its parent folders should be
+        blocker = next((p for p in folder.parents if p.is_file()), folder.parent)
+        raise ConfigError(
+            f"{flag} {folder}: cannot create the folder: a file is in the way ({blocker})"
+        ) from None
     except OSError as e:
         where = f" ({e.filename})" if e.filename and str(e.filename) != str(folder) else ""
         raise ConfigError(
