@@ -380,8 +380,10 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     try:
         car = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: malformed JSON, not text
         raise CheckpointError(f"{side} is not readable JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{side} is not readable JSON: nested too deeply") from None
     if not isinstance(car, dict) or car.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{side} is not a cebench export sidecar (format {EXPORT_FORMAT})")
     name, kwargs, fmt = car.get("encoder"), car.get("kwargs"), car.get("export_format")

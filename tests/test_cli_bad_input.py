@@ -110,6 +110,9 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     f["imgs_parent"] = root
     f["enc_good"] = root / "enc_good.pt"
     save_encoder(f["enc_good"], enc, "tiny", {"width": 4, "input_size": 32}, {})
+    f["deep_export"] = root / "deep.pt"  # an export whose sidecar JSON nests 100000 deep
+    f["deep_export"].write_bytes(b"not read: the sidecar fails first")
+    (root / "deep.pt.json").write_text("[" * 100_000 + "]" * 100_000)
     f["fifo"] = root / "fifo.png"  # a FIFO named like an image: opening it would block
     os.mkfifo(f["fifo"])
     f["run_dir"] = root / "run"  # a run folder: encoder.pt and a checkpoint.pt
@@ -386,6 +389,7 @@ for task in ("classify", "detect", "segment"):
         (f"{task}-set-key", f"{base} --encoder random:tiny --set nosuch=1", OUT),
         (f"{task}-lr-text", f"{base} --encoder random:tiny --lr fast", OUT),
         (f"{task}-seed-huge", f"{base} --encoder random:tiny --seed 99999999999999999999", OUT),
+        (f"{task}-encoder-deep-sidecar", f"{base} --encoder {{deep_export}}", OUT),
         (f"{task}-set-scalar", f"{base} --encoder random:tiny --set epochs.x=1", OUT),
         (f"{task}-encoder-system", f"{base} --encoder {{system_pt}}", OUT),
         (f"{task}-encoder-hf-hub", f"{base} --encoder {{enc_hfhub}}", OUT),

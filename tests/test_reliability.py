@@ -620,3 +620,17 @@ def test_every_cebench_number_in_the_code_is_checked_in_one_place():
     check_environment({name: "" for name in VARIABLES})  # unset or empty: the defaults
     with pytest.raises(ConfigError, match="CEBENCH_JOBS='3.5'"):
         check_environment({"CEBENCH_JOBS": "3.5"})
+
+
+def test_a_recursion_error_anywhere_is_one_line(monkeypatch, capsys):
+    # the net under every command: input nested deeper than Python recurses (a JSON or pickle
+    # reader we do not wrap ourselves) is exit 2 and one line, never a traceback
+    import cebench.benchmarks.render as render
+
+    def endless(args):
+        return endless(args)
+
+    monkeypatch.setattr(render, "main", endless)
+    assert cebench(["table", "anything"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deeply to read" in err, err
