@@ -53,6 +53,7 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     f["data"] = root / "synth"
     generate(f["data"], size=32, images=4, unlabelled=4, folder_images=12, workers=1)
     f["voc"] = f["data"] / "VOC"
+    (f["data"] / "notes.txt").write_text("the user's own file: --force may not delete it\n")
     (root / "badimgs").mkdir()
     (root / "badimgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     f["badimgs"] = root / "badimgs"
@@ -178,6 +179,11 @@ CASES: list[tuple[str, str, str | None]] = [
     ("synth-images", "data synth --out {root}/out --images 1", OUT),
     ("synth-workers", "data synth --out {root}/out --workers 0", OUT),
     ("synth-not-ours", "data synth --out {imgs} --force --size 32", None),
+    (
+        "synth-force-foreign-file",
+        "data synth --out {data} --force --size 32 --images 4 --unlabelled 4 --folder-images 12",
+        None,
+    ),
     ("synth-size-text", "data synth --out {root}/out --size big", OUT),
     ("synth-no-action", "data", None),
     # --- data check
