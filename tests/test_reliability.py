@@ -634,3 +634,22 @@ def test_a_recursion_error_anywhere_is_one_line(monkeypatch, capsys):
     assert cebench(["table", "anything"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nested too deeply to read" in err, err
+
+
+def test_a_hub_name_beside_a_file_of_that_name_is_the_hub_model(tmp_path, monkeypatch):
+    import cebench.pretrain.models.hub as hub
+    from cebench.transfer.encoders import resolve_encoder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "resnet18").write_bytes(b"a file named like the hub model")
+    looked: list[dict] = []
+
+    def not_cached(**where):
+        looked.append(where)
+        raise CheckpointError("pretrained weights not found in the local cache")
+
+    monkeypatch.setattr(hub, "find_hub_weights", not_cached)
+    with pytest.raises(CheckpointError, match="local cache"):
+        resolve_encoder("hub:timm/resnet18")
+    assert looked and looked[0].get("hf_repo")  # the hub's own weights were asked for
