@@ -30,6 +30,7 @@ from cebench.core.config import (
     to_dict,
 )
 from cebench.core.errors import ConfigError
+from cebench.core.threads import check_workers
 from cebench.pretrain.methods import get_method
 from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
 
@@ -58,6 +59,7 @@ class DataConfig:
     max_pixels: int = 89_478_485  # an image with more pixels (w x h) is a bad image (PIL's level)
 
     def validate(self) -> None:
+        check_workers(self.workers, "data.workers (-1 = automatic)", lowest=-1)
         if self.load_size < 0:
             raise ConfigError(f"data.load_size must be >= 0, got {self.load_size}")
         if self.fill_samples < 1:

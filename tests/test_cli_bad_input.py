@@ -184,6 +184,9 @@ CASES: list[tuple[str, str, str | None]] = [
         "data synth --out {data} --force --size 32 --images 4 --unlabelled 4 --folder-images 12",
         None,
     ),
+    ("synth-workers-many", "data synth --out {root}/out --workers 99999 --size 32", OUT),
+    ("prepare-workers-many", "data prepare {imgs} --size 32 --workers 99999 --out {root}/out", OUT),
+    ("pretrain-workers-negative", "pretrain --data {imgs} --out {root}/out data.workers=-5", OUT),
     ("synth-size-text", "data synth --out {root}/out --size big", OUT),
     ("synth-no-action", "data", None),
     # --- data check
@@ -396,6 +399,7 @@ for task in ("classify", "detect", "segment"):
         (f"{task}-lr-text", f"{base} --encoder random:tiny --lr fast", OUT),
         (f"{task}-seed-huge", f"{base} --encoder random:tiny --seed 99999999999999999999", OUT),
         (f"{task}-encoder-deep-sidecar", f"{base} --encoder {{deep_export}}", OUT),
+        (f"{task}-workers-negative", f"{base} --encoder random:tiny --set num_workers=-5", OUT),
         (f"{task}-set-scalar", f"{base} --encoder random:tiny --set epochs.x=1", OUT),
         (f"{task}-encoder-system", f"{base} --encoder {{system_pt}}", OUT),
         (f"{task}-encoder-hf-hub", f"{base} --encoder {{enc_hfhub}}", OUT),

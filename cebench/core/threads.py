@@ -105,6 +105,15 @@ def default_workers(device_type: str, env: Mapping[str, str] | None = None) -> i
 # torch's own limit is far lower than any int: torch.set_num_threads(99999) crashed the process
 MAX_THREADS = int(VARIABLES["CEBENCH_THREADS"][2])
 MAX_JOBS = int(VARIABLES["CEBENCH_JOBS"][2])
+# worker processes of one command (data-loader workers, `data prepare` / `data synth --workers`):
+# more is never faster, and 99999 would fork that many
+MAX_WORKERS = 256
+
+
+def check_workers(value: int, key: str, lowest: int = 1) -> None:
+    """ConfigError unless lowest <= value <= MAX_WORKERS (refused, never clamped)."""
+    if not lowest <= value <= MAX_WORKERS:
+        raise ConfigError(f"{key} must be from {lowest} to {MAX_WORKERS}, got {value}")
 
 
 def _positive(env: Mapping[str, str], name: str) -> int | None:

@@ -173,13 +173,14 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from cebench.core.errors import ConfigError
+    from cebench.core.threads import check_workers
     from cebench.data.synth import generate
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is not None:
+        check_workers(args.workers, "--workers")
     if not 0 <= args.seed < 2**63:  # numpy's generators take no negative seed
         raise ConfigError(f"--seed must be from 0 to 2**63 - 1, got {args.seed}")
     start = time.perf_counter()

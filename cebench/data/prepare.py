@@ -45,6 +45,7 @@ from PIL import Image
 from cebench.core.errors import ConfigError, DatasetError
 from cebench.core.io import atomic_write_text
 from cebench.core.lock import LOCK_NAME, FolderLock, refuse_overlap
+from cebench.core.threads import check_workers
 from cebench.data.images import list_images, load_rgb
 
 MANIFEST = "prepared.json"
@@ -163,8 +164,7 @@ def prepare(
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if size < 8:
         raise ConfigError(f"--size must be >= 8 pixels, got {size}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers, "--workers")
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder of images")
     if dst.exists() and not dst.is_dir():
