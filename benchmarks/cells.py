@@ -225,6 +225,26 @@ def ensure_synth(suite: Suite, out_dir: Path) -> None:
     atomic_write_text(stamp, json.dumps(want))
 
 
+# keys whose value is a folder or file a cell writes: `out`, `train.out`, `cache_dir`, and any
+# `*_dir` / `*_out` a config grows (a log folder): each must lie inside the results directory
+def _is_written_path_key(name: str) -> bool:
+    return name == "out" or name.endswith(("_dir", "_out"))
+
+
+def written_paths(resolved: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every path-valued key a resolved cell config writes to, at any
+    depth: the one place the suite's paths are found (see `CellExecutor.resolve`)."""
+    found: list[tuple[str, Any]] = []
+    if isinstance(resolved, dict):
+        for k, v in resolved.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                found += written_paths(v, f"{key}.")
+            elif isinstance(k, str) and _is_written_path_key(k) and isinstance(v, (str, Path)):
+                found.append((key, v))
+    return found
+
+
 class CellExecutor:
     """Executor used by `cebench bench` (see `cebench.benchmarks.runner.Executor`)."""
 
@@ -234,14 +254,14 @@ class CellExecutor:
         self.out_dir = Path(out_dir).resolve()
         ensure_synth(suite, out_dir)
 
-    def _confined(self, cell: Cell, key: str, path: Any) -> None:
+    def _confined(self, key: str, path: Any) -> None:
         """A suite's configs may only write inside the results directory (`{work}` and below)."""
-        if self.out_dir is None or not path:
+        if self.out_dir is None or not path or str(path).lower() == "none":
             return
         target = Path(str(path)).expanduser().resolve()
         if not target.is_relative_to(self.out_dir):
             raise ConfigError(
-                f"cell {cell.id}: {key}={path} would write outside the results directory "
+                f"{key}={path} would write outside the results directory "
                 f"{self.out_dir}; use '{{work}}'"
             )
 
@@ -256,11 +276,10 @@ class CellExecutor:
         return code_fingerprint([root, "cebench.data.synth"], also=[__name__])
 
     def resolve(self, cell: Cell) -> dict[str, Any]:
+        """The cell's resolved config; every path it writes to (`written_paths`) is confined."""
         resolved = self._resolve(cell)
-        if cell.kind == "pretrain":
-            self._confined(cell, "train.out", resolved["train"]["out"])
-        else:
-            self._confined(cell, "out", resolved.get("out"))
+        for key, path in written_paths(resolved):
+            self._confined(key, path)
         return resolved
 
     def _resolve(self, cell: Cell) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from cebench.core.errors import CebenchError, ConfigError
 from cebench.core.io import atomic_write_text, inside
 from cebench.core.lock import folder_lock
 from cebench.core.provenance import git_commit
+from cebench.core.threads import MAX_JOBS
 
 
 class Executor(Protocol):
@@ -226,7 +227,9 @@ class Runner:
         launcher: Any = None,
         reuse: list[str | Path] | None = None,
     ) -> None:
-        self.suite, self.executor, self.jobs = suite, executor, max(1, jobs)
+        if jobs < 1:
+            raise ConfigError(f"jobs must be >= 1, got {jobs}")
+        self.suite, self.executor, self.jobs = suite, executor, jobs
         # None: this machine (--jobs); else an object whose run(runner, todo, outcome) runs the
         # cells elsewhere (cebench.benchmarks.slurm.SlurmLauncher)
         self.launcher = launcher
@@ -793,6 +796,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _refuse_writing_into_the_data(suite: Suite, out: Path) -> None:
+    """The suite's own data paths (`data.paths` not built from `{out}` / `{data.synth}`, e.g. a
+    VOC root of the user's) are inputs: --out may not be, hold or lie inside one
+    (`refuse_overlap`)."""
+    from cebench.benchmarks.suite import data_env
+    from cebench.core.lock import refuse_overlap
+
+    env = data_env(suite, out.expanduser().resolve())
+    given = {
+        f"data.paths.{name}": env[f"data.{name}"]
+        for name, raw in suite.data.paths.items()
+        if "{out}" not in raw and "{data.synth}" not in raw
+    }
+    refuse_overlap(out, given)
+
+
 def main(args: argparse.Namespace) -> int:
     from cebench.benchmarks.cells import CellExecutor, cell_settings
 
@@ -808,7 +827,11 @@ def main(args: argparse.Namespace) -> int:
         if sys.argv[1:2] == ["bench"]
         else f"cebench bench --suite {args.suite}"
     )
+    _refuse_writing_into_the_data(suite, out)
     jobs = args.jobs if args.jobs is not None else suite.jobs
+    if not 1 <= jobs <= MAX_JOBS:  # refused, not bent: 0 or -1 never runs as 1
+        flag = "--jobs" if args.jobs is not None else f"suite {args.suite}: jobs"
+        raise ConfigError(f"{flag} must be from 1 to {MAX_JOBS}, got {jobs}")
     launcher = None
     kind = args.launcher or suite.launcher.kind
     if kind == "slurm":

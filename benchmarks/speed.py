@@ -532,6 +532,29 @@ def _data_rate(
     return rate
 
 
+WORKDIR_MARK = ".cebench-speed"
+
+
+def _own_workdir(workdir: Path) -> None:
+    """Create --workdir, or accept an existing one only if empty or made by `cebench speed`
+    (its mark file): speed deletes and rewrites its run folders there, and never a file it did
+    not write."""
+    from cebench.core.errors import ConfigError
+
+    try:
+        if workdir.is_dir() and any(workdir.iterdir()) and not (workdir / WORKDIR_MARK).is_file():
+            raise ConfigError(
+                f"--workdir {workdir}: holds files cebench speed did not write; choose a new or "
+                "empty folder (speed replaces its run folders there)"
+            )
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / WORKDIR_MARK).touch()
+    except FileExistsError:
+        raise ConfigError(f"--workdir {workdir}: is a file, not a folder") from None
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir}: {e.strerror or e}") from None
+
+
 def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """The `small` config on a folder of camera-sized photos: its training rate (steps on one
     preloaded batch) against data loading with the default workers, decoding the files at full
@@ -817,10 +840,7 @@ def main(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     photos = contention = None
     if args.workdir:
-        try:
-            Path(args.workdir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--workdir {args.workdir}: {e.strerror or e}") from None
+        _own_workdir(Path(args.workdir))
     # the data timings measure decoding, as a dataset larger than the decoded-file cache pays it
     # (cebench.data.images); the few files measured here would otherwise be decoded once
     os.environ.setdefault("CEBENCH_IMAGE_CACHE_MB", "0")

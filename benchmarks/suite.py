@@ -384,6 +384,11 @@ def _set_path(raw: dict[str, Any], key: str, value: Any) -> None:
             if node.get(part) is None:
                 node[part] = {}
             node = node[part]
+            if not isinstance(node, (dict, list)):  # `name.x=1`: a scalar holds no keys
+                raise ConfigError(
+                    f"'{key}': '{'.'.join(parts[: i + 1])}' is {node!r}, not a mapping; "
+                    "it has no keys to set"
+                )
     if isinstance(node, list):
         raise ConfigError(f"'{key}': give an item name after '{'.'.join(parts[:-1])}'")
     node[parts[-1]] = value

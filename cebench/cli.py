@@ -85,10 +85,16 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from cebench.core.env import check_environment
     from cebench.core.errors import CebenchError
     from cebench.core.threads import passive_openmp
 
-    passive_openmp()  # before torch loads OpenMP: no spinning threads on shared cores
+    try:
+        check_environment()  # every CEBENCH_* number, before any work
+        passive_openmp()  # before torch loads OpenMP: no spinning threads on shared cores
+    except CebenchError as e:
+        print(f"cebench: error: {e}", file=sys.stderr)
+        return 2
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
@@ -119,6 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cebench {name}: interrupted", file=sys.stderr)
         return 130
+    except RecursionError:  # a file nested deeper than Python recurses (json, yaml, pickle)
+        print(
+            f"cebench {name}: error: an input file is nested too deeply to read "
+            f"(Python's recursion limit, {sys.getrecursionlimit()})",
+            file=sys.stderr,
+        )
+        return 2
     return int(rc or 0)
 
 

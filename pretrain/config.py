@@ -22,6 +22,7 @@ from typing import Any, Literal
 from cebench.core.config import (
     _deep_merge,
     apply_overrides,
+    check_seed,
     from_dict,
     load_yaml,
     merge_bases,
@@ -29,6 +30,7 @@ from cebench.core.config import (
     to_dict,
 )
 from cebench.core.errors import ConfigError
+from cebench.core.threads import check_workers
 from cebench.pretrain.masks import REGION_WEIGHTINGS
 from cebench.pretrain.methods import get_method
 from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, model_config
@@ -66,6 +68,7 @@ class DataConfig:
     decode: Literal["cpu", "device"] = "cpu"
 
     def validate(self) -> None:
+        check_workers(self.workers, "data.workers (-1 = automatic)", lowest=-1)
         if self.load_size < 0:
             raise ConfigError(f"data.load_size must be >= 0, got {self.load_size}")
         if self.fill_samples < 1:
@@ -177,6 +180,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.sample_every < 0:
             raise ConfigError(f"train.sample_every must be >= 0, got {self.sample_every}")
+        check_seed(self.seed, "train.seed")
 
 
 @dataclass

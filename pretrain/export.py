@@ -47,6 +47,7 @@ from torch import nn
 
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.core.io import atomic_save, atomic_write_bytes, atomic_write_text, safe_load
+from cebench.core.lock import refuse_overlap
 from cebench.core.provenance import git_commit
 from cebench.pretrain.encoder_file import load_encoder
 from cebench.pretrain.models import build_encoder
@@ -268,6 +269,22 @@ def _load_line(fmt: str, model_name: str, file: str) -> str:
     return f"cebench.build_encoder({model_name!r}, **sidecar['kwargs']).load_state_dict({read})"
 
 
+def _refuse_clobbering_the_source(out: Path, source: Path) -> None:
+    """`out` may lie in the run folder it exports (beside encoder.pt), but may never be the
+    encoder file itself nor replace a file of that run (checkpoint.pt, ...); an earlier export
+    there (it has its sidecar) may be replaced."""
+    encoder_file = source / "encoder.pt" if source.is_dir() else source
+    refuse_overlap(out, {"source": encoder_file})
+    if source.is_dir() and out.resolve().is_relative_to(source.resolve()):
+        if not sidecar_path(out).is_file():
+            for target in (out, sidecar_path(out)):
+                if target.exists():
+                    raise ConfigError(
+                        f"--out {out} would replace {target}, a file of the run {source} it "
+                        "exports; choose another --out"
+                    )
+
+
 def export_encoder(source: str | Path, out: str | Path, format: str | None = None) -> Path:
     """Write `out` (weights under the family's native names) and `out.json` (the sidecar).
 
@@ -275,6 +292,10 @@ def export_encoder(source: str | Path, out: str | Path, format: str | None = Non
     for the encoder family's own. Returns the weight file's path."""
     out = Path(out)
     _suffix_kind(out)
+    _refuse_clobbering_the_source(out, Path(source))
+    for target in (out, sidecar_path(out)):
+        if target.is_dir():
+            raise CheckpointError(f"could not write {target}: a folder is in the way")
     encoder, info, src = _read_source(source)
     fmt = format or native_format(encoder)
     mapping, missing = key_map(encoder, info["name"], info["kwargs"], fmt)
@@ -308,7 +329,13 @@ def export_encoder(source: str | Path, out: str | Path, format: str | None = Non
         "load": _load_line(fmt, model_name, out.name),
     }
     write_weights(state, out)
-    atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+    try:
+        atomic_write_text(sidecar_path(out), json.dumps(sidecar, indent=2, default=str) + "\n")
+    except OSError as e:  # a weight file without its sidecar cannot be loaded: take it back
+        out.unlink(missing_ok=True)
+        raise CheckpointError(
+            f"could not write {sidecar_path(out)}: {e.strerror or e}; {out} removed"
+        ) from None
     return out
 
 
@@ -353,8 +380,10 @@ def load_exported(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     try:
         car = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: malformed JSON, not text
         raise CheckpointError(f"{side} is not readable JSON: {e}") from None
+    except RecursionError:
+        raise CheckpointError(f"{side} is not readable JSON: nested too deeply") from None
     if not isinstance(car, dict) or car.get("format") != EXPORT_FORMAT:
         raise CheckpointError(f"{side} is not a cebench export sidecar (format {EXPORT_FORMAT})")
     name, kwargs, fmt = car.get("encoder"), car.get("kwargs"), car.get("export_format")

@@ -293,7 +293,8 @@ def main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--region must be >= 1, got {args.region}")
     if args.coverage is not None and not 0.0 < args.coverage <= 1.0:
         raise ConfigError(f"--coverage must be in (0, 1], got {args.coverage}")
-    with FolderLock(args.out, "cebench inpaint"):
+    inputs = {"--images": args.images, "--checkpoint": args.checkpoint}
+    with FolderLock(args.out, "cebench inpaint", inputs=inputs):
         return _inpaint(args)
 
 

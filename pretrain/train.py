@@ -29,7 +29,7 @@ from pathlib import Path
 from cebench.core.checkpoints import CKPT, NEXT, PREV
 from cebench.core.device import pick_device
 from cebench.core.errors import ConfigError, DatasetError
-from cebench.core.lock import FolderLock
+from cebench.core.lock import FolderLock, refuse_overlap
 from cebench.pretrain.config import PretrainConfig, load_pretrain_config, named_configs
 from cebench.pretrain.methods import get_method, list_methods
 from cebench.pretrain.trainer import TrainingInterrupted, run
@@ -171,6 +171,8 @@ def main(args: argparse.Namespace) -> int:
     notes: list[str] = []
     cfg = build_config(args, notes)
     pick_device(cfg.train.device)  # an unknown or absent device fails before anything is written
+    # the run folder never holds the training images (its sample grids would join them)
+    refuse_overlap(cfg.train.out, {"--data": cfg.data.path, "mask.shapes": cfg.mask.shapes})
     # one writer per run directory (process 0 only under torchrun: the others write nothing);
     # held until the process ends, so a second `cebench pretrain` or `--resume` is refused
     lock = (

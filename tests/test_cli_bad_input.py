@@ -21,6 +21,11 @@ class Evil:
     pass
 
 
+class CallsSystem:
+    def __reduce__(self):
+        return (os.system, ("echo never run",))
+
+
 def _unwritable(root: Path) -> str:
     """A folder path no process here can create (a read-only or kernel file system)."""
     for candidate in ("/sys/cebench-bad-input/out", "/proc/cebench-bad-input/out"):
@@ -48,6 +53,7 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     f["data"] = root / "synth"
     generate(f["data"], size=32, images=4, unlabelled=4, folder_images=12, workers=1)
     f["voc"] = f["data"] / "VOC"
+    (f["data"] / "notes.txt").write_text("the user's own file: --force may not delete it\n")
     (root / "badimgs").mkdir()
     (root / "badimgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     f["badimgs"] = root / "badimgs"
@@ -101,6 +107,60 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     f["broken_suite"] = root / "broken.yaml"
     f["broken_suite"].write_text("name: [unclosed\n")
     f["unwritable"] = Path(_unwritable(root))
+    # issue 24: outputs overlapping inputs, YAML that is not plain data, hostile names
+    f["imgs_parent"] = root
+    f["enc_good"] = root / "enc_good.pt"
+    save_encoder(f["enc_good"], enc, "tiny", {"width": 4, "input_size": 32}, {})
+    f["deep_export"] = root / "deep.pt"  # an export whose sidecar JSON nests 100000 deep
+    f["deep_export"].write_bytes(b"not read: the sidecar fails first")
+    (root / "deep.pt.json").write_text("[" * 100_000 + "]" * 100_000)
+    f["fifo"] = root / "fifo.png"  # a FIFO named like an image: opening it would block
+    os.mkfifo(f["fifo"])
+    f["run_dir"] = root / "run"  # a run folder: encoder.pt and a checkpoint.pt
+    f["run_dir"].mkdir()
+    save_encoder(f["run_dir"] / "encoder.pt", enc, "tiny", {"width": 4, "input_size": 32}, {})
+    torch.save({"step": 1}, f["run_dir"] / "checkpoint.pt")
+    f["blocked"] = root / "blocked"  # export --out blocked/w.pt: a folder where w.pt.json goes
+    (f["blocked"] / "w.pt.json").mkdir(parents=True)
+    for name, change in (
+        ("hfhub", {"name": "timm", "kwargs": {"model_name": "hf-hub:someone/model"}}),
+        ("timmkw", {"name": "timm", "kwargs": {"model_kwargs": {"checkpoint_path": "/x"}}}),
+    ):
+        path = root / f"enc_{name}.pt"
+        ckpt = torch.load(f["enc_good"], weights_only=True)
+        ckpt.update(change)
+        torch.save(ckpt, path)
+        f[f"enc_{name}"] = path
+    f["system_pt"] = root / "system.pt"
+    torch.save({"payload": CallsSystem()}, f["system_pt"])
+    for name, text in (
+        ("intkey", "1: 2\n"),
+        ("mixedkeys", "1: 2\nfoo: 3\n"),
+        ("kwargs_intkey", "method_kwargs: {1: 2}\n"),
+        ("deep", "method_kwargs: {x: " + "[" * 3000 + "]" * 3000 + "}\n"),
+        ("deep_dict", "train: " + "{a: " * 40 + "1" + "}" * 40 + "\n"),
+    ):
+        f[f"yaml_{name}"] = root / f"{name}.yaml"
+        f[f"yaml_{name}"].write_text(text)
+    chain = root / "chain"
+    chain.mkdir()
+    for i in range(200):
+        (chain / f"c{i}.yaml").write_text(f"_base_: c{i + 1}.yaml\n")
+    (chain / "c200.yaml").write_text("train: {steps: 1}\n")
+    f["yaml_chain"] = chain / "c0.yaml"
+    f["data_suite"] = root / "datasuite.yaml"  # a suite reading the user's own folder
+    f["data_suite"].write_text(
+        f"name: ds\nseeds: [0]\ndata: {{paths: {{voc: {f['voc']}}}}}\n"
+        "arms: [{name: r, method: random, encoder: tiny}]\n"
+        "transfer: {data: '{data.voc}', encoder: 'random:tiny,width=4'}\n"
+        "tasks: [{name: c, kind: classify, metric: score}]\n"
+    )
+    f["escape_suite"] = root / "escape.yaml"
+    f["escape_suite"].write_text(
+        "name: escape\nseeds: [0]\narms: [{name: r, method: random, encoder: tiny}]\n"
+        "transfer: {cache_dir: /tmp/cebench-escaped-cache, encoder: 'random:tiny,width=4'}\n"
+        "tasks: [{name: c, kind: classify, metric: score}]\n"
+    )
     return {k: str(v) for k, v in f.items()}
 
 
@@ -119,6 +179,14 @@ CASES: list[tuple[str, str, str | None]] = [
     ("synth-images", "data synth --out {root}/out --images 1", OUT),
     ("synth-workers", "data synth --out {root}/out --workers 0", OUT),
     ("synth-not-ours", "data synth --out {imgs} --force --size 32", None),
+    (
+        "synth-force-foreign-file",
+        "data synth --out {data} --force --size 32 --images 4 --unlabelled 4 --folder-images 12",
+        None,
+    ),
+    ("synth-workers-many", "data synth --out {root}/out --workers 99999 --size 32", OUT),
+    ("prepare-workers-many", "data prepare {imgs} --size 32 --workers 99999 --out {root}/out", OUT),
+    ("pretrain-workers-negative", "pretrain --data {imgs} --out {root}/out data.workers=-5", OUT),
     ("synth-size-text", "data synth --out {root}/out --size big", OUT),
     ("synth-no-action", "data", None),
     # --- data check
@@ -138,6 +206,8 @@ CASES: list[tuple[str, str, str | None]] = [
     ("prepare-out-unwritable", "data prepare {imgs} --size 32 --out {unwritable}", None),
     # --- pretrain
     ("pretrain-out-file", "pretrain --data {imgs} --steps 1 --out {afile}", None),
+    ("pretrain-out-under-file", "pretrain --data {imgs} --steps 1 --out {afile}/run", None),
+    ("export-out-under-file", "export {enc_good} --format state-dict --out {afile}/w.pt", None),
     ("pretrain-out-unwritable", "pretrain --data {imgs} --steps 1 --out {unwritable}", None),
     ("pretrain-device-tpu", "pretrain --data {imgs} --device tpu --out {root}/out", OUT),
     (
@@ -157,6 +227,101 @@ CASES: list[tuple[str, str, str | None]] = [
     ("pretrain-data-broken", "pretrain --data {badimgs} --config small --out {root}/out", OUT),
     ("pretrain-data-bomb", "pretrain --data {bombimgs} --out {root}/out", OUT),
     ("pretrain-max-pixels", "pretrain --data {imgs} --out {root}/out data.max_pixels=0", OUT),
+    # --- issue 24: an output that is, contains or lies inside an input
+    ("pretrain-out-is-data", "pretrain --data {imgs} --steps 1 --out {imgs}", None),
+    ("pretrain-out-in-data", "pretrain --data {imgs} --steps 1 --out {imgs}/run", None),
+    ("pretrain-out-holds-data", "pretrain --data {imgs} --steps 1 --out {imgs_parent}", None),
+    ("prepare-out-parent-force", "data prepare {imgs} --size 32 --out {imgs_parent} --force", None),
+    ("prepare-out-foreign-force", "data prepare {imgs} --size 32 --out {data} --force", None),
+    ("inpaint-out-is-images", "inpaint --images {imgs} --method mean-fill --out {imgs}", None),
+    ("inpaint-out-in-images", "inpaint --images {imgs} --method mean-fill --out {imgs}/o", None),
+    (
+        "inpaint-out-holds-ckpt",
+        "inpaint --images {imgs} --checkpoint {enc_good} --out {imgs_parent}",
+        None,
+    ),
+    ("export-out-is-source", "export {enc_good} --format state-dict --out {enc_good}", None),
+    (
+        "export-out-run-checkpoint",
+        "export {run_dir} --format state-dict --out {run_dir}/checkpoint.pt",
+        None,
+    ),
+    ("export-sidecar-blocked", "export {enc_good} --format state-dict --out {blocked}/w.pt", None),
+    (
+        "classify-out-in-data",
+        "transfer classify --encoder random:tiny --data {voc} --out {voc}/o",
+        None,
+    ),
+    (
+        "segment-out-is-encoder",
+        "transfer segment --encoder {enc_good} --data {voc} --out {enc_good}",
+        None,
+    ),
+    (
+        "classify-cache-dir-file",
+        "transfer classify --encoder random:tiny --data {voc} --preset small --protocol linear "
+        "--cache-dir {afile} --out {root}/out",
+        OUT,
+    ),
+    ("bench-out-holds-data", "bench --suite {data_suite} --out {data}", None),
+    ("bench-out-in-data", "bench --suite {data_suite} --out {voc}/results", None),
+    ("bench-cache-dir-escapes", "bench --suite {escape_suite} --out {root}/out", OUT),
+    # --- issue 24: YAML that is not plain data, values through a single value
+    (
+        "pretrain-config-int-key",
+        "pretrain --data {imgs} --config {yaml_intkey} --out {root}/out",
+        OUT,
+    ),
+    (
+        "pretrain-config-mixed-keys",
+        "pretrain --data {imgs} --config {yaml_mixedkeys} --out {root}/out",
+        OUT,
+    ),
+    (
+        "pretrain-kwargs-int-key",
+        "pretrain --data {imgs} --config {yaml_kwargs_intkey} --out {root}/out",
+        OUT,
+    ),
+    (
+        "pretrain-override-int-key",
+        "pretrain --data {imgs} --out {root}/out method_kwargs={{1:2}}",
+        OUT,
+    ),
+    (
+        "pretrain-config-deep-list",
+        "pretrain --data {imgs} --config {yaml_deep} --out {root}/out",
+        OUT,
+    ),
+    (
+        "pretrain-config-deep-dict",
+        "pretrain --data {imgs} --config {yaml_deep_dict} --out {root}/out",
+        OUT,
+    ),
+    (
+        "pretrain-config-base-chain",
+        "pretrain --data {imgs} --config {yaml_chain} --out {root}/out",
+        OUT,
+    ),
+    ("pretrain-seed-negative", "pretrain --data {imgs} --seed -1 --out {root}/out", OUT),
+    (
+        "pretrain-seed-huge",
+        "pretrain --data {imgs} --seed 99999999999999999999 --out {root}/out",
+        OUT,
+    ),
+    ("synth-seed-negative", "data synth --out {root}/out --seed -1 --size 32", OUT),
+    ("pretrain-override-scalar", "pretrain --data {imgs} --out {root}/out train.steps.x=1", OUT),
+    ("pretrain-override-mapping", "pretrain --data {imgs} --out {root}/out method_kwargs.x=1", OUT),
+    # --- issue 24: a FIFO is not an image (reading it would block forever)
+    ("pretrain-data-fifo", "pretrain --data {fifo} --out {root}/out", OUT),
+    ("inpaint-images-fifo", "inpaint --images {fifo} --method mean-fill --out {root}/out", OUT),
+    ("prepare-src-fifo", "data prepare {fifo} --size 32 --out {root}/out", OUT),
+    ("pretrain-config-fifo", "pretrain --data {imgs} --config {fifo} --out {root}/out", OUT),
+    # --- issue 24: hostile checkpoints
+    (
+        "inpaint-ckpt-system",
+        "inpaint --images {imgs} --checkpoint {system_pt} --out {root}/out",
+        OUT,
+    ),
     # --- inpaint
     (
         "inpaint-size-zero",
@@ -232,6 +397,13 @@ for task in ("classify", "detect", "segment"):
         (f"{task}-set-yaml", f"{base} --encoder random:tiny --set lr=[1", OUT),
         (f"{task}-set-key", f"{base} --encoder random:tiny --set nosuch=1", OUT),
         (f"{task}-lr-text", f"{base} --encoder random:tiny --lr fast", OUT),
+        (f"{task}-seed-huge", f"{base} --encoder random:tiny --seed 99999999999999999999", OUT),
+        (f"{task}-encoder-deep-sidecar", f"{base} --encoder {{deep_export}}", OUT),
+        (f"{task}-workers-negative", f"{base} --encoder random:tiny --set num_workers=-5", OUT),
+        (f"{task}-set-scalar", f"{base} --encoder random:tiny --set epochs.x=1", OUT),
+        (f"{task}-encoder-system", f"{base} --encoder {{system_pt}}", OUT),
+        (f"{task}-encoder-hf-hub", f"{base} --encoder {{enc_hfhub}}", OUT),
+        (f"{task}-encoder-timm-kwargs", f"{base} --encoder {{enc_timmkw}}", OUT),
         (
             f"{task}-data-missing",
             f"transfer {task} --encoder random:tiny --data {{root}}/nothing --out {{root}}/out",
@@ -259,6 +431,9 @@ CASES += [
     ("bench-only", "bench --suite mini --only nomatch --out {root}/out", OUT),
     ("bench-out-file", "bench --suite mini --out {afile}", None),
     ("bench-out-unwritable", "bench --suite mini --out {unwritable}", None),
+    ("bench-jobs-zero", "bench --suite mini --jobs 0 --out {root}/out", OUT),
+    ("bench-jobs-negative", "bench --suite mini --jobs -1 --out {root}/out", OUT),
+    ("bench-set-scalar", "bench --suite mini --set name.x=1 --out {root}/out", OUT),
     # --- table
     ("table-value", "table {res_value} --out {root}/out", OUT),
     ("table-seed", "table {res_seed} --out {root}/out", OUT),
@@ -276,6 +451,7 @@ CASES += [
     ("speed-config", "speed --configs nosuch", None),
     ("speed-nothing", "speed --configs none", None),
     ("speed-workdir-file", "speed --configs none --photos --workdir {afile}", None),
+    ("speed-workdir-foreign", "speed --configs none --photos --workdir {imgs}", None),
 ]
 
 

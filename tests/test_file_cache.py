@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cebench.core.errors import DatasetError
+from cebench.core.errors import ConfigError, DatasetError
 from cebench.data import images as I
 from cebench.data.voc import load_segmentation_mask
 
@@ -101,7 +101,7 @@ def test_off_budget_and_pixel_limit(tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="over the limit"):
         I.load_rgb(p, max_pixels=100)
     monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "many")
-    with pytest.raises(DatasetError, match="CEBENCH_IMAGE_CACHE_MB"):
+    with pytest.raises(ConfigError, match="CEBENCH_IMAGE_CACHE_MB"):
         I.load_rgb(p)
 
 

@@ -158,5 +158,65 @@ def test_prepare_refuses_a_foreign_or_different_out(photos, tmp_path):
         prepare(photos, tmp_path / "dst", 48)
     info = prepare(photos, tmp_path / "dst", 48, force=True)
     assert info["size"] == 48 and Image.open(tmp_path / "dst" / "big" / "wide.png").size[1] == 48
-    with pytest.raises(ConfigError, match="outside"):
+    with pytest.raises(ConfigError, match="lies inside the input SRC"):
         prepare(photos, photos / "copy", 40)
+
+
+def test_prepare_force_never_deletes_what_it_did_not_write(photos, tmp_path):
+    # a foreign --out, and the parent of SRC: --force refuses both and every file stays
+    other = write_images(tmp_path / "other", n=2, size=36)
+    before = sorted(p.name for p in other.iterdir())
+    with pytest.raises(ConfigError, match="not written by cebench data prepare"):
+        prepare(photos, other, 40, force=True)
+    assert sorted(p.name for p in other.iterdir()) == before
+    with pytest.raises(ConfigError, match="contains the input SRC"):
+        prepare(photos, photos.parent, 40, force=True)
+    assert list_images(photos)
+    # a file the user added to a prepared --out survives a rerun and blocks --force
+    dst = tmp_path / "dst"
+    prepare(photos, dst, 40)
+    (dst / "notes.txt").write_text("mine\n")
+    prepare(photos, dst, 40)
+    with pytest.raises(ConfigError, match=r"not written by .*\(notes.txt\)"):
+        prepare(photos, dst, 48, force=True)
+    assert (dst / "notes.txt").read_text() == "mine\n"
+
+
+def test_prepare_stopped_by_sigterm_keeps_its_progress(photos, tmp_path, monkeypatch, capsys):
+    # SIGTERM used to kill the process before the manifest was saved: the rerun redid everything
+    import os
+    import signal
+
+    import cebench.data.prepare as prep
+    from cebench.cli import main as cebench
+
+    dst = tmp_path / "dst"
+    real, calls = prep.prepare_one, []
+
+    def terminated_after_three(src, out, size):
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        calls.append(src)
+        return real(src, out, size)
+
+    monkeypatch.setattr(prep, "prepare_one", terminated_after_three)
+    argv = ["data", "prepare", str(photos), "--size", "40", "--out", str(dst)]
+    assert cebench(argv) == 143
+    assert "stopped by signal 15" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is given back
+    saved = json.loads((tmp_path / ".dst.partial" / MANIFEST).read_text())
+    assert len(saved["files"]) == 3
+    monkeypatch.setattr(prep, "prepare_one", real)
+    info = prepare(photos, dst, 40)
+    assert (info["written"], info["kept"], info["count"]) == (4, 3, 7)
+
+
+def test_a_second_prepare_on_the_same_out_names_the_first(photos, tmp_path):
+    from cebench.core.lock import FolderLock
+
+    dst = tmp_path / "dst"
+    with FolderLock(tmp_path, "cebench data prepare", lock_name=".dst.cebench.lock"):
+        with pytest.raises(ConfigError, match=r"--out .*dst is in use by another cebench process"):
+            prepare(photos, dst, 40)
+    assert not dst.exists() and not (tmp_path / ".dst.partial").exists()
+    assert prepare(photos, dst, 40)["count"] == 7

@@ -383,3 +383,273 @@ def test_resume_with_another_config_file_keeps_the_runs_data(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "--data is required" not in err and "resuming" in err
+
+
+# ----- issue 24: outputs never overlap inputs
+def test_refuse_overlap_is_contains_inside_and_through_a_symlink(tmp_path):
+    from cebench.core.lock import refuse_overlap
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (tmp_path / "link").symlink_to(data)
+    for out, how in (
+        (data, "is"),
+        (tmp_path, "contains"),
+        (data / "run", "lies inside"),
+        (tmp_path / "link" / "run", "lies inside"),  # a link to the input is the input
+    ):
+        with pytest.raises(ConfigError, match=rf"--out {out} {how} the input --data"):
+            refuse_overlap(out, {"--data": data, "--checkpoint": None})
+    refuse_overlap(tmp_path / "data-run", {"--data": data, "--checkpoint": ""})  # a sibling
+
+
+def test_bench_confines_every_path_a_cell_writes():
+    from cebench.benchmarks.cells import written_paths
+
+    resolved = {
+        "out": "/r/runs/x",
+        "cache_dir": "/anywhere",
+        "data": "/datasets/voc",  # read, not written
+        "encoder": "/r/runs/a/encoder.pt",
+        "train": {"out": "/r/runs/p", "steps": 3, "log_dir": "/logs"},
+        "method_kwargs": {"x": 1},
+    }
+    assert written_paths(resolved) == [
+        ("out", "/r/runs/x"),
+        ("cache_dir", "/anywhere"),
+        ("train.out", "/r/runs/p"),
+        ("train.log_dir", "/logs"),
+    ]
+
+
+def test_bench_refuses_a_transfer_cache_dir_outside_results(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        "name: s\nseeds: [0]\narms: [{name: r, method: random, encoder: tiny}]\n"
+        f"transfer: {{cache_dir: {tmp_path / 'escaped'}, encoder: 'random:tiny,width=4'}}\n"
+        "tasks: [{name: c, kind: classify, metric: score}]\n"
+    )
+    assert cebench(["bench", "--suite", str(suite), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "cache_dir=" in err and "would write outside the results directory" in err, err
+    assert not (tmp_path / "escaped").exists()
+
+
+# ----- issue 24: a name is not a path
+def test_a_builtin_name_beside_a_folder_of_that_name_is_the_builtin(tmp_path, monkeypatch):
+    from cebench.benchmarks.suite import SUITES_DIR
+    from cebench.pretrain.config import CONFIG_DIR, config_path
+    from cebench.pretrain.train import build_config, get_args_parser
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("small", "mini", "small.yaml"):
+        (tmp_path / name).mkdir()
+    assert config_path("small") == CONFIG_DIR / "small.yaml"
+    assert load_suite("mini").name == "mini" and (SUITES_DIR / "mini.yaml").is_file()
+    with pytest.raises(ConfigError, match="config file is not a file: small.yaml"):
+        config_path("small.yaml")  # a YAML suffix: the user wrote a path
+    # the automatic choice ("small" for small images) is the built-in too
+    imgs = write_images(tmp_path / "imgs", n=2, size=36)
+    args = get_args_parser().parse_args(["--data", str(imgs), "--out", "o", "--steps", "1"])
+    notes: list[str] = []
+    cfg = build_config(args, notes)
+    assert notes[0].startswith("config: small ") and cfg.train.save_every == 100  # small.yaml's
+    # a file named like a config is used only when written as a path
+    (tmp_path / "mine").write_text("train: {steps: 7}\n")
+    with pytest.raises(ConfigError, match=r"unknown config 'mine'.*write ./mine"):
+        config_path("mine")
+    assert config_path("./mine") == Path("./mine")
+
+
+# ----- issue 24: only regular files are images; nothing blocks
+def test_a_fifo_named_like_an_image_is_never_opened(tmp_path):
+    from cebench.data.images import list_images
+    from cebench.pretrain.train import auto_config_name
+
+    data = tmp_path / "data"
+    write_images(data, n=2, size=36)
+    os.mkfifo(data / "a.png")  # sorts first
+    os.mkfifo(tmp_path / "b.png")
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("blocked on a FIFO"))
+    signal.alarm(20)
+    try:
+        assert [p.name for p in list_images(data)] == ["img_000.png", "img_001.png"]
+        assert auto_config_name(str(data), "context-encoder", None) == "small"
+        with pytest.raises(DatasetError, match="not a regular file"):
+            load_rgb(data / "a.png")
+        with pytest.raises(DatasetError, match="not a regular file"):
+            list_images(tmp_path / "b.png")
+        assert check(data).problems == []
+    finally:
+        signal.alarm(0)
+
+
+# ----- issue 24: numbers from the environment
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("CEBENCH_THREADS", "99999"),
+        ("CEBENCH_THREADS", "²"),
+        ("CEBENCH_THREADS", "0"),
+        ("CEBENCH_JOBS", "0"),
+        ("CEBENCH_JOBS", "-1"),
+        ("CEBENCH_IMAGE_CACHE_MB", "-5"),
+        ("CEBENCH_IMAGE_CACHE_MB", "nan"),
+        ("CEBENCH_PROGRESS_EVERY", "soon"),
+        ("CEBENCH_OMP_PASSIVE", "2"),
+    ],
+)
+def test_bad_numbers_in_the_environment_are_refused(tmp_path, monkeypatch, capsys, name, value):
+    imgs = write_images(tmp_path / "imgs", n=2, size=36)
+    monkeypatch.setenv(name, value)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    argv = ["pretrain", "--data", str(imgs), "--out", str(tmp_path / "o"), "--steps", "1"]
+    assert cebench(argv + ["--config", "small", "train.batch_size=2"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cebench: error: {name}={value!r}: must be a" + err.split("must be a", 1)[1]
+    assert err.count("\n") == 1, err
+
+
+def test_threads_beyond_torch_never_reach_it():
+    # CEBENCH_THREADS=99999 crashed the process (exit 139) inside torch.set_num_threads
+    env = {**os.environ, "CEBENCH_THREADS": "99999"}
+    code = "from cebench.core.threads import set_threads; set_threads()"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "must be a whole number from 1 to 256" in r.stderr
+
+
+def test_image_cache_budget_is_exact_and_zero_is_off(monkeypatch):
+    from cebench.data.images import cache_limit_bytes
+
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "0.5")
+    assert cache_limit_bytes() == 2**19
+    monkeypatch.setenv("CEBENCH_IMAGE_CACHE_MB", "0")
+    assert cache_limit_bytes() == 0
+
+
+# ----- issue 24: untrusted files never reach the network or run code
+class _CallsSystem:
+    def __reduce__(self):
+        return (os.system, ("echo never run",))
+
+
+def test_a_pickle_calling_os_system_is_unsafe_not_corrupt(tmp_path):
+    import pickle
+
+    from cebench.core.io import unsafe_global
+
+    torch.save({"x": _CallsSystem()}, tmp_path / "zip.pt")
+    (tmp_path / "raw.pkl").write_bytes(pickle.dumps(_CallsSystem(), protocol=4))
+    for name in ("zip.pt", "raw.pkl"):
+        assert unsafe_global(tmp_path / name) == f"{os.system.__module__}.system"
+        with pytest.raises(CheckpointError, match=r"unsafe to load: .*\((posix|nt)\.system\)"):
+            safe_load(tmp_path / name)
+    good = _encoder_file(tmp_path / "good.pt")
+    assert unsafe_global(good) is None
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        safe_load(tmp_path / "bad.pt")
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"model_name": "hf-hub:someone/model"}, "unknown model_name 'hf-hub:someone/model'"),
+        ({"model_name": "local-dir:/tmp/x"}, "unknown model_name"),
+        ({"model_name": "no_such_model_anywhere"}, "unknown model_name"),
+        ({"model_name": ["resnet18"]}, "unknown model_name"),
+        ({"model_kwargs": {"pretrained_cfg_overlay": {"hf_hub_id": "x/y"}}}, "may not hold"),
+        ({"model_kwargs": {"checkpoint_path": "/etc/passwd"}}, "may not hold"),
+        ({"model_kwargs": {"depth": {"nested": 1}}}, "plain data"),
+    ],
+)
+def test_timm_names_and_kwargs_from_a_file_are_data(tmp_path, monkeypatch, kwargs, match):
+    import huggingface_hub
+
+    def no_network(*a, **k):
+        raise AssertionError("went to the hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_network)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    path = _encoder_file(
+        tmp_path / "enc.pt", name="timm", kwargs={"model_name": "resnet18", **kwargs}
+    )
+    with pytest.raises(CheckpointError, match=match):
+        load_encoder(path)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+# ----- issue 24: export never leaves weights without their sidecar
+def test_export_whose_sidecar_cannot_be_written_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import cebench.pretrain.export as export
+
+    enc = _encoder_file(tmp_path / "enc.pt")
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export, "atomic_write_text", disk_full)
+    out = tmp_path / "w.pt"
+    assert cebench(["export", str(enc), "--format", "state-dict", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "could not write" in err and "No space left on device" in err and "\n" == err[-1]
+    assert not out.exists() and not (tmp_path / "w.pt.json").exists()
+    monkeypatch.undo()
+    (tmp_path / "x.pt.json").mkdir()  # a folder in the way: refused before anything is written
+    assert (
+        cebench(["export", str(enc), "--format", "state-dict", "--out", str(tmp_path / "x.pt")])
+        == 2
+    )
+    assert "a folder is in the way" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_every_cebench_number_in_the_code_is_checked_in_one_place():
+    import re
+
+    from cebench.core.env import VARIABLES, check_environment
+
+    root = Path(__file__).resolve().parents[1]
+    used = set()
+    for folder in ("cebench", "pretrain", "transfer", "benchmarks"):
+        for path in (root / folder).rglob("*.py"):
+            used |= set(re.findall(r"\"(CEBENCH_[A-Z_]+)\"", path.read_text()))
+    assert used and used <= set(VARIABLES), used - set(VARIABLES)
+    check_environment({name: "" for name in VARIABLES})  # unset or empty: the defaults
+    with pytest.raises(ConfigError, match="CEBENCH_JOBS='3.5'"):
+        check_environment({"CEBENCH_JOBS": "3.5"})
+
+
+def test_a_recursion_error_anywhere_is_one_line(monkeypatch, capsys):
+    # the net under every command: input nested deeper than Python recurses (a JSON or pickle
+    # reader we do not wrap ourselves) is exit 2 and one line, never a traceback
+    import cebench.benchmarks.render as render
+
+    def endless(args):
+        return endless(args)
+
+    monkeypatch.setattr(render, "main", endless)
+    assert cebench(["table", "anything"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nested too deeply to read" in err, err
+
+
+def test_a_hub_name_beside_a_file_of_that_name_is_the_hub_model(tmp_path, monkeypatch):
+    import cebench.pretrain.models.hub as hub
+    from cebench.transfer.encoders import resolve_encoder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "timm").mkdir()
+    (tmp_path / "timm" / "resnet18").write_bytes(b"a file named like the hub model")
+    looked: list[dict] = []
+
+    def not_cached(**where):
+        looked.append(where)
+        raise CheckpointError("pretrained weights not found in the local cache")
+
+    monkeypatch.setattr(hub, "find_hub_weights", not_cached)
+    with pytest.raises(CheckpointError, match="local cache"):
+        resolve_encoder("hub:timm/resnet18")
+    assert looked and looked[0].get("hf_repo")  # the hub's own weights were asked for

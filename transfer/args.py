@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from cebench.core.config import apply_overrides, validate
+from cebench.core.config import apply_overrides, check_seed, validate
 from cebench.core.errors import ConfigError
+from cebench.core.threads import check_workers
 
 T = TypeVar("T")
 
@@ -55,6 +56,8 @@ class HarnessConfig:
 
     def validate(self) -> None:
         require_at_least(self, 1, "epochs", "batch_size")
+        check_seed(self.seed, "seed")
+        check_workers(self.num_workers, "config key 'num_workers'", lowest=0)
         if self.lr <= 0:
             raise ConfigError(f"config key 'lr' must be > 0, got {self.lr}")
         if self.rescale not in ("none", "within", "full"):

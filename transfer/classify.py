@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cebench.core.errors import ConfigError
+from cebench.core.lock import prepare_out_dir
 from cebench.core.logger import MetricLogger
 from cebench.pretrain.monitor import knn_scores  # one kNN: the online probe's and this
 from cebench.transfer.args import (
@@ -416,13 +417,7 @@ def _frozen_protocol(
         raise ConfigError(
             f"layer '{unknown[0]}' is not a stage of {info.name}; stages: {', '.join(encoder.feature_names)}"
         )
-    cache = (
-        None
-        if cfg.cache_dir == "none"
-        else Path(cfg.cache_dir)
-        if cfg.cache_dir
-        else default_cache_dir(cfg.out)
-    )
+    cache = feature_cache_dir(cfg)
     feats, hits = {}, {}
     for name, view in (("train", train), ("val", val)):
         key = {
@@ -635,6 +630,16 @@ class Classify(Harness):
         return {**saved, "classes": data.train.classes}
 
 
+def feature_cache_dir(cfg: ClassifyConfig) -> Path | None:
+    """Where the frozen protocols cache features (None: no cache)."""
+    if cfg.cache_dir == "none":
+        return None
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(cfg.out)
+
+
 def run(cfg: ClassifyConfig, note: str | None = None) -> dict[str, Any]:
     """Run one classification transfer job; writes metrics.json, log.jsonl, model.pt under cfg.out."""
+    cache = feature_cache_dir(cfg) if cfg.protocol != "finetune" else None
+    if cache is not None:  # a file in the way, an unwritable folder, the data: one line, first
+        prepare_out_dir(cache, "--cache-dir", inputs={"--data": cfg.data})
     return Classify().run(cfg, note)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from pathlib import Path
 
 HARNESSES = {
     "classify": (
@@ -57,6 +58,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> int:
     from cebench.core.lock import FolderLock
 
-    # one writer per --out; a file or an unwritable folder is refused before any work
-    with FolderLock(args.out, f"cebench transfer {args.task}"):
+    # one writer per --out; a file, an unwritable folder or one overlapping the data or the
+    # encoder's file or run folder is refused before any work
+    encoder = str(getattr(args, "encoder", "") or "")
+    encoder = encoder[len("hub:") :] if encoder.startswith("hub:") else encoder
+    inputs = {"--data": getattr(args, "data", None)}
+    if encoder and Path(encoder).exists():
+        inputs["--encoder"] = encoder
+    with FolderLock(args.out, f"cebench transfer {args.task}", inputs=inputs):
         return importlib.import_module(HARNESSES[args.task][0]).main(args)

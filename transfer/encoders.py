@@ -176,7 +176,9 @@ def _load_hub(source: str, input_size: int | None) -> tuple[nn.Module, dict[str,
     from cebench.pretrain.models import build_encoder
 
     source, _, file = source.partition(",file=")
-    if not file and Path(source).is_file():  # hub:FILE, a `cebench export` file with its sidecar
+    # hub:FILE, a `cebench export` file with its sidecar; a built-in name wins over a file of the
+    # same name in the working folder (a name is never a path: `cebench.core.config.looks_like_path`)
+    if not file and source not in HUB_MODELS and Path(source).is_file():
         encoder, info = _load_path(Path(source))
         if input_size is not None and input_size != encoder.input_size:
             encoder = _with_input_size(encoder, info, input_size, f"hub:{source}")

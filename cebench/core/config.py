@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from pathlib import Path
@@ -106,6 +107,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed and numpy's generators take 0 .. 2**63 - 1 alike
+
+
+def check_seed(value: int, key: str) -> None:
+    """ConfigError unless `value` is a seed every generator takes as it is (a negative one is
+    not silently wrapped round, a huge one does not overflow inside torch)."""
+    if not 0 <= value <= MAX_SEED:
+        raise ConfigError(f"config key '{key}' must be from 0 to 2**63 - 1 (a seed), got {value}")
+
+
 def yaml_problem(e: yaml.YAMLError) -> str:
     """A YAML error in one line: what is wrong and where (line, column)."""
     mark = getattr(e, "problem_mark", None)
@@ -113,13 +124,62 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
 
 
+MAX_DEPTH = 32  # nesting of mappings and lists in a config, and of its `_base_` chain
+
+
+MAX_VALUES = 100_000  # values in one config, aliases counted each time they are used
+
+
+def plain_data(value: Any, where: str) -> Any:
+    """`value` (read from YAML) checked to be a config's plain data: mappings keyed by strings
+    (`1: 2` is refused, not compared with str keys later), nested at most MAX_DEPTH deep, at
+    most MAX_VALUES values (YAML aliases repeat a value without copying it: a few lines can
+    stand for billions). The one check every YAML file and command-line value goes through;
+    ConfigError naming it."""
+    budget = [MAX_VALUES]
+
+    def walk(v: Any, at: str, depth: int) -> None:
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(
+                f"{where}: more than {MAX_VALUES} values (YAML aliases count each time they "
+                "are used)"
+            )
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if not isinstance(k, str):
+                    raise ConfigError(
+                        f"{at}: key {k!r} is not text ({type(k).__name__}); keys must be names"
+                    )
+                walk(item, f"{at}.{k}" if depth else f"{at}: '{k}'", depth + 1)
+        elif isinstance(v, list):
+            for item in v:
+                walk(item, at, depth + 1)
+
+    walk(value, where, 0)
+    return value
+
+
+def _safe_load(text: str) -> Any:
+    """yaml.safe_load; a document too deeply nested for the parser is a ConfigError."""
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"nested more than {MAX_DEPTH} levels deep") from None
+
+
 def parse_value(raw: str, key: str) -> Any:
     """A command-line value read as YAML (`[64, 64]`, `1e-3`, `true`); ConfigError if malformed."""
     try:
-        return yaml.safe_load(raw)
+        value = _safe_load(raw)
     except yaml.YAMLError as e:
         why = str(getattr(e, "problem", "") or "not valid YAML")
         raise ConfigError(f"config key '{key}': value {raw!r} is malformed ({why})") from None
+    except ConfigError as e:
+        raise ConfigError(f"config key '{key}': value {e}") from None
+    return plain_data(value, f"config key '{key}'")
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -163,7 +223,18 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         node: Any = data
         cls: Any = type(cfg)
         for i, part in enumerate(parts):
-            valid = _field_types(cls) if dataclasses.is_dataclass(cls) else {}
+            if i and (cls is dict or typing.get_origin(cls) is dict):
+                where = ".".join(parts[:i])
+                raise ConfigError(
+                    f"unknown config key '{key}': set the mapping '{where}' whole, "
+                    f"e.g. {where}={{{part}: ...}}"
+                )
+            if i and not dataclasses.is_dataclass(cls):  # `name.x=1`: a scalar holds no keys
+                raise ConfigError(
+                    f"unknown config key '{key}': '{'.'.join(parts[:i])}' is a single value "
+                    f"({getattr(cls, '__name__', cls)}), not a section with keys"
+                )
+            valid = _field_types(cls)
             if part not in valid:
                 where = ".".join(parts[:i])
                 prefix = where + "." if where else ""
@@ -206,22 +277,29 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = _safe_load(path.read_text())
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not a text file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {yaml_problem(e)}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+    return plain_data(data, f"config file {path}")
 
 
 def _load_with_bases(
     path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...]
 ) -> dict[str, Any]:
     key = path.resolve()
+    if len(chain) >= MAX_DEPTH:
+        raise ConfigError(
+            f"config file {chain[0]}: its {BASE_KEY} chain is more than {MAX_DEPTH} files long "
+            f"(at {path})"
+        )
     if key in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(key) :], key))
         raise ConfigError(f"config file {chain[-1]}: _base_ cycle: {cycle}")
@@ -288,7 +366,7 @@ def _extend_lists(base: dict[str, Any], data: dict[str, Any], path: Path) -> dic
 
 def _base_path(name: str, path: Path, search_dirs: tuple[Path, ...]) -> Path:
     p = Path(name).expanduser()
-    if p.suffix in (".yaml", ".yml") or "/" in name:
+    if looks_like_path(name):
         candidate = p if p.is_absolute() else path.parent / p
         if candidate.is_file():
             return candidate
@@ -304,19 +382,34 @@ def _base_path(name: str, path: Path, search_dirs: tuple[Path, ...]) -> Path:
     )
 
 
+def looks_like_path(text: str | Path) -> bool:
+    """Whether the user wrote a file path (it holds a separator or ends in .yaml / .yml) rather
+    than a built-in name. What is in the working folder never matters: `--config small` is the
+    named config even beside a folder called `small`; write `./small` for a file of that name."""
+    text = str(text)
+    return "/" in text or (os.sep in text) or Path(text).suffix.lower() in (".yaml", ".yml")
+
+
 def named_yaml(name_or_file: str | Path, directory: Path, kind: str, listing: str) -> Path:
-    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`).
+    """A YAML file path, or the name of a YAML file in `directory` (`small`, `default`), told
+    apart by `looks_like_path` (the text, never the files present).
 
     Errors name the missing file, or the unknown name with the `listing` of the known ones."""
-    p = Path(name_or_file)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if looks_like_path(name_or_file):
+        p = Path(name_or_file).expanduser()
         if not p.is_file():
-            raise ConfigError(f"{kind} file not found: {p}")
+            what = "is not a file" if p.exists() else "not found"
+            raise ConfigError(f"{kind} file {what}: {p}")
         return p
     named = directory / f"{name_or_file}.yaml"
     if not named.is_file():
         names = sorted(f.stem for f in directory.glob("*.yaml"))
-        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}")
+        hint = (
+            f" (a file of that name is here: write ./{name_or_file} to use it)"
+            if Path(name_or_file).is_file()
+            else ""
+        )
+        raise ConfigError(f"unknown {kind} '{name_or_file}'; {listing}: {', '.join(names)}{hint}")
     return named
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,10 +40,9 @@ DEFAULT_PROGRESS_EVERY = 30.0
 
 def progress_every_default() -> float:
     """Seconds between plain progress lines: CEBENCH_PROGRESS_EVERY, else 30."""
-    try:
-        return max(0.0, float(os.environ.get("CEBENCH_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)))
-    except ValueError:
-        return DEFAULT_PROGRESS_EVERY
+    from cebench.core.env import env_number
+
+    return env_number("CEBENCH_PROGRESS_EVERY", DEFAULT_PROGRESS_EVERY)
 
 
 def format_duration(seconds: float) -> str:

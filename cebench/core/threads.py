@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cebench.core.env import VARIABLES, env_number, parse_int
 from cebench.core.errors import ConfigError
 
 _SAID_ENV = "_CEBENCH_THREADS_SAID"  # inherited by child processes: they do not repeat the line
@@ -101,14 +102,30 @@ def default_workers(device_type: str, env: Mapping[str, str] | None = None) -> i
     return min(4, cpus)
 
 
+# torch's own limit is far lower than any int: torch.set_num_threads(99999) crashed the process
+MAX_THREADS = int(VARIABLES["CEBENCH_THREADS"][2])
+MAX_JOBS = int(VARIABLES["CEBENCH_JOBS"][2])
+# worker processes of one command (data-loader workers, `data prepare` / `data synth --workers`):
+# more is never faster, and 99999 would fork that many
+MAX_WORKERS = 256
+
+
+def check_workers(value: int, key: str, lowest: int = 1) -> None:
+    """ConfigError unless lowest <= value <= MAX_WORKERS (refused, never clamped)."""
+    if not lowest <= value <= MAX_WORKERS:
+        raise ConfigError(f"{key} must be from {lowest} to {MAX_WORKERS}, got {value}")
+
+
 def _positive(env: Mapping[str, str], name: str) -> int | None:
-    raw = env.get(name, "").strip()
-    if not raw:
+    if name in VARIABLES:
+        value = env_number(name, env=env)
+        return None if value is None else int(value)
+    raw = env.get(name, "")
+    if not raw.strip():
         return None
-    first = raw.split(",")[0].strip()  # OMP_NUM_THREADS may be a list per nesting level
-    if not first.isdigit() or int(first) < 1:
-        raise ConfigError(f"{name}={raw!r}: must be a whole number >= 1")
-    return int(first)
+    hi = MAX_THREADS if name == "OMP_NUM_THREADS" else MAX_JOBS  # LOCAL_WORLD_SIZE: processes
+    first = raw.split(",")[0]  # OMP_NUM_THREADS may be a list per nesting level
+    return parse_int(name, first, 1, hi)
 
 
 def jobs_from_env(env: Mapping[str, str]) -> int:
@@ -128,8 +145,10 @@ def resolve_threads(
     cpus = available_cpus() if cpus is None else cpus
     jobs = jobs_from_env(env) if jobs is None else max(1, jobs)
     if setting is not None and setting != 0:
-        if setting < 0:
-            raise ConfigError(f"threads must be >= 1 (0 = automatic), got {setting}")
+        if not 0 <= setting <= MAX_THREADS:
+            raise ConfigError(
+                f"threads must be from 1 to {MAX_THREADS} (0 = automatic), got {setting}"
+            )
         return ThreadChoice(setting, "setting", cpus, jobs)
     for name in ("CEBENCH_THREADS", "OMP_NUM_THREADS"):
         value = _positive(env, name)
@@ -166,7 +185,7 @@ def passive_openmp(env: dict[str, str] | None = None) -> bool:
     """Set OMP_WAIT_POLICY=PASSIVE (see module doc) unless it is set or CEBENCH_OMP_PASSIVE=0;
     effective only before torch is first imported. Returns whether it was set."""
     env = os.environ if env is None else env
-    if "OMP_WAIT_POLICY" in env or env.get("CEBENCH_OMP_PASSIVE", "1").strip() == "0":
+    if "OMP_WAIT_POLICY" in env or env_number("CEBENCH_OMP_PASSIVE", 1, env) == 0:
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
     return True

@@ -41,6 +41,8 @@ def _load_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: top level is {type(data).__name__}, expected an object")
     return data

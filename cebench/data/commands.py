@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def _get(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from cebench.core.errors import ConfigError
-    from cebench.data.prepare import prepare
+    from cebench.data.prepare import PrepareInterrupted, prepare
 
     try:
         info = prepare(
@@ -201,6 +202,13 @@ def _prepare(args: argparse.Namespace) -> int:
     except OSError as e:  # a read-only or full disk, no permission
         where = f" ({e.filename})" if e.filename else ""
         raise ConfigError(f"--out {args.out}: cannot write: {e.strerror or e}{where}") from None
+    except PrepareInterrupted as e:
+        print(
+            f"cebench data prepare: {e}; the finished images are kept: rerun the same command "
+            "to continue",
+            file=sys.stderr,
+        )
+        return e.exit_code
     bad = sum(1 for f in info["files"].values() if f.get("unreadable"))
     copied = sum(1 for f in info["files"].values() if f.get("copied")) - bad
     # written + kept = count; of the count, `copied` are the original bytes (already small enough)
@@ -215,13 +223,16 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _synth(args: argparse.Namespace) -> int:
     from cebench.core.errors import ConfigError
+    from cebench.core.threads import check_workers
     from cebench.data.synth import generate
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is not None:
+        check_workers(args.workers, "--workers")
+    if not 0 <= args.seed < 2**63:  # numpy's generators take no negative seed
+        raise ConfigError(f"--seed must be from 0 to 2**63 - 1, got {args.seed}")
     start = time.perf_counter()
     try:
         info = generate(

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cebench.core.env import env_number
 from cebench.core.errors import DatasetError
 from cebench.data.listing import image_tree
 
@@ -67,12 +68,8 @@ _CACHE_USED = {"bytes": 0}
 
 def cache_limit_bytes() -> int:
     """The decoded-file cache's budget: CEBENCH_IMAGE_CACHE_MB (MiB, 0 = off), default 128."""
-    raw = os.environ.get("CEBENCH_IMAGE_CACHE_MB", "")
-    try:
-        mb = float(raw) if raw.strip() else DEFAULT_CACHE_MB
-    except ValueError:
-        raise DatasetError(f"CEBENCH_IMAGE_CACHE_MB must be a number of MiB, got {raw!r}") from None
-    return max(0, int(mb * 2**20))
+    mb = env_number("CEBENCH_IMAGE_CACHE_MB", DEFAULT_CACHE_MB)
+    return int(mb * 2**20)
 
 
 def clear_file_cache() -> None:
@@ -151,8 +148,24 @@ def _pixels(n: int) -> str:
     return f"{n / 1e6:.1f} Mpx" if n >= 100_000 else f"{n} px"
 
 
+def is_regular_file(path: str | Path) -> bool:
+    """A regular file (symlinks followed): never a FIFO, a socket or a device, whose read could
+    wait forever or never end."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def has_image_suffix(name: str | Path) -> bool:
+    """The name ends in an IMAGE_EXTENSIONS suffix (says nothing of what the file is)."""
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
 def is_image_file(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+    """The one image predicate every listing uses: an IMAGE_EXTENSIONS suffix on a regular file
+    (`is_regular_file`; a FIFO named x.png is not an image). `path` must be a full path."""
+    return has_image_suffix(path) and is_regular_file(path)
 
 
 def list_images(root: str | Path) -> list[Path]:
@@ -169,13 +182,16 @@ def list_image_strings(root: str | Path) -> list[str]:
     root = Path(root)
     if not root.exists():
         raise DatasetError(f"{root}: no such file or directory")
-    if root.is_file():
+    if not root.is_dir():
         if is_image_file(root):
             return [str(root)]
+        if not is_regular_file(root):
+            raise DatasetError(f"{root}: not a regular file or a folder (a FIFO, socket or device)")
         raise DatasetError(
             f"{root}: not an image file (expected one of {', '.join(IMAGE_EXTENSIONS)})"
         )
-    # a large tree's listing is cached, keyed by its folders' mtimes (cebench.data.listing)
+    # a large tree's listing is cached, keyed by its folders' mtimes (cebench.data.listing);
+    # only regular files are listed (a FIFO named x.png would block its reader)
     found = image_tree(root, IMAGE_EXTENSIONS)
     if not found:
         raise DatasetError(
@@ -191,7 +207,11 @@ def first_image(root: str | Path) -> Path:
         return list_images(root)[0]
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        names = sorted(f for f in filenames if not f.startswith(".") and is_image_file(f))
+        names = sorted(
+            f
+            for f in filenames
+            if not f.startswith(".") and is_image_file(os.path.join(dirpath, f))
+        )
         if names:
             # a file of this folder sorts before its sub-folders' only if its name is smaller
             sub = [d for d in dirnames if d < names[0]]
@@ -259,7 +279,9 @@ def load_rgb(
     """
     path = Path(path)
     key = file_key(path, ("rgb", draft_side))
-    if key is None:
+    if key is None:  # missing, or not a regular file (a FIFO would block the read forever)
+        if path.exists():
+            raise DatasetError(f"{path}: not a regular file (a FIFO, socket or device)")
         raise DatasetError(f"{path}: image file not found")
     if not cache or not cache_limit_bytes():  # cache=False: the caller keeps what it derives
         return _decode(path, max_pixels, draft_side)[1]

@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from cebench.core.errors import DatasetError
-from cebench.data.images import is_image_file
+from cebench.data.images import has_image_suffix, is_image_file
 
 SPLIT_NAMES = ("train", "val", "test", "trainval")
 VOC_FOLDERS = ("JPEGImages", "Annotations", "ImageSets", "SegmentationClass")
@@ -64,7 +64,7 @@ def _holds_image(folder: Path) -> bool:
     """Whether `folder` directly holds an image file; stops at the first (os.scandir reads the
     folder in chunks, so a class folder of ImageNet's is not listed whole)."""
     with os.scandir(folder) as entries:
-        return any(is_image_file(e.name) and e.is_file() for e in entries)
+        return any(has_image_suffix(e.name) and e.is_file() for e in entries)
 
 
 def detect_layout(path: str | Path) -> list[tuple[str, Path]]:
@@ -72,6 +72,8 @@ def detect_layout(path: str | Path) -> list[tuple[str, Path]]:
     path = Path(path)
     if path.is_file():
         return [("coco", path)] if path.suffix == ".json" else [("images", path)]
+    if path.exists() and not path.is_dir():  # a FIFO, socket or device: list_images refuses it
+        return [("images", path)]
     if (path / "synth.json").is_file() or (
         (path / "VOC").is_dir() and (path / "unlabelled").is_dir()
     ):

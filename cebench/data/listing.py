@@ -65,7 +65,12 @@ def _walk(root: str, suffixes: tuple[str, ...]) -> dict[str, list]:
                 if not e.is_symlink():
                     stack.append(os.path.join(rel, e.name) if rel else e.name)
             elif e.name.lower().endswith(suffixes):
-                names.append(e.name)
+                try:  # regular files only (symlinks followed): a FIFO's read would block
+                    regular = e.is_file()
+                except OSError:
+                    continue
+                if regular:
+                    names.append(e.name)
         out[rel] = [mtime, sorted(names)]
     return out
 

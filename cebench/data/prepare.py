@@ -21,6 +21,10 @@ written whole through a temporary name) and renamed into place at the end; an in
 leaves the partial folder, and the next run continues it. Run again on a finished DST, only the
 images that are new or changed under SRC (size or modification time) are written. DST/prepared.json
 (the manifest) records the source, the size, and per file its source and output sizes.
+SIGINT / SIGTERM stop after saving the manifest of what is finished (`PrepareInterrupted`, exit
+130 / 143), so the rerun skips those images. DST may not be, hold or lie inside SRC, one process
+writes a DST at a time (the lock `.NAME.cebench.lock` beside it), and `--force` replaces a DST
+only when everything in it was written by `data prepare` (it is in the manifest).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +44,8 @@ from PIL import Image
 
 from cebench.core.errors import ConfigError, DatasetError
 from cebench.core.io import atomic_write_text
+from cebench.core.lock import LOCK_NAME, FolderLock, refuse_overlap
+from cebench.core.threads import check_workers
 from cebench.data.images import list_images, load_rgb
 
 MANIFEST = "prepared.json"
@@ -59,6 +67,44 @@ def shorter_side_size(w: int, h: int, side: int) -> tuple[int, int]:
 def _stamp(path: Path) -> list[int]:
     st = path.stat()
     return [st.st_size, st.st_mtime_ns]
+
+
+class PrepareInterrupted(Exception):
+    """SIGINT / SIGTERM stopped `prepare`; what was finished is in the manifest (a rerun skips it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM
+
+
+class _StopOnSignal:
+    """SIGINT / SIGTERM raise PrepareInterrupted in the main thread (so `prepare`'s `finally`
+    saves the manifest of the finished images) instead of killing the process outright."""
+
+    def __init__(self) -> None:
+        self.old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.old[s] = signal.signal(s, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise PrepareInterrupted(signum)
+
+    def restore(self) -> None:
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+        self.old = {}
+
+
+def _ignore_signals() -> None:
+    """Worker processes leave SIGINT / SIGTERM to the parent, which stops them after their image."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def prepare_one(src: Path, dst: Path, size: int) -> dict[str, Any]:
@@ -118,14 +164,62 @@ def prepare(
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if size < 8:
         raise ConfigError(f"--size must be >= 8 pixels, got {size}")
-    if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    check_workers(workers, "--workers")
     if not src.is_dir():
         raise DatasetError(f"{src}: not a folder of images")
     if dst.exists() and not dst.is_dir():
         raise ConfigError(f"--out {dst}: is a file, not a folder")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise ConfigError(f"--out {dst}: must be outside the source folder {src}")
+    refuse_overlap(dst, {"SRC": src})
+    if dst.is_dir() and any(dst.iterdir()):  # refused before the lock: a refusal leaves nothing
+        _check_out(dst, {"format": FORMAT, "source": str(src.resolve()), "size": size}, force)
+    # one writer per --out: the lock file sits beside it (DST itself is renamed into place)
+    with FolderLock(
+        dst.parent, "cebench data prepare", lock_name=f".{dst.name}.cebench.lock", shown=dst
+    ):
+        return _prepare_locked(src, dst, size, workers, force, say)
+
+
+def _check_out(dst: Path, settings: dict[str, Any], force: bool) -> bool:
+    """Whether the non-empty `dst` is this source at this size (work goes on in it); ConfigError
+    when it holds files `data prepare` did not write (even with --force) or, without --force,
+    another source or size."""
+    old = _load_manifest(dst)
+    same = old is not None and all(old.get(k) == v for k, v in settings.items())
+    foreign = [] if same else _foreign(dst, old)
+    if foreign:  # --force replaces only what cebench data prepare wrote
+        raise ConfigError(
+            f"--out {dst}: holds files not written by cebench data prepare "
+            f"({foreign[0]}{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}); "
+            "choose another --out (--force never deletes files cebench did not write)"
+        )
+    if not same and not force:
+        raise ConfigError(
+            f"--out {dst}: holds another source or size; choose another --out or pass "
+            "--force to replace it"
+        )
+    return same
+
+
+def _foreign(folder: Path, manifest: dict[str, Any] | None) -> list[str]:
+    """Files under `folder` that `data prepare` did not write (not in its manifest)."""
+    ours = set((manifest or {}).get("files", {})) | {MANIFEST, LOCK_NAME}
+    found = []
+    for dirpath, _dirnames, filenames in os.walk(folder):
+        for name in filenames:
+            rel = (Path(dirpath) / name).relative_to(folder).as_posix()
+            if rel not in ours and not _is_our_temp(name):
+                found.append(rel)
+    return sorted(found)
+
+
+def _is_our_temp(name: str) -> bool:
+    """`prepare_one`'s and `atomic_write_text`'s temporary names (left by a killed run)."""
+    return name.startswith(".") and (".tmp" in name)
+
+
+def _prepare_locked(
+    src: Path, dst: Path, size: int, workers: int, force: bool, say: Any
+) -> dict[str, Any]:
     paths = list_images(src)
     rels = [p.relative_to(src).as_posix() for p in paths]
     settings = {"format": FORMAT, "source": str(src.resolve()), "size": size}
@@ -133,12 +227,7 @@ def prepare(
     partial = dst.parent / f".{dst.name}.partial"
     old = _load_manifest(dst) if dst.is_dir() else None
     if dst.is_dir() and any(dst.iterdir()):
-        same = old is not None and all(old.get(k) == v for k, v in settings.items())
-        if not same and not force:
-            what = "another source or size" if old else "files not written by cebench data prepare"
-            raise ConfigError(
-                f"--out {dst}: holds {what}; choose another --out or pass --force to replace it"
-            )
+        same = _check_out(dst, settings, force)
         if not same:  # --force: start over beside it, replace it at the end
             shutil.rmtree(partial, ignore_errors=True)
             work, old = partial, None
@@ -150,7 +239,11 @@ def prepare(
         if old is not None and any(old.get(k) != v for k, v in settings.items()):
             shutil.rmtree(partial)
             old = None
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"--out {dst}: {work} is a file, not a folder") from None
+    recorded = set(old["files"]) if old else set()
     files: dict[str, Any] = dict(old["files"]) if old else {}
     todo = []
     for p, rel in zip(paths, rels, strict=True):
@@ -170,11 +263,12 @@ def prepare(
         )
 
     done = 0
+    stop = _StopOnSignal()
     try:
         if workers == 1:
             results = (prepare_one(p, out, size) for p, out, _ in todo)
         else:
-            pool = cf.ProcessPoolExecutor(workers)
+            pool = cf.ProcessPoolExecutor(workers, initializer=_ignore_signals)
             results = pool.map(prepare_one, *zip(*[(p, o, size) for p, o, _ in todo], strict=True))
         for (_, _, rel), entry in zip(todo, results, strict=False):
             files[rel] = entry
@@ -184,6 +278,7 @@ def prepare(
                 if say:
                     say(f"prepare: {done}/{len(todo)} images")
     finally:
+        stop.restore()
         if workers > 1 and todo:
             pool.shutdown(cancel_futures=True)
         save_manifest()
@@ -193,8 +288,9 @@ def prepare(
         present = list_images(work)
     except DatasetError:  # no image at all (every source file unreadable and absent)
         present = []
-    for p in present:
-        if p.relative_to(work).as_posix() not in wanted:
+    for p in present:  # only files this command wrote (in its manifest) are ever removed
+        rel = p.relative_to(work).as_posix()
+        if rel not in wanted and rel in recorded:
             p.unlink()
     if work == partial:
         if dst.exists():

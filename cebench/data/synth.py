@@ -213,6 +213,10 @@ def _run(fn, jobs: list, workers: int) -> list:
         return pool.map(fn, jobs, chunksize=max(8, len(jobs) // (workers * 8)))
 
 
+# what `generate` writes at the top of its folder (and all --force replaces)
+SYNTH_ENTRIES = frozenset({"VOC", "coco", "imagefolder", "unlabelled", "synth.json"})
+
+
 def generate(
     out: str | Path,
     seed: int = 0,
@@ -256,6 +260,13 @@ def generate(
         if not (out / "synth.json").is_file():
             raise DatasetError(
                 f"{out}: not a folder written by `cebench data synth`; refusing to replace it"
+            )
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in SYNTH_ENTRIES)
+        if foreign:  # --force replaces only what synth wrote
+            raise DatasetError(
+                f"{out}: holds {', '.join(foreign[:3])}{' ...' if len(foreign) > 3 else ''}, "
+                "not written by `cebench data synth`; refusing to replace it (--force never "
+                "deletes files cebench did not write)"
             )
     workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
     out.parent.mkdir(parents=True, exist_ok=True)

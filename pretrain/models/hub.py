@@ -25,6 +25,19 @@ from cebench.core.errors import CheckpointError
 HF_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 
 
+def offline_hubs() -> None:
+    """Turn on the hubs' own offline switches for this process (and its children): the Hugging
+    Face hub (HF_HUB_OFFLINE, also in an already imported huggingface_hub) that timm asks for
+    `hf-hub:` names and pretrained configs. Called before timm builds anything, so that no file
+    (an encoder.pt, a sidecar, a suite) can make cebench go to the network."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
+
+
 def torch_hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 

@@ -28,7 +28,45 @@ from torch import nn
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.pretrain.models._registry import register_encoder
 from cebench.pretrain.models.base import Encoder, FeatureInfo
-from cebench.pretrain.models.hub import load_hub_weights
+from cebench.pretrain.models.hub import load_hub_weights, offline_hubs
+
+# timm.create_model keywords that fetch or read weights or configs: never from model_kwargs (a
+# value read from a file); pretrained weights come only through `pretrained` and the local caches
+_LOADING_KWARGS = frozenset(
+    {"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir"}
+)
+
+
+def check_timm_name(model_name: object, model_kwargs: object = None) -> None:
+    """ConfigError unless `model_name` is a model timm's local registry knows (`resnet18`,
+    `resnet18.a1_in1k`; never `hf-hub:...` or `local-dir:...`, which timm resolves over the
+    network or the file system) and `model_kwargs` is a mapping of plain data without the
+    keywords that load weights. Names and kwargs read from an encoder.pt or a sidecar are data."""
+    from timm.models import is_model
+
+    if not isinstance(model_name, str) or ":" in model_name or not is_model(model_name):
+        raise ConfigError(
+            f"timm: unknown model_name {model_name!r} (only names in timm's local registry, "
+            "as timm.list_models() gives them; no hf-hub: or local-dir: sources)"
+        )
+    if model_kwargs is None:
+        return
+    if not isinstance(model_kwargs, dict):
+        raise ConfigError(f"timm: model_kwargs must be a mapping, got {model_kwargs!r}")
+    for key, value in model_kwargs.items():
+        if not isinstance(key, str) or key in _LOADING_KWARGS:
+            raise ConfigError(
+                f"timm: model_kwargs may not hold {key!r} (it loads weights or configs); use "
+                "pretrained=true (local caches only) or a cebench checkpoint"
+            )
+        if not _plain(value):
+            raise ConfigError(f"timm: model_kwargs[{key!r}] must be plain data, got {value!r}")
+
+
+def _plain(value: object) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _create(
@@ -38,9 +76,11 @@ def _create(
     input_size: int,
     model_kwargs: dict | None,
 ) -> nn.Module:
+    offline_hubs()
     import timm
     from timm.models import is_model_in_modules
 
+    check_timm_name(model_name, model_kwargs)
     kwargs: dict = {"features_only": True, **(model_kwargs or {})}
     if is_model_in_modules(model_name, ["vision_transformer"]):
         kwargs.setdefault("img_size", input_size)  # position embeddings for this input size
