@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,7 +71,7 @@ class RawImages(torch.utils.data.Dataset):
     def _jpeg_bytes(self, index: int) -> tuple[torch.Tensor, int] | None:
         path = self.images.paths[index]
         try:
-            blob = path.read_bytes()
+            blob = Path(path).read_bytes()
             with Image.open(io.BytesIO(blob)) as im:  # the header only: nothing is decoded
                 w, h = im.size
                 if im.format != "JPEG" or im.mode != "RGB" or w * h > max_pixels_limit():

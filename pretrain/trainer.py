@@ -247,9 +247,10 @@ class Trainer:
         self.method_cls = get_method(cfg.method)
         self.supervised = self.method_cls.uses_labels
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
+        self.notes: list[str] = []  # said once every check has passed (train())
         self.ds, self.classes, fill_value = self._dataset(cfg)
         # the run's resolved config: a new object, the caller's is never changed
-        optim, self.notes = cfg.optim, []
+        optim = cfg.optim
         if optim.lr is None:  # said once the run starts (after every check that can refuse it)
             optim = dataclasses.replace(optim, lr=cfg.resolved_lr())
             self.notes.append(
@@ -314,8 +315,8 @@ class Trainer:
                     else None
                 )
                 fill_value = D.broadcast_object(mean)
-        if note:  # once the images read: what a dataset root gave (its photos, never its label
-            self.say(note)  # masks), or a warning for a plain folder that mixes them
+        if note:  # what a dataset root gave (its photos, never its label masks), or a warning
+            self.notes.append(note)  # for a plain folder that mixes them: said once checks pass
         ds = TrainImages(
             paths,
             labels,

@@ -29,6 +29,13 @@ VARIABLES: dict[str, tuple[type, float, float, str]] = {
     "CEBENCH_PROGRESS_EVERY": (float, 0, 1e7, "of seconds"),
 }
 
+# the CEBENCH_* variables that hold no number (read where they are used), so that this file lists
+# every CEBENCH_* variable: name -> what it holds
+OTHER_VARIABLES: dict[str, str] = {
+    "CEBENCH_LISTING_CACHE": "a folder for cached tree listings, or off / 0 (cebench.data.listing)",
+    "CEBENCH_DATA_MIRROR": "the base URL `cebench data get` downloads from (cebench.data.get)",
+}
+
 _INT = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
