@@ -174,3 +174,22 @@ def test_table_readme_block_is_replaced_by_the_table(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "has no block for a/table.md" in err and len(err.strip().splitlines()) == 1
     assert readme.read_text() == "nothing here\n"
+
+
+def test_compare_runs_by_hand(tmp_path, capsys):
+    """Two runs of the same cells: per column, the largest and mean |a - b| (hand-computed)."""
+    from cebench.benchmarks.compare_runs import main as compare
+
+    a = _results_dir(tmp_path / "a")
+    b = _results_dir(
+        tmp_path / "b",
+        CSV.replace("t,random,cls,score,0,50.0", "t,random,cls,score,0,50.5").replace(
+            "t,ce,cls,score,1,58.0", "t,ce,cls,score,1,56.0"
+        ),
+    )
+    assert compare([str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    # cls: |50 - 50.5|, 0, 0, |58 - 56| over 4 cells -> max 2, mean 0.625; inpaint L2 (x100): 0
+    assert "| VOC07 cls | 4 | 2 | 0.625 |" in out
+    assert "| inpaint L2 (%) | 2 | 0 | 0 |" in out
+    assert compare([str(a), str(tmp_path / "nothing")]) == 2
