@@ -165,8 +165,13 @@ def findings(comparisons: list[Comparison], meta: dict[str, Any]) -> list[str]:
             arms = [labels[c.arm] for c in cmps if c.sign == sign]
             if arms:
                 parts.append(f"{word}: {', '.join(arms)}")
-        same = [labels[c.arm] for c in cmps if not c.sign]
+        same = [labels[c.arm] for c in cmps if not c.sign and c.p is not None]
         if same:
             parts.append(f"not shown to differ: {', '.join(same)}")
+        untested = [labels[c.arm] for c in cmps if c.p is None]
+        if untested:
+            parts.append(
+                f"not tested (fewer than 2 seeds on a side, or no spread): {', '.join(untested)}"
+            )
         lines.append(f"- **{label}** vs {labels[ref]}: " + "; ".join(parts))
     return lines

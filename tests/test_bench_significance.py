@@ -207,3 +207,13 @@ def test_a_change_to_transfer_code_moves_only_the_transfer_cells(tmp_path, monke
         kinds.add(kind)
         assert (h1 != h2) == (kind == "transfer"), cid
     assert kinds == {"pretrain", "transfer"} or kinds == {"pretrain", "inpaint", "transfer"}
+
+
+def test_one_seed_is_not_tested_and_says_so(tmp_path):
+    _runner(tmp_path, Executor(), ["seeds=[0]"]).run()
+    md = (tmp_path / "out" / "table.md").read_text()
+    assert "▲" not in md.split("\n\n")[1]  # the table itself: no marker without a test
+    assert (
+        "- **Cls** vs Random: not tested (fewer than 2 seeds on a side, or no spread): "
+        "Context encoder, Supervised"
+    ) in md
