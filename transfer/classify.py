@@ -4,8 +4,10 @@
     cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --protocol linear --preset small --out runs/lin
     cebench transfer classify --encoder random:tiny --data data/builtin/imagefolder --protocol knn --preset small --out runs/knn
 
-    from cebench.transfer.classify import ClassifyConfig, run, small_preset
-    result = run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/cls"))
+    from cebench.transfer.classify import run
+    from cebench.transfer.tasks import preset_config
+    cfg = preset_config("classify", "small", encoder="runs/ce", data="data/builtin/VOC", out="runs/cls")  # presets/classify/small.yaml
+    result = run(cfg)
     result["metrics"]["score"]     # mAP (VOC data) or top-1 (ImageFolder data), in percent
 
 Protocols (what is trained, defaults = `ClassifyConfig`):
@@ -13,7 +15,7 @@ Protocols (what is trained, defaults = `ClassifyConfig`):
   encoder stays frozen with `frozen=True`). Defaults: a linear head on the globally average-pooled
   last stage, SGD momentum 0.9, lr 0.001, weight decay 5e-4, batch 32, 60 epochs, lr x0.1 at 2/3,
   images resized to the input size, random flips, one test view.
-  `paper_preset()` is Krähenbühl et al.'s VOC 2007 protocol (ICLR 2016, arXiv 1511.06856), which
+  The paper preset (`transfer/presets/classify/paper.yaml`) is Krähenbühl et al.'s VOC 2007 protocol (ICLR 2016, arXiv 1511.06856), which
   Pathak et al. (CVPR 2016) follow: `rescale="full"` (their data-dependent within- and
   between-layer rescaling, here of the encoder and the new fc6/fc7 together, on
   `calibration_images` training images), `head="fc"` (pool5 flattened -> fc6, fc7 of 4096
@@ -41,7 +43,6 @@ the training set (the evaluation set is always whole).
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,10 +57,6 @@ from cebench.core.logger import MetricLogger
 from cebench.pretrain.monitor import knn_scores  # one kNN: the online probe's and this
 from cebench.transfer.args import (
     HarnessConfig,
-    common_parser,
-    config_from_args,
-    preset_note,
-    replace_validated,
     require_at_least,
 )
 from cebench.transfer.data import (
@@ -79,6 +76,7 @@ from cebench.transfer.features import default_cache_dir, extract_features
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
 from cebench.transfer.loop import bias_lr_groups, make_optimizer, train_epochs, train_one_epoch
 from cebench.transfer.metrics import top1, voc07_mean_ap, voc_mean_ap
+from cebench.transfer.tasks import Option, TransferTask, register_task
 
 
 @dataclass
@@ -172,66 +170,6 @@ class ClassifyConfig(HarnessConfig):
             raise ConfigError(
                 f"config key 'resize_size' must be >= input_size {size or 1}, got {self.resize_size}"
             )
-
-
-def paper_preset(**overrides: Any) -> ClassifyConfig:
-    """Krähenbühl et al.'s VOC 2007 fine-tuning protocol, the paper's classification column.
-
-    head="fc" (pool5 flattened, fc6/fc7 of 4096 with dropout 0.5: fresh, or the encoder's trained
-    ones, as their code keeps a model's fc6/fc7 and redraws fc8), random crops from images
-    resized to 256/227 of the input, 10-crop testing, VOC 2007 11-point AP (`ap="voc07"`),
-    rescale="full" (their within- and between-layer rescaling), trainval -> test. The schedule is
-    the one of their released evaluation code (philkr/voc-classification, src/train_cls.py):
-    SGD momentum 0.9, lr 0.001 halved every 10,000 of 80,000 iterations (`lr_step_fraction`
-    0.125, `lr_gamma` 0.5), batch 16, weight decay 1e-6; 255 epochs of the 5,011 trainval images
-    at batch 16 are about 80,000 iterations. Also theirs: the training crops' random scale
-    (0.5-2x, `min_scale`/`max_scale`), 10 random test crops (`test_crop_mode="random"`), gradient
-    clipping at 10 (`clip_grad_norm`), biases at twice the lr (`bias_lr_mult`) and their loss, the
-    sigmoid cross-entropy summed over the classes and averaged over the images
-    (`bce_reduction="sum_classes"`, the scale the lr and the clipping were set for). `overrides`
-    change any key.
-    """
-    cfg = ClassifyConfig(
-        head="fc",
-        fc_dims=4096,
-        fc_dropout=0.5,
-        random_crop=True,
-        test_crops=10,
-        ap="voc07",
-        rescale="full",
-        train_split="trainval",
-        val_split="test",
-        optimizer="sgd",
-        momentum=0.9,
-        lr=0.001,
-        lr_step_fraction=0.125,
-        lr_gamma=0.5,
-        batch_size=16,
-        weight_decay=1e-6,
-        epochs=255,
-        min_scale=0.5,
-        max_scale=2.0,
-        test_crop_mode="random",
-        clip_grad_norm=10.0,
-        bias_lr_mult=2.0,
-        bce_reduction="sum_classes",
-    )
-    return replace_validated(cfg, **overrides)
-
-
-def small_preset(**overrides: Any) -> ClassifyConfig:
-    """Settings for the built-in 64 px data (a few hundred images): seconds on a CPU."""
-    cfg = ClassifyConfig(
-        epochs=6,
-        lr=1e-3,
-        optimizer="adam",
-        batch_size=32,
-        probe_dims=2048,
-        probe_epochs=60,
-        probe_batch_size=128,
-        knn_k=10,
-    )
-    return replace_validated(cfg, **overrides)
 
 
 class GlobalPool(nn.Module):
@@ -364,48 +302,6 @@ def train_linear_probe(
         if log is not None and (epoch + 1) % 10 == 0:
             log.update(epoch + 1, layer=layer, loss=stats["loss"])
     return head, mean, std
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = common_parser(
-        add_help,
-        description="Classification transfer: linear probe per layer, kNN or fine-tuning.",
-        epilog=__doc__.split("Protocols")[0],
-    )
-    p.add_argument(
-        "--protocol", choices=["linear", "knn", "finetune"], default=None, help="default: finetune"
-    )
-    p.add_argument(
-        "--layers", default=None, help="linear/knn: comma-separated stages (default: all)"
-    )
-    p.add_argument("--shots", type=int, default=None, help="labelled training images per class")
-    p.add_argument(
-        "--label-fraction", type=float, default=None, help="fraction of the training labels used"
-    )
-    p.add_argument("--k", type=int, default=None, help="kNN neighbours (default 20)")
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="feature cache (default <out>/../feature-cache; 'none' disables)",
-    )
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
-    extra = {
-        "protocol": args.protocol,
-        "shots": args.shots,
-        "label_fraction": args.label_fraction,
-        "knn_k": args.k,
-        "cache_dir": args.cache_dir,
-        "layers": [s for s in args.layers.split(",") if s] if args.layers else None,
-    }
-    cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
-    m = run(cfg, preset_note(args))["metrics"]
-    print(
-        f"classify/{cfg.protocol}: score {m['score']:.2f} ({'mAP' if m['format'] == 'voc' else 'top-1'}) -> {cfg.out}/metrics.json"
-    )
-    return 0
 
 
 def _frozen_protocol(
@@ -643,3 +539,44 @@ def run(cfg: ClassifyConfig, note: str | None = None) -> dict[str, Any]:
     if cache is not None:  # a file in the way, an unwritable folder, the data: one line, first
         prepare_out_dir(cache, "--cache-dir", inputs={"--data": cfg.data})
     return Classify().run(cfg, note)
+
+
+TASK = register_task(
+    TransferTask(
+        name="classify",
+        module=__name__,
+        config=ClassifyConfig,
+        summary="linear probe per layer, kNN or fine-tuning; top-1 or VOC mAP",
+        options=(
+            Option(
+                "--protocol",
+                "protocol",
+                choices=["linear", "knn", "finetune"],
+                help="default: finetune",
+            ),
+            Option(
+                "--layers",
+                "layers",
+                lambda v: [s for s in v.split(",") if s] or None,
+                help="linear/knn: comma-separated stages (default: all)",
+            ),
+            Option("--shots", "shots", type=int, help="labelled training images per class"),
+            Option(
+                "--label-fraction",
+                "label_fraction",
+                type=float,
+                help="fraction of the training labels used",
+            ),
+            Option("--k", "knn_k", type=int, help="kNN neighbours (default 20)"),
+            Option(
+                "--cache-dir",
+                "cache_dir",
+                help="feature cache (default <out>/../feature-cache; 'none' disables)",
+            ),
+        ),
+        report=lambda m, cfg: [
+            f"classify/{cfg.protocol}: score {m['score']:.2f} "
+            f"({'mAP' if m['format'] == 'voc' else 'top-1'}) -> {cfg.out}/metrics.json"
+        ],
+    )
+)
