@@ -111,14 +111,15 @@ def _load_builtin() -> None:
 
 
 def list_tasks() -> list[str]:
+    """The registered tasks' names, sorted (the order of `cebench transfer`'s subcommands)."""
     _load_builtin()
-    return list(_TASKS)
+    return sorted(_TASKS)
 
 
 def get_task(name: str) -> TransferTask:
     _load_builtin()
     if name not in _TASKS:
-        raise ConfigError(f"unknown transfer task '{name}'; tasks: {', '.join(_TASKS)}")
+        raise ConfigError(f"unknown transfer task '{name}'; tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
 
 
