@@ -14,14 +14,8 @@ from cebench.core.errors import ConfigError
 from cebench.pretrain.encoder_file import save_encoder
 from cebench.pretrain.models import build_encoder
 from cebench.transfer.args import HarnessConfig, common_keys, common_parser
-from cebench.transfer.encoders import (
-    IMAGENET,
-    between_layer_rescale_,
-    layer_change_rates,
-    renormalize,
-    rescale_,
-    resolve_encoder,
-)
+from cebench.transfer.encoders import IMAGENET, renormalize, resolve_encoder
+from cebench.transfer.rescale import between_layer_rescale_, layer_change_rates, rescale_
 from cebench.transfer.tasks import config_from_args, get_args_parser
 
 # ReLU + max pooling, no LRN / BatchNorm: positively homogeneous, with biases
