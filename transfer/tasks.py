@@ -9,11 +9,11 @@
     ))
     cfg = preset_config("depth", "small", encoder="random:tiny", out="runs/depth")
 
-Adding a task is one new file in transfer/ (a `Harness` subclass, its config dataclass and the
-`register_task` call at the bottom) plus its presets, `transfer/presets/<name>/<preset>.yaml`
-(deltas over the config's defaults; a preset may inherit another with `_base_: <preset>`), and
-its name in `BUILTIN` below so it is imported before the registry is read. The command line
-(`cebench transfer <name>`, one generic `main`), the suites and the Python front door follow.
+Adding a task is one new file, `transfer/<name>.py` (a `Harness` subclass, its config dataclass
+and the `register_task` call at the bottom), plus its presets, `transfer/presets/<name>/<preset>.yaml`
+(deltas over the config's defaults; a preset may inherit another with `_base_: <preset>`): the
+presets folder is how the registry finds the module to import. The command line (`cebench
+transfer <name>`, one generic `main`), the suites, the cells and the Python front door follow.
 """
 
 from __future__ import annotations
@@ -38,8 +38,12 @@ from cebench.core.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
-# the modules that register the built-in tasks, imported before the registry is read
-BUILTIN = ("cebench.transfer.classify", "cebench.transfer.detect", "cebench.transfer.segment")
+def builtin_modules() -> list[str]:
+    """The modules of the built-in tasks, found by their presets: `transfer/presets/<name>/` goes
+    with `transfer/<name>.py`, which registers task <name> (no list of tasks to keep)."""
+    return sorted(
+        f"cebench.transfer.{d.name}" for d in PRESET_DIR.iterdir() if any(d.glob("*.yaml"))
+    )
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,7 @@ def unregister_task(name: str) -> None:
 
 
 def _load_builtin() -> None:
-    for module in BUILTIN:
+    for module in builtin_modules():
         importlib.import_module(module)
 
 
