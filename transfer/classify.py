@@ -74,6 +74,7 @@ from cebench.transfer.probes import (  # noqa: F401
 )
 from cebench.transfer.tasks import Option, TransferTask, register_task
 
+
 def run(cfg: ClassifyConfig, note: str | None = None) -> dict[str, Any]:
     """Run one classification transfer job (the fine-tuning harness, transfer/finetune.py, or the
     frozen probes', transfer/probes.py, by `protocol`); writes metrics.json, log.jsonl, model.pt
