@@ -26,7 +26,7 @@ SMALL_US = 10.0
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from cebench.benchmarks.speed import CONFIGS
+    from cebench.benchmarks.speed_steps import CONFIGS
 
     p = argparse.ArgumentParser(description="Profile one configuration's training step.")
     p.add_argument("--config", default="paper-inpainting", choices=sorted(CONFIGS))
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 def profile_step(args: argparse.Namespace) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    from cebench.benchmarks.speed import _config, _Repeat, _sync, write_images
+    from cebench.benchmarks.speed_steps import _config, _Repeat, _sync, write_images
     from cebench.core.device import pick_device
     from cebench.core.distributed import DistInfo
     from cebench.core.errors import ConfigError

@@ -29,7 +29,6 @@ import concurrent.futures as cf
 import dataclasses
 import fnmatch
 import json
-import multiprocessing
 import os
 import shlex
 import shutil
@@ -42,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from cebench.benchmarks.local import LocalLauncher
 from cebench.benchmarks.suite import Cell, Suite, load_suite, plan_cells, suite_meta
 from cebench.core.config import config_hash
 from cebench.core.errors import CebenchError, ConfigError
@@ -210,6 +210,7 @@ class Runner:
     # what a launcher's job process calls; cebench.benchmarks.slurm takes them from the runner
     # it is handed, so that it does not import this module (which imports it)
     execute_cell = staticmethod(_execute)
+    init_worker = staticmethod(_init_worker)  # a local worker process's start
     stop_cell = staticmethod(_stop_cell)
     work_stamp = STAMP
 
@@ -230,9 +231,10 @@ class Runner:
         if jobs < 1:
             raise ConfigError(f"jobs must be >= 1, got {jobs}")
         self.suite, self.executor, self.jobs = suite, executor, jobs
-        # None: this machine (--jobs); else an object whose run(runner, todo, outcome) runs the
-        # cells elsewhere (cebench.benchmarks.slurm.SlurmLauncher)
-        self.launcher = launcher
+        # an object whose run(runner, todo, outcome) runs the cells: this machine's
+        # (cebench.benchmarks.local.LocalLauncher, --jobs; the default) or Slurm's
+        # (cebench.benchmarks.slurm.SlurmLauncher)
+        self.launcher = launcher if launcher is not None else LocalLauncher(jobs)
         self.out = Path(out_dir).resolve()
         # --reuse: other results folders whose finished cells of the same hash count as ours
         self.reuse = [Path(d).resolve() for d in reuse or []]
@@ -417,7 +419,9 @@ class Runner:
             else:
                 todo.append(cell)
         if reused:
-            self.log(f"bench {self.suite.name}: {reused} cells reused from {len(self.reuse)} folder(s)")
+            self.log(
+                f"bench {self.suite.name}: {reused} cells reused from {len(self.reuse)} folder(s)"
+            )
         self.log(
             f"bench {self.suite.name}: {len(self.selected)} cells, {len(outcome.cached)} cached, "
             f"{len(todo)} to run -> {self.out}"
@@ -490,12 +494,7 @@ class Runner:
         return count
 
     def _dispatch(self, todo: list[Cell], outcome: Outcome) -> None:
-        if self.launcher is not None:
-            self.launcher.run(self, todo, outcome)
-        elif self.jobs == 1:
-            self._run_serial(todo, outcome)
-        else:
-            self._run_pool(todo, outcome)
+        self.launcher.run(self, todo, outcome)
 
     def _more_seeds(self) -> list[Cell]:
         """The cells of the next seed for every arm that has a column whose difference from the
@@ -586,93 +585,6 @@ class Runner:
 
     def _work(self, cell: Cell) -> str:
         return str(inside(self.out, "runs", cell.id))
-
-    def _run_serial(self, todo: list[Cell], outcome: Outcome) -> None:
-        for cell in todo:
-            if outcome.stopped_by is not None:
-                break
-            reason = self._blocked(cell, outcome)
-            res = (
-                {"ok": False, "error": reason, "wall_time_s": 0.0}
-                if reason
-                else _execute(
-                    self.executor,
-                    cell,
-                    self.resolved[cell.id],
-                    self._work(cell),
-                    self.hashes[cell.id],
-                )
-            )
-            self._record(cell, res, outcome)
-
-    def _run_pool(self, todo: list[Cell], outcome: Outcome) -> None:
-        """Worker processes (CPUs // jobs torch threads each, `cebench.core.threads`); a cell starts
-        once its dependencies finished.
-        A worker that dies (segfault, out of memory) fails the cells it took down with it, and the
-        pool is rebuilt for the rest."""
-        waiting = list(todo)
-        ctx = multiprocessing.get_context("spawn")
-        from cebench.core.threads import set_threads, threads_note
-
-        set_threads(jobs=self.jobs)  # said once here; the workers (same choice) stay quiet
-        if note := threads_note():
-            print(note, file=sys.stderr, flush=True)
-
-        def new_pool() -> cf.ProcessPoolExecutor:
-            return cf.ProcessPoolExecutor(
-                self.jobs, mp_context=ctx, initializer=_init_worker, initargs=(self.jobs,)
-            )
-
-        pool = self._pool = new_pool()
-        running: dict[cf.Future, tuple[Cell, cf.ProcessPoolExecutor]] = {}
-        try:
-            while (waiting and outcome.stopped_by is None) or running:
-                finished = set(outcome.ran) | set(outcome.cached)
-                for cell in list(waiting):
-                    if len(running) >= self.jobs or outcome.stopped_by is not None:
-                        break
-                    reason = self._blocked(cell, outcome)
-                    if reason:
-                        waiting.remove(cell)
-                        self._record(
-                            cell, {"ok": False, "error": reason, "wall_time_s": 0.0}, outcome
-                        )
-                    elif all(d in finished for d in cell.depends):
-                        waiting.remove(cell)
-                        args = (
-                            _execute,
-                            self.executor,
-                            cell,
-                            self.resolved[cell.id],
-                            self._work(cell),
-                            self.hashes[cell.id],
-                        )
-                        try:
-                            fut = pool.submit(*args)
-                        except cf.process.BrokenProcessPool:
-                            pool.shutdown(wait=False, cancel_futures=True)
-                            pool = self._pool = new_pool()
-                            fut = pool.submit(*args)
-                        running[fut] = (cell, pool)
-                if not running:
-                    continue
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-                for fut in done:
-                    cell, its_pool = running.pop(fut)
-                    try:
-                        res = fut.result()
-                    except cf.process.BrokenProcessPool as e:
-                        res = {
-                            "ok": False,
-                            "error": f"worker process died: {e}",
-                            "wall_time_s": 0.0,
-                        }
-                        if its_pool is pool:
-                            pool.shutdown(wait=False, cancel_futures=True)
-                            pool = self._pool = new_pool()
-                    self._record(cell, res, outcome)
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
     def records(self) -> list[dict[str, Any]]:
         """The finished cells of this suite whose hash is current (config and code)."""
@@ -832,7 +744,7 @@ def main(args: argparse.Namespace) -> int:
     if not 1 <= jobs <= MAX_JOBS:  # refused, not bent: 0 or -1 never runs as 1
         flag = "--jobs" if args.jobs is not None else f"suite {args.suite}: jobs"
         raise ConfigError(f"{flag} must be from 1 to {MAX_JOBS}, got {jobs}")
-    launcher = None
+    launcher: Any = None  # the local one, made by the Runner with `jobs`
     kind = args.launcher or suite.launcher.kind
     if kind == "slurm":
         from cebench.benchmarks.slurm import SlurmLauncher
@@ -854,18 +766,19 @@ def main(args: argparse.Namespace) -> int:
         launcher=launcher,
         reuse=args.reuse,
     )
+    local = getattr(runner.launcher, "kind", "") == "local"
     if args.status:
         from cebench.benchmarks.slurm import status_lines
 
         runner.resolve_all()
         print("\n".join(status_lines(runner)))
         return 0
-    if not args.list and (launcher is None or runner.rerun):
+    if not args.list and (local or runner.rerun):
         # never run a cell a Slurm job is running; nor --rerun one under Slurm (the queued job
         # would be taken for the rerun, with the old code)
         from cebench.benchmarks.slurm import refuse_if_jobs_active
 
-        ids = [c.id for c in runner.selected] if launcher is None else sorted(runner.rerun)
+        ids = [c.id for c in runner.selected] if local else sorted(runner.rerun)
         refuse_if_jobs_active(runner.out, ids)
     if args.list:
         runner.resolve_all()

@@ -260,6 +260,8 @@ def _signals_deferred() -> Iterator[None]:
 class SlurmLauncher:
     """Submits a runner's missing cells as Slurm jobs and (with wait=True) follows them."""
 
+    kind = "slurm"
+
     def __init__(self, spec: LauncherSpec, wait: bool = True) -> None:
         self.spec, self.wait = spec, wait
         self.submitted: list[str] = []

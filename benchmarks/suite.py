@@ -19,7 +19,7 @@ and inpaint cells) is the arm's pretraining run directory, or `random:<encoder>`
 whole encoder spec used as it is (`hub:torchvision/alexnet`, a run directory, an encoder.pt).
 
 A task may name a harness preset (`preset: paper|small`): its cells start from
-`cebench.transfer.<kind>.<preset>_preset()` and apply the task's config keys over it. A pretrain
+`transfer/presets/<kind>/<preset>.yaml` (cebench.transfer.tasks) and apply the task's config keys over it. A pretrain
 section may start from a named config (`pretrain: {_base_: paper-alexnet}`), and a suite file
 from another suite (`_base_: paper`).
 """
@@ -37,7 +37,6 @@ from cebench.core.config import from_dict, load_yaml, named_yaml, parse_value
 from cebench.core.errors import ConfigError
 
 SUITES_DIR = Path(__file__).parent / "suites"
-TaskKind = Literal["classify", "detect", "segment"]
 # arms without a pretraining cell: a Gaussian init, or an encoder spec given as it is ("external")
 NO_PRETRAINING = ("random", "random-rescaled", "external")
 RESERVED_TASKS = ("pretrain", "inpaint")
@@ -96,17 +95,27 @@ class ArmSpec:
 @dataclass
 class TaskSpec:
     name: str = ""
-    kind: TaskKind = "classify"
+    kind: str = "classify"  # a registered transfer task (cebench.transfer.tasks)
     label: str = ""  # column name in the tables; defaults to name
     metric: str = ""  # the metric shown in the table (a key of the harness's result)
     scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
     digits: int = 1  # decimals shown in the table
     config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
-    # start from cebench.transfer.<kind>.<preset>_preset() ("" = the harness config's defaults)
-    preset: Literal["", "paper", "small"] = ""
+    # start from the task's preset, transfer/presets/<kind>/<preset>.yaml ("" = the defaults)
+    preset: str = ""
     per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
 
     def validate(self) -> None:
+        from cebench.transfer.tasks import get_task, list_tasks
+
+        kinds = list_tasks()
+        if self.kind not in kinds:
+            raise ConfigError(f"config key 'kind' must be one of {kinds}, got {self.kind!r}")
+        presets = get_task(self.kind).presets()
+        if self.preset and self.preset not in presets:
+            raise ConfigError(
+                f"config key 'preset' must be one of {['', *presets]}, got {self.preset!r}"
+            )
         if not _NAME.match(self.name) or self.name in RESERVED_TASKS:
             raise ConfigError(
                 f"task name {self.name!r} must be lower-case letters, digits and '-', "

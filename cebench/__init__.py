@@ -32,9 +32,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "load_pretrain_config": ("cebench.pretrain.config", "load_pretrain_config"),
     "pretrain_encoder": ("cebench.api", "pretrain_encoder"),
     "inpaint": ("cebench.api", "inpaint"),
-    "classify": ("cebench.api", "classify"),
-    "detect": ("cebench.api", "detect"),
-    "segment": ("cebench.api", "segment"),
+    "transfer": ("cebench.api", "transfer"),
     "run_suite": ("cebench.api", "run_suite"),
     "CebenchError": ("cebench.core.errors", "CebenchError"),
     "ConfigError": ("cebench.core.errors", "ConfigError"),
@@ -44,8 +42,15 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
+    if name.startswith("__"):
         raise AttributeError(f"module 'cebench' has no attribute '{name}'")
+    if name not in _EXPORTS:
+        # every registered transfer task is `cebench.<task>(preset=..., **keys)` (cebench.api)
+        from cebench.transfer.tasks import list_tasks
+
+        if name not in list_tasks():
+            raise AttributeError(f"module 'cebench' has no attribute '{name}'")
+        return getattr(importlib.import_module("cebench.api"), name)
     module, attr = _EXPORTS[name]
     value = getattr(importlib.import_module(module), attr)
     globals()[name] = value
@@ -53,4 +58,6 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    from cebench.transfer.tasks import list_tasks
+
+    return sorted({*__all__, *list_tasks()})

@@ -13,7 +13,6 @@ Every function takes the same keys as its command (`cebench pretrain`, `cebench 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -43,48 +42,28 @@ def pretrain_encoder(
     return run(cfg)
 
 
-def _harness(
-    kind: str, preset: str, overrides: list[str] | None, keys: dict[str, Any]
+def transfer(
+    task: str, preset: str = "small", overrides: list[str] | None = None, **keys: Any
 ) -> dict[str, Any]:
-    import importlib
+    """Any registered transfer task (`cebench transfer TASK`, cebench.transfer.tasks): keys of its
+    config dataclass on top of the named preset, then `overrides` (KEY=VALUE). Returns the
+    metrics.json record."""
+    from cebench.transfer.tasks import get_task, preset_config
 
-    from cebench.core.errors import ConfigError
-
-    module = importlib.import_module(f"cebench.transfer.{kind}")
-    presets = {"small": module.small_preset, "paper": module.paper_preset}
-    if preset not in presets:
-        raise ConfigError(f"unknown preset '{preset}' (use {' or '.join(presets)})")
-    cfg = presets[preset]()
-    fields = {f.name for f in dataclasses.fields(cfg)}
-    unknown = sorted(set(keys) - fields)
-    if unknown:
-        raise ConfigError(
-            f"unknown {kind} config key(s) {unknown}; valid keys: {', '.join(sorted(fields))}"
-        )
-    cfg = apply_overrides(dataclasses.replace(cfg, **keys), list(overrides or []))
-    return module.run(cfg)
+    cfg = apply_overrides(preset_config(task, preset, **keys), list(overrides or []))
+    return get_task(task).run(cfg)
 
 
-def classify(
-    preset: str = "small", overrides: list[str] | None = None, **keys: Any
-) -> dict[str, Any]:
-    """Classification transfer (`cebench transfer classify`): keys of `ClassifyConfig`
-    (encoder, data, out, protocol, ...) on top of the `small` or `paper` preset. Returns metrics."""
-    return _harness("classify", preset, overrides, keys)
+def __getattr__(name: str) -> Any:
+    """`cebench.api.classify(...)`, `.detect`, `.segment`, ...: `transfer(name, ...)` for every
+    registered task."""
+    from functools import partial
 
+    from cebench.transfer.tasks import list_tasks
 
-def detect(
-    preset: str = "small", overrides: list[str] | None = None, **keys: Any
-) -> dict[str, Any]:
-    """Detection transfer (`cebench transfer detect`): keys of `DetectConfig`. Returns metrics."""
-    return _harness("detect", preset, overrides, keys)
-
-
-def segment(
-    preset: str = "small", overrides: list[str] | None = None, **keys: Any
-) -> dict[str, Any]:
-    """Segmentation transfer (`cebench transfer segment`): keys of `SegmentConfig`. Returns metrics."""
-    return _harness("segment", preset, overrides, keys)
+    if name in list_tasks():
+        return partial(transfer, name)
+    raise AttributeError(f"module 'cebench.api' has no attribute '{name}'")
 
 
 def inpaint(*args: str) -> int:

@@ -28,6 +28,7 @@ from cebench.pretrain.models.mae import (
 )
 from cebench.pretrain.train import run
 from cebench.transfer import classify
+from cebench.transfer.tasks import preset_config
 from tests._train_helpers import tiny_config, write_images
 
 # a 2-block ViT of width 32 on 32 px images, 8 px patches: 16 patch tokens + the class token
@@ -206,7 +207,7 @@ def test_loss_goes_down_and_encoder_pt_is_the_whole_vit_for_transfer(images, tmp
     data = tmp_path / "data"
     generate(data, size=32, images=16, unlabelled=0, folder_images=60, workers=1)
     res = classify.run(
-        classify.small_preset(
+        preset_config("classify", "small", 
             encoder=str(run_dir),
             data=str(data / "VOC"),
             protocol="linear",

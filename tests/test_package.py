@@ -162,6 +162,7 @@ def test_wheel_installs_only_cebench(tmp_path):
         for expected in (
             "cebench/pretrain/configs/small.yaml",
             "cebench/benchmarks/suites/default.yaml",
+            "cebench/transfer/presets/classify/paper.yaml",
             "cebench/core/config.py",
             "cebench/data/voc.py",
         ):
@@ -172,6 +173,7 @@ def test_wheel_installs_only_cebench(tmp_path):
         "import cebench, cebench.pretrain.trainer, cebench.transfer.detect, cebench.benchmarks.runner;"
         "from cebench.pretrain.config import named_configs; from cebench.benchmarks.suite import suite_path;"
         "assert 'small' in named_configs(), named_configs(); assert suite_path('default').is_file();"
+        "from cebench.transfer.tasks import preset_config; assert preset_config('detect', 'paper').head == 'c4';"
         "assert cebench.pretrain.trainer.__file__.startswith(sys.argv[1]), cebench.pretrain.trainer.__file__;"
         "print('ok')"
     )

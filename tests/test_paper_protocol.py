@@ -117,15 +117,17 @@ def test_dry_run_resolves_every_cell_small(tmp_path):
 
 
 def test_task_preset_is_the_base_of_the_task_config(tmp_path):
-    from cebench.transfer.classify import small_preset
+    from cebench.transfer.tasks import preset_config
 
     suite = load_suite("mini", ["tasks.cls-linear.preset=small"])
     cell = next(c for c in plan_cells(suite, tmp_path) if c.kind == "transfer")
     resolved = CellExecutor().resolve(cell)
     assert cell.preset == "small"
     # keys the task does not set come from small_preset(), the task's keys win over it
-    assert resolved["probe_batch_size"] == small_preset().probe_batch_size != 256
-    assert resolved["probe_dims"] == 256 != small_preset().probe_dims
+    assert (
+        resolved["probe_batch_size"] == preset_config("classify", "small").probe_batch_size != 256
+    )
+    assert resolved["probe_dims"] == 256 != preset_config("classify", "small").probe_dims
     plain = next(c for c in plan_cells(load_suite("mini"), tmp_path) if c.kind == "transfer")
     assert CellExecutor().resolve(plain)["probe_batch_size"] == 256  # ClassifyConfig() default
     with pytest.raises(ConfigError, match="preset"):

@@ -75,8 +75,8 @@ def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
 
     from cebench.cli import main as cebench
     from cebench.data.synth import builtin_reason, generate
-    from cebench.transfer.args import config_from_args, preset_note
-    from cebench.transfer.classify import get_args_parser, paper_preset, small_preset
+    from cebench.transfer.args import preset_note
+    from cebench.transfer.tasks import config_from_args, get_args_parser
 
     generate(tmp_path / "b", size=32, images=4, unlabelled=0, folder_images=12, workers=1)
     assert "synth.json" in builtin_reason(tmp_path / "b" / "VOC")  # found one level up
@@ -92,9 +92,9 @@ def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
     voc = str(tmp_path / "b" / "VOC")
     base = ["--encoder", "random:tiny", "--data", voc, "--out", str(tmp_path / "o")]
     notes = {}
-    for preset, maker in (("paper", paper_preset), ("small", small_preset)):
-        args = get_args_parser().parse_args([*base, "--preset", preset])
-        config_from_args(maker, args, {})
+    for preset in ("paper", "small"):
+        args = get_args_parser("classify").parse_args([*base, "--preset", preset])
+        config_from_args("classify", args)
         notes[preset] = preset_note(args)
     assert notes["small"] is None  # the paper preset only
     assert notes["paper"].startswith(f"note: {voc} looks like the built-in synthetic data")

@@ -7,13 +7,13 @@ import json
 
 from PIL import Image
 
-from cebench.benchmarks import speed
+from cebench.benchmarks import speed, speed_photos
 from cebench.data import list_images
 
 
 def test_photos_case_reports_plain_draft_prepared(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(speed, "PHOTO_JPEG_SIZE", (320, 240))
-    monkeypatch.setattr(speed, "PHOTO_PNG_SIZE", (200, 128))
+    monkeypatch.setattr(speed_photos, "PHOTO_JPEG_SIZE", (320, 240))  # the photos study's module
+    monkeypatch.setattr(speed_photos, "PHOTO_PNG_SIZE", (200, 128))
     argv = ["--configs", "none", "--photos", "--steps", "1", "--warmup", "0",
             "--batch-size", "4", "--json", "--workdir", str(tmp_path)]  # fmt: skip
     assert speed.main(speed.get_args_parser().parse_args(argv)) == 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cebench.core.logger import MetricLogger, read_jsonl
+from cebench.transfer.tasks import preset_config
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -100,7 +101,7 @@ def test_transfer_run_writes_events(tmp_path):
     generate(tmp_path / "data", size=32, images=8, unlabelled=0, folder_images=12, workers=1)
     out = tmp_path / "ft"
     rec = classify.run(
-        classify.small_preset(
+        preset_config("classify", "small", 
             encoder="random:tiny,width=8",
             data=str(tmp_path / "data" / "VOC"),
             protocol="finetune",

@@ -20,6 +20,7 @@ from cebench.transfer.data import ClassificationView, crop_images, default_resiz
 from cebench.transfer.encoders import MINUS_ONE_ONE
 from cebench.transfer.loop import bias_lr_groups, make_optimizer, train_one_epoch
 from cebench.transfer.metrics import voc07_mean_ap, voc_mean_ap
+from cebench.transfer.tasks import preset_config
 
 ALEX = "random:alexnet,width=0.125,conv1_kernel=5,conv1_stride=2,conv1_padding=2,norm=none"
 
@@ -231,13 +232,13 @@ def test_score_reports_both_aps():
 
 
 def test_lr_schedule():
-    cfg = classify.paper_preset()
+    cfg = preset_config("classify", "paper")
     assert classify.lr_milestones(cfg, 800) == [100, 200, 300, 400, 500, 600, 700]
     assert classify.lr_milestones(classify.ClassifyConfig(), 90) == [60]
 
 
 def test_presets_and_validation():
-    p = classify.paper_preset()
+    p = preset_config("classify", "paper")
     assert (p.head, p.fc_dims, p.fc_dropout, p.random_crop, p.test_crops, p.ap, p.rescale) == (
         "fc",
         4096,
@@ -257,7 +258,7 @@ def test_presets_and_validation():
     # voc-classification: scale 0.5-2, 10 random test crops, clip 10, bias lr x2, summed BCE
     assert (p.min_scale, p.max_scale, p.test_crop_mode) == (0.5, 2.0, "random")
     assert (p.clip_grad_norm, p.bias_lr_mult, p.bce_reduction) == (10.0, 2.0, "sum_classes")
-    for cfg in (classify.ClassifyConfig(), classify.small_preset()):
+    for cfg in (classify.ClassifyConfig(), preset_config("classify", "small")):
         assert (cfg.head, cfg.random_crop, cfg.test_crops, cfg.ap, cfg.rescale) == (
             "linear",
             False,
@@ -280,11 +281,11 @@ def test_presets_and_validation():
         ("bce_reduction", "sum"),
     ]:
         with pytest.raises(ConfigError, match=key):
-            classify.small_preset(**{key: bad})
+            preset_config("classify", "small", **{key: bad})
 
 
 def test_paper_protocol_end_to_end(synth, tmp_path):
-    cfg = classify.paper_preset(
+    cfg = preset_config("classify", "paper", 
         encoder=ALEX,
         data=str(synth / "VOC"),
         out=str(tmp_path / "cls"),

@@ -17,6 +17,7 @@ from cebench.transfer.metrics import (
     coco_gt_from_targets,
     devkit_iou,
 )
+from cebench.transfer.tasks import preset_config
 
 TINY = "random:tiny,width=8,depth=5"  # strides 2 .. 32; conv4 is the stride-16 stage
 
@@ -110,7 +111,7 @@ def test_voc07_from_coco_ground_truth_perfect_detections():
 
 def test_c4_head_has_no_fpn_and_fresh_fc6_fc7():
     enc, info = resolve_encoder(TINY, input_size=48)
-    cfg = detect.small_preset(head="c4", representation_size=24, fc_dropout=0.3, roi_size=3)
+    cfg = preset_config("detect", "small", head="c4", representation_size=24, fc_dropout=0.3, roi_size=3)
     model = detect.build_detector(enc, 3, 48, cfg, info["normalize"])
     assert model.backbone.fpn is None and [n for n, _, _ in model.backbone.levels] == ["conv4"]
     assert isinstance(model.roi_heads.box_roi_pool, detect.RoIMaxPool)
@@ -121,19 +122,19 @@ def test_c4_head_has_no_fpn_and_fresh_fc6_fc7():
     encoder_params = {id(p) for p in enc.parameters()}
     assert not any(id(p) in encoder_params for p in head.parameters())
     # the FPN head (the default) is what the old `fpn: true` built
-    fpn = detect.build_detector(enc, 3, 48, detect.small_preset(), info["normalize"])
+    fpn = detect.build_detector(enc, 3, 48, preset_config("detect", "small"), info["normalize"])
     assert fpn.backbone.fpn is not None and len(fpn.backbone.levels) > 1
     # a named stage; an unknown one and the removed key are one-line ConfigErrors
     named = detect.build_detector(
-        enc, 3, 48, detect.small_preset(head="c4", roi_stage="conv5"), info["normalize"]
+        enc, 3, 48, preset_config("detect", "small", head="c4", roi_stage="conv5"), info["normalize"]
     )
     assert named.backbone.levels[0][0] == "conv5"
     with pytest.raises(ConfigError, match="roi_stage"):
         detect.build_detector(
-            enc, 3, 48, detect.small_preset(head="c4", roi_stage="fc9"), info["normalize"]
+            enc, 3, 48, preset_config("detect", "small", head="c4", roi_stage="fc9"), info["normalize"]
         )
     with pytest.raises(ConfigError, match="'fpn' was replaced by 'head'"):
-        detect.small_preset(fpn=False)
+        preset_config("detect", "small", fpn=False)
     images = [torch.rand(3, 48, 40)]
     targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([2])}]
     model.train()
@@ -145,28 +146,28 @@ def test_detector_transform_uses_min_and_max_size():
     enc, info = resolve_encoder(TINY, input_size=32)
     image = torch.rand(3, 30, 120)
     sized = detect.build_detector(
-        enc, 3, 32, detect.small_preset(min_size=40, max_size=64), info["normalize"]
+        enc, 3, 32, preset_config("detect", "small", min_size=40, max_size=64), info["normalize"]
     )
     assert sized.transform.min_size == (40,) and sized.transform.max_size == 64
     sized.eval()
     # shorter side 30 -> 40 would make the longer 160 > 64: scale min(40/30, 64/120) -> 16 x 64
     assert sized.transform([image])[0].image_sizes == [(16, 64)]
-    old = detect.build_detector(enc, 3, 32, detect.small_preset(), info["normalize"])
+    old = detect.build_detector(enc, 3, 32, preset_config("detect", "small"), info["normalize"])
     old.eval()
     assert old.transform.min_size == (32,) and old.transform.max_size == 32
     assert old.transform([image])[0].image_sizes == [(8, 32)]
-    paper = detect.paper_preset()
+    paper = preset_config("detect", "paper")
     assert (paper.min_size, paper.max_size, paper.head, paper.ap) == (600, 1000, "c4", "voc07")
     assert detect.detector_size(paper, 227) == (600, 1000)
     with pytest.raises(ConfigError, match="max_size"):
-        detect.small_preset(min_size=64, max_size=32)
+        preset_config("detect", "small", min_size=64, max_size=32)
 
 
 def test_c4_runs_alexnet_only_up_to_conv5_so_small_detector_images_work():
     """At 64 px AlexNet's conv5 is 2x2 and pool5 would be empty: the c4 head never runs pool5."""
     spec = "random:alexnet,width=0.25"
     enc, info = resolve_encoder(spec, input_size=227)
-    cfg = detect.small_preset(encoder=spec, head="c4", min_size=64, max_size=64, roi_size=6)
+    cfg = preset_config("detect", "small", encoder=spec, head="c4", min_size=64, max_size=64, roi_size=6)
     model = detect.build_detector(enc, 3, 227, cfg, info["normalize"])
     assert model.backbone.levels[0][0] == "conv5"
     model.eval()
@@ -184,7 +185,7 @@ def voc48(tmp_path_factory):
 
 
 def test_paper_style_run_end_to_end(voc48, tmp_path):
-    cfg = detect.paper_preset(
+    cfg = preset_config("detect", "paper", 
         encoder=TINY,
         data=str(voc48),
         out=str(tmp_path / "det"),

@@ -18,6 +18,7 @@ from cebench.transfer.encoders import resolve_encoder
 from cebench.transfer.harness import Splits
 from cebench.transfer.loop import make_optimizer, param_groups
 from cebench.transfer.proposals import ProposalCache, selective_search
+from cebench.transfer.tasks import preset_config
 
 TINY = "random:tiny,width=8,depth=5"
 
@@ -75,7 +76,7 @@ def test_proposal_cache_computes_once_then_hits_across_instances(tmp_path):
 
 def _fast_rcnn(num_classes=3, **over):
     enc, info = resolve_encoder(TINY, input_size=32)
-    cfg = detect.paper_preset(
+    cfg = preset_config("detect", "paper", 
         encoder=TINY,
         input_size=32,
         min_size=48,

@@ -12,6 +12,8 @@ from cebench.core.io import safe_load
 from cebench.core.logger import read_jsonl
 from cebench.data.synth import generate
 from cebench.transfer import classify, detect, segment
+from cebench.transfer.args import replace_validated
+from cebench.transfer.tasks import preset_config
 
 FAMILIES = {
     "tiny": "random:tiny,width=8",
@@ -56,7 +58,7 @@ def _check_outputs(out, task):
 def test_classify_every_family(family, synth, tmp_path):
     spec = FAMILIES[family]
     lin = classify.run(
-        classify.small_preset(
+        preset_config("classify", "small", 
             encoder=spec,
             data=str(synth / "VOC"),
             protocol="linear",
@@ -69,7 +71,7 @@ def test_classify_every_family(family, synth, tmp_path):
     assert lin["metrics"]["layer"] == list(per_layer)[-1]  # the headline score is the last stage's
     assert all(0 <= v["mAP"] <= 100 for v in per_layer.values()) and len(per_layer) >= 3
     ft = classify.run(
-        classify.small_preset(
+        preset_config("classify", "small", 
             encoder=spec,
             data=str(synth / "VOC"),
             protocol="finetune",
@@ -85,7 +87,7 @@ def test_classify_every_family(family, synth, tmp_path):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_segment_every_family(family, synth, tmp_path):
     r = segment.run(
-        segment.small_preset(
+        preset_config("segment", "small", 
             encoder=FAMILIES[family],
             data=str(synth),
             epochs=1,
@@ -105,7 +107,7 @@ def test_every_family_builds_as_detection_backbone(family):
     from cebench.transfer.encoders import resolve_encoder
 
     enc, info = resolve_encoder(FAMILIES[family], input_size=32)
-    cfg = detect.small_preset()
+    cfg = preset_config("detect", "small")
     model = detect.build_detector(enc, 3, 32, cfg, info["normalize"])
     assert model.backbone.out_channels == cfg.fpn_channels or len(model.backbone.levels) == 1
     images = [torch.rand(3, 32, 32), torch.rand(3, 32, 32)]
@@ -125,7 +127,7 @@ def test_every_family_builds_as_detection_backbone(family):
 
 def test_detect_voc_and_coco(synth, tmp_path):
     r = detect.run(
-        detect.small_preset(
+        preset_config("detect", "small", 
             encoder=FAMILIES["tiny"], data=str(synth / "VOC"), epochs=2, **_common(tmp_path, "det")
         )
     )
@@ -135,7 +137,7 @@ def test_detect_voc_and_coco(synth, tmp_path):
     _check_outputs(tmp_path / "det", "detect")
     assert len(read_jsonl(tmp_path / "det" / "log.jsonl")) == 2
     coco = detect.run(
-        detect.small_preset(
+        preset_config("detect", "small", 
             encoder=FAMILIES["dcgan"],
             frozen=True,
             epochs=1,
@@ -150,7 +152,7 @@ def test_detect_voc_and_coco(synth, tmp_path):
 def test_same_seed_same_metrics(synth, tmp_path):
     def once(name, seed):
         cls = classify.run(
-            classify.small_preset(
+            preset_config("classify", "small", 
                 encoder="random-rescaled:tiny,width=8",
                 data=str(synth / "VOC"),
                 protocol="finetune",
@@ -160,7 +162,7 @@ def test_same_seed_same_metrics(synth, tmp_path):
             )
         )
         det = detect.run(
-            detect.small_preset(
+            preset_config("detect", "small", 
                 encoder=FAMILIES["tiny"],
                 data=str(synth / "VOC"),
                 epochs=1,
@@ -188,7 +190,7 @@ def test_feature_cache_hit_skips_the_encoder(synth, tmp_path, monkeypatch):
         return enc, info
 
     monkeypatch.setattr(harness, "resolve_encoder", counting)
-    cfg = classify.small_preset(
+    cfg = preset_config("classify", "small", 
         encoder=FAMILIES["tiny"],
         data=str(synth / "imagefolder"),
         protocol="linear",
@@ -199,29 +201,29 @@ def test_feature_cache_hit_skips_the_encoder(synth, tmp_path, monkeypatch):
     first = classify.run(cfg)
     assert calls and first["metrics"]["cache_hits"] == {"train": False, "val": False}
     calls.clear()
-    knn = classify.run(classify.replace_validated(cfg, protocol="knn", out=str(tmp_path / "c2")))
+    knn = classify.run(replace_validated(cfg, protocol="knn", out=str(tmp_path / "c2")))
     assert calls == [] and knn["metrics"]["cache_hits"] == {"train": True, "val": True}
-    second = classify.run(classify.replace_validated(cfg, out=str(tmp_path / "c3")))
+    second = classify.run(replace_validated(cfg, out=str(tmp_path / "c3")))
     assert calls == [] and second["metrics"]["per_layer"] == first["metrics"]["per_layer"]
     # other weights (another seed of the random init) miss the cache
-    classify.run(classify.replace_validated(cfg, seed=5, out=str(tmp_path / "c4")))
+    classify.run(replace_validated(cfg, seed=5, out=str(tmp_path / "c4")))
     assert calls
 
 
 def test_low_shot_and_top1(synth, tmp_path):
-    base = classify.small_preset(
+    base = preset_config("classify", "small", 
         encoder=FAMILIES["tiny"],
         data=str(synth / "imagefolder"),
         protocol="knn",
         cache_dir=str(tmp_path / "cache"),
         **_common(tmp_path, "k"),
     )
-    r = classify.run(classify.replace_validated(base, shots=2))
+    r = classify.run(replace_validated(base, shots=2))
     assert r["metrics"]["train_images"] == 2 * 6 and "top1" in r["metrics"]["per_layer"]["conv3"]
-    r = classify.run(classify.replace_validated(base, label_fraction=0.5))
+    r = classify.run(replace_validated(base, label_fraction=0.5))
     assert r["metrics"]["train_images"] == 24  # half of 48
     with pytest.raises(ConfigError, match="either shots or label_fraction"):
-        classify.run(classify.replace_validated(base, shots=2, label_fraction=0.5))
+        classify.run(replace_validated(base, shots=2, label_fraction=0.5))
 
 
 def test_knn_scores_match_a_naive_vote():

@@ -13,15 +13,10 @@ from torch import nn
 from cebench.core.errors import ConfigError
 from cebench.pretrain.encoder_file import save_encoder
 from cebench.pretrain.models import build_encoder
-from cebench.transfer.args import HarnessConfig, common_parser, config_from_args
-from cebench.transfer.encoders import (
-    IMAGENET,
-    between_layer_rescale_,
-    layer_change_rates,
-    renormalize,
-    rescale_,
-    resolve_encoder,
-)
+from cebench.transfer.args import HarnessConfig, common_keys, common_parser
+from cebench.transfer.encoders import IMAGENET, renormalize, resolve_encoder
+from cebench.transfer.rescale import between_layer_rescale_, layer_change_rates, rescale_
+from cebench.transfer.tasks import config_from_args, get_args_parser
 
 # ReLU + max pooling, no LRN / BatchNorm: positively homogeneous, with biases
 ALEX = dict(width=0.25, conv1_kernel=5, conv1_stride=2, conv1_padding=2, norm="none")
@@ -252,8 +247,10 @@ def test_calibration_is_renormalised_to_the_encoder_statistics():
 def test_rescale_option_and_errors(tmp_path):
     p = common_parser()
     args = p.parse_args(["--encoder", "random:tiny", "--out", "o", "--rescale", "full"])
-    cfg = config_from_args(HarnessConfig, args, {})
-    assert cfg.rescale == "full" and HarnessConfig().rescale == "none"
+    assert common_keys(args)["rescale"] == "full" and HarnessConfig().rescale == "none"
+    argv = ["--encoder", "random:tiny", "--out", "o", "--preset", "small", "--rescale", "full"]
+    cfg = config_from_args("classify", get_args_parser("classify").parse_args(argv))
+    assert cfg.rescale == "full" and cfg.epochs == 6  # the option over the small preset
     with pytest.raises(SystemExit):
         p.parse_args(["--encoder", "x", "--out", "o", "--rescale", "half"])
     with pytest.raises(ConfigError, match="rescale"):

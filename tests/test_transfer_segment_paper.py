@@ -15,6 +15,7 @@ from cebench.data.synth import generate
 from cebench.transfer import segment
 from cebench.transfer.data import seeded_loader
 from cebench.transfer.encoders import resolve_encoder
+from cebench.transfer.tasks import preset_config
 
 NORM = {"mean": [0.5] * 3, "std": [0.5] * 3}
 TINY = "random:tiny,width=8,depth=5"
@@ -138,7 +139,7 @@ def test_fcn32s_head_has_conv_fc6_fc7_and_zero_scores():
     assert even.fc(top).shape[-2:] == top.shape[-2:]  # zero padding keeps the grid
     plain = segment.FCN(enc, 4, 32, 0, False)
     assert plain.fc is None and plain.scores["conv5"].in_channels == enc.num_features
-    paper = segment.paper_preset()
+    paper = preset_config("segment", "paper")
     assert (paper.fc_dims, paper.skips, paper.eval_size, paper.fc_dropout) == (
         4096,
         0,
@@ -156,7 +157,7 @@ def test_paper_style_run_end_to_end(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg-paper") / "data"
     generate(root, size=48, images=12, unlabelled=0, folder_images=12, workers=1)
     out = tmp_path_factory.mktemp("seg-paper-out")
-    cfg = segment.paper_preset(
+    cfg = preset_config("segment", "paper", 
         encoder=TINY,
         data=str(root),
         out=str(out),

@@ -20,6 +20,7 @@ from cebench.data.voc import load_segmentation_mask, read_classes, read_split
 from cebench.transfer import segment
 from cebench.transfer.encoders import resolve_encoder
 from cebench.transfer.loop import make_optimizer
+from cebench.transfer.tasks import preset_config
 
 TINY = "random:tiny,width=8,depth=5"
 
@@ -165,7 +166,7 @@ def _with_sbd(tmp_path):
 
 
 def test_paper_preset_trains_on_sbd_and_scores_seg11valid_at_full_size(tmp_path):
-    cfg = segment.paper_preset()
+    cfg = preset_config("segment", "paper")
     assert (cfg.train_data, cfg.train_split, cfg.val_split) == ("sbd", "train", "seg11valid")
     assert (cfg.input_mode, cfg.input_pad, cfg.loss_reduction) == ("full", 100, "sum")
     assert (cfg.lr, cfg.batch_size, cfg.steps, cfg.score_bias_lr) == (1e-4, 20, 100_000, 2.0)
@@ -173,7 +174,7 @@ def test_paper_preset_trains_on_sbd_and_scores_seg11valid_at_full_size(tmp_path)
         segment.segmentation_splits(tmp_path, cfg)
     root, sbd, train, val = _with_sbd(tmp_path)
     out = tmp_path / "out"
-    run_cfg = segment.paper_preset(
+    run_cfg = preset_config("segment", "paper", 
         encoder=TINY,
         data=str(root),
         sbd=str(sbd.parent),

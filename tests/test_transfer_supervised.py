@@ -20,6 +20,7 @@ from cebench.transfer import classify
 from cebench.transfer.data import classification_splits, seeded_loader
 from cebench.transfer.encoders import MINUS_ONE_ONE
 from cebench.transfer.loop import set_seed
+from cebench.transfer.tasks import preset_config
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +58,7 @@ def test_supervised_features_beat_random_init(tmp_path):
     scores = {}
     for name, spec in (("supervised", str(tmp_path / "sup")), ("random", "random:tiny,width=16")):
         r = classify.run(
-            classify.small_preset(
+            preset_config("classify", "small", 
                 encoder=spec,
                 data=str(data / "imagefolder"),
                 protocol="linear",

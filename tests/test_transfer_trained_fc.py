@@ -13,6 +13,7 @@ from cebench.pretrain.models import build_encoder
 from cebench.transfer import classify, detect, segment
 from cebench.transfer.encoders import init_fc_head_, resolve_encoder
 from cebench.transfer.harness import Splits
+from cebench.transfer.tasks import preset_config
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +63,7 @@ def test_classification_keeps_trained_fc6_fc7_and_redraws_fc8(hub_alexnet, monke
     assert enc.state_dict().keys() == {  # not part of the encoder's weights
         f"stages.conv{i}.0.{p}" for i in range(1, 6) for p in ("weight", "bias")
     }
-    cfg = classify.paper_preset(encoder="hub:torchvision/alexnet", rescale="none")
+    cfg = preset_config("classify", "paper", encoder="hub:torchvision/alexnet", rescale="none")
     model = classify.build_finetune_model(
         cfg, enc, info, _Train(), _Train(), torch.device("cpu"), None
     )
@@ -109,21 +110,21 @@ def test_rescaling_skips_the_trained_layers_within_and_moves_them_between(tmp_pa
 
 def test_detection_box_head_gets_trained_fc6_fc7(hub_alexnet, monkeypatch):
     enc, info, (w6, b6, w7, b7) = _resolve(hub_alexnet, monkeypatch)
-    cfg = detect.paper_preset(encoder="hub:torchvision/alexnet", rescale="none")
+    cfg = preset_config("detect", "paper", encoder="hub:torchvision/alexnet", rescale="none")
     data = Splits(_Train(), None)
     model = detect.Detect().build(cfg, enc, info, data, torch.device("cpu"))
     head = model.roi_heads.box_head
     assert torch.equal(head.fc6.weight, w6) and torch.equal(head.fc6.bias, b6)
     assert torch.equal(head.fc7.weight, w7) and torch.equal(head.fc7.bias, b7)
     # keep_trained_fc=false: always the fresh draw
-    cfg = detect.paper_preset(encoder="x", rescale="none", keep_trained_fc=False)
+    cfg = preset_config("detect", "paper", encoder="x", rescale="none", keep_trained_fc=False)
     head = detect.Detect().build(cfg, enc, info, data, torch.device("cpu")).roi_heads.box_head
     assert info.meta["fc6_fc7"] == "fresh" and torch.all(head.fc6.bias == 0.1)
 
 
 def test_fcn_gets_trained_fc6_fc7_as_6x6_and_1x1_kernels(hub_alexnet, monkeypatch):
     enc, info, (w6, b6, w7, b7) = _resolve(hub_alexnet, monkeypatch)
-    cfg = segment.paper_preset(encoder="hub:torchvision/alexnet", rescale="none")
+    cfg = preset_config("segment", "paper", encoder="hub:torchvision/alexnet", rescale="none")
     model = segment.Segment().build(cfg, enc, info, Splits(_Train(), None), torch.device("cpu"))
     fc6, fc7 = model.fc.fc6, model.fc.fc7
     assert fc6.weight.shape == (4096, 256, 6, 6) and fc7.weight.shape == (4096, 4096, 1, 1)
@@ -146,7 +147,7 @@ def test_heads_that_do_not_fit_stay_fresh(hub_alexnet, monkeypatch):
     # an encoder without trained fc layers (a random one) leaves the fresh draw too
     rnd, rinfo = resolve_encoder("random:tiny", input_size=32)
     assert rnd.trained_fc == []
-    cfg = segment.paper_preset(encoder="random:tiny", rescale="none", fc_dims=8, fc_kernel=2)
+    cfg = preset_config("segment", "paper", encoder="random:tiny", rescale="none", fc_dims=8, fc_kernel=2)
     m = segment.Segment().build(cfg, rnd, rinfo, Splits(_Train(), None), torch.device("cpu"))
     assert rinfo.meta["fc6_fc7"] == "fresh"
     assert m.fc.fc6.weight.std().item() == pytest.approx(0.01, rel=0.2)

@@ -1,7 +1,7 @@
 """Command-line options shared by the three harnesses, and options -> typed config.
 
     p = common_parser(add_help=False); p.add_argument("--protocol", ...)
-    cfg = config_from_args(ClassifyConfig, small_preset, args, {"protocol": args.protocol})
+    given = common_keys(args)   # the transfer tasks' generic main (transfer/tasks.py) reads these
 
 Options left out on the command line keep the preset's value; `--set key=value` reaches any
 config key (`cebench.core.config.apply_overrides`, unknown keys are errors). Nothing else is changed.
@@ -10,11 +10,10 @@ config key (`cebench.core.config.apply_overrides`, unknown keys are errors). Not
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from cebench.core.config import apply_overrides, check_seed, validate
+from cebench.core.config import check_seed, validate
 from cebench.core.errors import ConfigError
 from cebench.core.threads import check_workers
 
@@ -73,7 +72,12 @@ def require_at_least(cfg: Any, minimum: int, *keys: str) -> None:
             raise ConfigError(f"config key '{k}' must be >= {minimum}, got {getattr(cfg, k)}")
 
 
-def common_parser(add_help: bool = True, **kwargs: Any) -> argparse.ArgumentParser:
+def common_parser(
+    add_help: bool = True,
+    presets: list[str] | None = None,
+    default_preset: str = "paper",
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
     )
@@ -94,8 +98,8 @@ def common_parser(add_help: bool = True, **kwargs: Any) -> argparse.ArgumentPars
     )
     p.add_argument(
         "--preset",
-        choices=["paper", "small"],
-        default="paper",
+        choices=presets or ["paper", "small"],
+        default=default_preset,
         help="paper: the protocol's hyperparameters (default); small: for the built-in 32-64 px data",
     )
     p.add_argument(
@@ -129,11 +133,9 @@ def common_parser(add_help: bool = True, **kwargs: Any) -> argparse.ArgumentPars
     return p
 
 
-def config_from_args(
-    preset: Callable[..., T], args: argparse.Namespace, extra: dict[str, Any]
-) -> T:
-    """preset(**given options) then --set overrides; options not given (None) are left out."""
-    given = {
+def common_keys(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys of the common options (None where the option was not given)."""
+    return {
         "encoder": args.encoder,
         "data": args.data,
         "out": args.out,
@@ -145,10 +147,7 @@ def config_from_args(
         "input_size": args.input_size,
         "device": args.device,
         "rescale": getattr(args, "rescale", None),
-        **extra,
     }
-    cfg = preset(**{k: v for k, v in given.items() if v is not None})
-    return apply_overrides(cfg, list(args.set))
 
 
 def preset_note(args: argparse.Namespace) -> str | None:

@@ -1,4 +1,5 @@
-"""`cebench transfer classify|detect|segment`: dispatch to each harness's own parser and main.
+"""`cebench transfer <task>`: one subcommand per registered task (cebench.transfer.tasks), each
+parsed and run by the tasks' one generic `main`.
 
     cebench transfer classify --encoder runs/ce/encoder.pt --data data/builtin/VOC --protocol linear --out runs/cls
     cebench transfer classify --encoder random-rescaled:tiny --data data/builtin/imagefolder --protocol knn --preset small --out runs/knn
@@ -17,20 +18,9 @@ import argparse
 import importlib
 from pathlib import Path
 
-HARNESSES = {
-    "classify": (
-        "cebench.transfer.classify",
-        "linear probe per layer, kNN or fine-tuning; top-1 or VOC mAP",
-    ),
-    "detect": (
-        "cebench.transfer.detect",
-        "Faster R-CNN on the encoder (FPN or Fast R-CNN-style c4 head); VOC07 mAP, COCO AP",
-    ),
-    "segment": (
-        "cebench.transfer.segment",
-        "FCN on the encoder (FCN-32s fc6/fc7 option); mean IU at original size",
-    ),
-}
+from cebench.transfer.tasks import get_args_parser as task_parser
+from cebench.transfer.tasks import get_task, list_tasks
+from cebench.transfer.tasks import main as task_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,16 +31,18 @@ def get_args_parser() -> argparse.ArgumentParser:
         + "\n".join(line for line in __doc__.splitlines()[1:9] if line.strip()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="task", required=True, metavar="{classify,detect,segment}")
-    for task, (module, help_) in HARNESSES.items():
-        parents = [importlib.import_module(module).get_args_parser(add_help=False)]
+    names = list_tasks()
+    sub = p.add_subparsers(dest="task", required=True, metavar="{" + ",".join(names) + "}")
+    for name in names:
+        task = get_task(name)
+        doc = importlib.import_module(task.module).__doc__ or ""
         sub.add_parser(
-            task,
-            parents=parents,
-            help=help_,
-            description=help_,
+            name,
+            parents=[task_parser(name, add_help=False)],
+            help=task.summary,
+            description=task.summary,
             formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=importlib.import_module(module).__doc__.split("\n\n")[1],
+            epilog=doc.split("\n\n")[1] if "\n\n" in doc else doc,
         )
     return p
 
@@ -66,4 +58,4 @@ def main(args: argparse.Namespace) -> int:
     if encoder and Path(encoder).exists():
         inputs["--encoder"] = encoder
     with FolderLock(args.out, f"cebench transfer {args.task}", inputs=inputs):
-        return importlib.import_module(HARNESSES[args.task][0]).main(args)
+        return task_main(args.task, args)

@@ -5,8 +5,10 @@
     cebench transfer detect --encoder random:tiny --coco-ann data/builtin/coco/annotations/instances_train.json \\
         --coco-images data/builtin/VOC/JPEGImages --preset small --frozen --out runs/det-coco
 
-    from cebench.transfer.detect import DetectConfig, run, small_preset
-    run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/det"))["metrics"]["AP50"]
+    from cebench.transfer.detect import run
+    from cebench.transfer.tasks import preset_config
+    cfg = preset_config("detect", "small", encoder="runs/ce", data="data/builtin/VOC", out="runs/det")  # presets/detect/small.yaml
+    run(cfg)["metrics"]["AP50"]
 
 Model (assembled from torchvision parts, as its detection references do), by `head`:
 - "fpn" (default): the encoder as backbone (`EncoderBackbone`: the last stage of each distinct
@@ -25,7 +27,7 @@ small. The encoder is fully convolutional and runs at that size (checked before 
 Protocol (defaults = `DetectConfig`): the encoder fine-tuned (or frozen with `frozen=True`: no
 gradients, BatchNorm statistics fixed), SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 4,
 20 epochs with a x0.1 step at `lr_step_at` = 2/3, horizontal flips (torchvision's detection
-reference settings scaled to one device). `paper_preset()` is the paper's Fast R-CNN setting:
+reference settings scaled to one device). The paper preset (`transfer/presets/detect/paper.yaml`) is the paper's Fast R-CNN setting:
 c4 head, 4096-wide fc6/fc7 with dropout 0.5, 600 / 1000 px images, VOC2007 trainval -> test,
 SGD lr 1e-3 (x0.1 after 3/4), weight decay 5e-4, 2 images x 64 RoIs, NMS 0.3, VOC07 mAP,
 selective search proposals computed once per image (`cebench.transfer.proposals`, cached) fed to
@@ -39,7 +41,6 @@ matching rule (`VOCDetectionEvaluator`: difficult objects neither TP nor FP, dup
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -61,10 +62,6 @@ from cebench.data.layout import guess_coco_val
 from cebench.pretrain.models.base import Encoder
 from cebench.transfer.args import (
     HarnessConfig,
-    common_parser,
-    config_from_args,
-    preset_note,
-    replace_validated,
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
@@ -77,6 +74,7 @@ from cebench.transfer.metrics import (
     coco_gt_from_targets,
     per_class_table,
 )
+from cebench.transfer.tasks import Option, TransferTask, register_task
 
 
 @dataclass
@@ -152,75 +150,6 @@ def _check_renamed(overrides: dict[str, Any]) -> None:
             "config key 'fpn' was replaced by 'head': head=fpn (FPN over several stages) "
             "or head=c4 (one stride-16 map, Fast R-CNN's RoI pooling and fc6/fc7)"
         )
-
-
-def paper_preset(**overrides: Any) -> DetectConfig:
-    """Fast R-CNN on AlexNet as the paper ran it (Girshick, ICCV 2015), with `overrides`.
-
-    One conv5 map with 6x6 RoI max pooling and fresh 4096-wide fc6/fc7 (dropout 0.5), images
-    scaled to a 600 px shorter side (longer side <= 1000), VOC2007 trainval -> test scored with
-    the devkit's 11-point mAP@0.5. Fast R-CNN's solver: SGD momentum 0.9, weight decay 5e-4,
-    lr 1e-3 for 30k iterations then 1e-4 for 10k, mini-batches of 2 images x 64 RoIs (25%
-    foreground), flips; at 2 images per step 40k iterations are 16 epochs of the 5011 trainval
-    images, with the x0.1 step at 3/4. Test-time NMS 0.3 and score threshold 0.05 (its test
-    config). Proposals: selective search ("fast" mode, up to 2,000 boxes per image, OpenCV's
-    implementation), computed once per image and cached, with no RPN (`proposals="rpn"` puts
-    Faster R-CNN's RPN back, 2000 proposals kept). Its prototxt: conv1 at lr 0 (`freeze_stages`),
-    biases at lr x2 without weight decay. Not Fast R-CNN: torchvision's RoI sampler takes every
-    RoI under IoU 0.5 as background (Fast R-CNN: [0.1, 0.5)).
-    The encoder and fc6/fc7 get Krähenbühl et al.'s data-dependent rescaling first, together
-    (`rescale="full"`, as the paper's transfer protocol): fc6/fc7 are drawn fresh, or are the
-    encoder's trained ones when it carries them (torchvision's AlexNet).
-    """
-    _check_renamed(overrides)
-    cfg = DetectConfig(
-        head="c4",
-        roi_size=6,
-        representation_size=4096,
-        fc_dropout=0.5,
-        min_size=600,
-        max_size=1000,
-        ap="voc07",
-        train_split="trainval",
-        val_split="test",
-        rpn_pre_nms_top_n=6000,
-        rpn_post_nms_top_n=2000,
-        box_batch_size_per_image=64,
-        box_nms_thresh=0.3,
-        optimizer="sgd",
-        lr=1e-3,
-        momentum=0.9,
-        weight_decay=5e-4,
-        batch_size=2,
-        epochs=16,
-        lr_step_at=0.75,
-        rescale="full",
-        proposals="selective-search",
-        ss_mode="fast",
-        ss_max_proposals=2000,
-        freeze_stages="conv1",
-        bias_lr=2.0,
-        bias_decay=False,
-    )
-    return replace_validated(cfg, **overrides)
-
-
-def small_preset(**overrides: Any) -> DetectConfig:
-    """Settings for the built-in 32-64 px data: small heads, few proposals, Adam, seconds on a CPU."""
-    _check_renamed(overrides)
-    cfg = DetectConfig(
-        fpn_channels=32,
-        roi_size=4,
-        representation_size=128,
-        rpn_pre_nms_top_n=200,
-        rpn_post_nms_top_n=100,
-        box_batch_size_per_image=64,
-        epochs=6,
-        lr=1e-3,
-        optimizer="adam",
-        batch_size=8,
-    )
-    return replace_validated(cfg, **overrides)
 
 
 @torch.no_grad()
@@ -588,55 +517,6 @@ def evaluate(
     return metrics
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = common_parser(
-        add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0]
-    )
-    p.add_argument(
-        "--coco-ann", default=None, help="COCO json of the training set (instead of --data)"
-    )
-    p.add_argument(
-        "--coco-images", default=None, help="folder the COCO file_name entries are relative to"
-    )
-    p.add_argument(
-        "--coco-val-ann",
-        default=None,
-        help="COCO json to evaluate on (default: --coco-ann with train -> val)",
-    )
-    p.add_argument(
-        "--head",
-        choices=["fpn", "c4"],
-        default=None,
-        help="fpn: FPN over several stages; c4: Fast R-CNN on one stride-16 map (paper preset)",
-    )
-    p.add_argument(
-        "--proposals",
-        choices=["rpn", "selective-search"],
-        default=None,
-        help="selective-search: Fast R-CNN's fixed boxes, computed once per image and cached "
-        "(paper preset); rpn: Faster R-CNN's region proposal network (small preset)",
-    )
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
-    extra = {
-        "coco_ann": args.coco_ann,
-        "coco_images": args.coco_images,
-        "coco_val_ann": args.coco_val_ann,
-        "head": args.head,
-        "proposals": args.proposals,
-    }
-    cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
-    m = run(cfg, preset_note(args))["metrics"]
-    print(
-        f"detect: VOC07 mAP {m['mAP_voc07']:.2f} AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
-        f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json"
-    )
-    print(per_class_table(m["per_class_AP_voc07"], "AP (VOC07, %)"))
-    return 0
-
-
 def proposal_cache(cfg: DetectConfig):
     """The `ProposalCache` of a selective-search config (None with the RPN)."""
     if cfg.proposals != "selective-search":
@@ -784,3 +664,47 @@ class Detect(Harness):
 def run(cfg: DetectConfig, note: str | None = None) -> dict[str, Any]:
     """Train and evaluate one detector; writes metrics.json, log.jsonl and model.pt under cfg.out."""
     return Detect().run(cfg, note)
+
+
+TASK = register_task(
+    TransferTask(
+        name="detect",
+        module=__name__,
+        config=DetectConfig,
+        summary="Faster R-CNN on the encoder (FPN or Fast R-CNN-style c4 head); VOC07 mAP, COCO AP",
+        options=(
+            Option(
+                "--coco-ann", "coco_ann", help="COCO json of the training set (instead of --data)"
+            ),
+            Option(
+                "--coco-images",
+                "coco_images",
+                help="folder the COCO file_name entries are relative to",
+            ),
+            Option(
+                "--coco-val-ann",
+                "coco_val_ann",
+                help="COCO json to evaluate on (default: --coco-ann with train -> val)",
+            ),
+            Option(
+                "--head",
+                "head",
+                choices=["fpn", "c4"],
+                help="fpn: FPN over several stages; c4: Fast R-CNN on one stride-16 map (paper preset)",
+            ),
+            Option(
+                "--proposals",
+                "proposals",
+                choices=["rpn", "selective-search"],
+                help="selective-search: Fast R-CNN's fixed boxes, computed once per image and cached "
+                "(paper preset); rpn: Faster R-CNN's region proposal network (small preset)",
+            ),
+        ),
+        report=lambda m, cfg: [
+            f"detect: VOC07 mAP {m['mAP_voc07']:.2f} AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
+            f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json",
+            per_class_table(m["per_class_AP_voc07"], "AP (VOC07, %)"),
+        ],
+        check_keys=_check_renamed,
+    )
+)

@@ -58,14 +58,7 @@ from cebench.core.config import parse_value
 from cebench.core.errors import CheckpointError, ConfigError
 from cebench.pretrain.encoder_file import load_encoder
 from cebench.pretrain.export import encoder_from_native_file, is_exported, load_exported
-from cebench.transfer.rescale import (  # noqa: F401  (re-exported: the harnesses import them here)
-    RESCALE_MODES,
-    between_layer_rescale_,
-    data_dependent_rescale_,
-    layer_change_rates,
-    rescale_,
-    run_order,
-)
+from cebench.transfer.rescale import RESCALE_MODES, rescale_
 
 # Pretraining scales images to [-1, 1]; ImageNet weights expect ImageNet statistics.
 MINUS_ONE_ONE = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}

@@ -4,8 +4,10 @@
         --set sbd=benchmark_RELEASE/dataset --out runs/seg   # paper preset: SBD -> seg11valid
     cebench transfer segment --encoder random:tiny --data data/builtin/VOC --preset small --frozen --out runs/seg
 
-    from cebench.transfer.segment import SegmentConfig, run, small_preset
-    run(small_preset(encoder="runs/ce", data="data/builtin/VOC", out="runs/seg"))["metrics"]["mIoU"]
+    from cebench.transfer.segment import run
+    from cebench.transfer.tasks import preset_config
+    cfg = preset_config("segment", "small", encoder="runs/ce", data="data/builtin/VOC", out="runs/seg")  # presets/segment/small.yaml
+    run(cfg)["metrics"]["mIoU"]
 
 Model (`FCN`, Long et al., CVPR 2015): a 1x1 score conv on the encoder's last stage, upsampled
 bilinearly and added to 1x1 score convs on up to `skips` earlier stages of finer stride
@@ -18,7 +20,7 @@ Protocol (defaults = `SegmentConfig`): the encoder fine-tuned (or frozen with `f
 gradients, BatchNorm statistics fixed), images and masks resized to the encoder's input for
 training, SGD momentum 0.9, lr 0.01, weight decay 1e-4, batch 8, 30 epochs with polynomial decay
 (power 0.9, as torchvision's segmentation reference; `lr_schedule="constant"` for FCN's fixed
-rate), flips, per-pixel cross-entropy ignoring label 255. `paper_preset()` is FCN-AlexNet's
+rate), flips, per-pixel cross-entropy ignoring label 255. The paper preset (`transfer/presets/segment/paper.yaml`) is FCN-AlexNet's
 protocol (Long et al., CVPR 2015, and its reference code): FCN-32s with fc6/fc7 4096 wide,
 dropout 0.5, trained on SBD train (`sbd`, `cebench.data.sbd`) and scored on seg11valid, each
 image whole with 100 px input padding (`input_mode="full"`), the per-image summed loss, 20 images
@@ -32,7 +34,6 @@ bilinearly to the image's H x W before the argmax and compared with the untouche
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 from collections import OrderedDict
@@ -49,10 +50,6 @@ from cebench.core.errors import ConfigError, DatasetError, TrainingError
 from cebench.core.logger import Heartbeat
 from cebench.transfer.args import (
     HarnessConfig,
-    common_parser,
-    config_from_args,
-    preset_note,
-    replace_validated,
     require_at_least,
 )
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
@@ -61,6 +58,7 @@ from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix, per_class_table
+from cebench.transfer.tasks import Option, TransferTask, register_task
 
 
 @dataclass
@@ -99,58 +97,6 @@ class SegmentConfig(HarnessConfig):
             )
         if self.score_bias_lr < 0:
             raise ConfigError(f"config key 'score_bias_lr' must be >= 0, got {self.score_bias_lr}")
-
-
-def paper_preset(**overrides: Any) -> SegmentConfig:
-    """FCN-32s on the encoder as FCN-AlexNet was trained and scored (Long et al., CVPR 2015;
-    the reference voc-fcn-alexnet net.py, solver.prototxt, solve.py).
-
-    Data: SBD train (8,498 images, `sbd`, `.mat` labels) for training, seg11valid (VOC2011
-    segmentation val less SBD train: 736 images, `data` = the VOC2011 root) for scoring.
-    Network: each image at its own size, zero-padded by 100 px (conv1's pad=100), AlexNet's
-    fc6 (6x6, no padding) and fc7 (1x1) as convolutions (4096 maps, ReLU, dropout 0.5), a
-    zero-initialised 1x1 score layer (bias lr x2, no decay), upsampled by bilinear interpolation
-    to the padded size and cropped back to the image. Solver: the unnormalised per-pixel
-    softmax loss (summed over an image's labelled pixels, 255 ignored), one image per pass and
-    20 passes' gradients averaged per update (iter_size 20), SGD momentum 0.9, weight decay
-    5e-4, fixed lr 1e-4, 100,000 updates; mean IU on the untouched masks.
-    Not FCN: the upsampling is bilinear interpolation over the padded extent, then a centre crop,
-    where FCN's fixed 63/32 deconvolution and crop offset 18 differ by less than one stride; the
-    images are normalised the encoder's way (FCN: BGR minus the mean pixel, 0-255), so the same
-    lr meets inputs of another scale. The encoder gets Krähenbühl et al.'s data-dependent
-    rescaling first (`rescale="full"`, the paper's transfer protocol), of the encoder and
-    fc6/fc7 together; fc6/fc7 are drawn fresh (N(0, 0.01^2), bias 0.1), or are the encoder's
-    trained fc6/fc7 reshaped to 6x6 / 1x1 kernels when it carries them.
-    """
-    cfg = SegmentConfig(
-        fc_dims=4096,
-        fc_kernel=6,
-        fc_dropout=0.5,
-        skips=0,
-        eval_size="original",
-        train_data="sbd",
-        train_split="train",
-        val_split="seg11valid",
-        input_mode="full",
-        input_pad=100,
-        loss_reduction="sum",
-        score_bias_lr=2.0,
-        optimizer="sgd",
-        lr=1e-4,
-        lr_schedule="constant",
-        momentum=0.9,
-        weight_decay=5e-4,
-        batch_size=20,
-        steps=100_000,
-        rescale="full",
-    )
-    return replace_validated(cfg, **overrides)
-
-
-def small_preset(**overrides: Any) -> SegmentConfig:
-    """Settings for the built-in 32-64 px data: Adam, a few epochs, seconds on a CPU."""
-    cfg = SegmentConfig(epochs=8, lr=3e-3, optimizer="adam", batch_size=16)
-    return replace_validated(cfg, **overrides)
 
 
 def _same_padding(k: int) -> tuple[int, int, int, int]:
@@ -391,28 +337,6 @@ def segmentation_splits(root, cfg: SegmentConfig):
     return tr, va
 
 
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = common_parser(
-        add_help, description=__doc__.splitlines()[0], epilog=__doc__.split("Model")[0]
-    )
-    p.add_argument(
-        "--skips",
-        type=int,
-        default=None,
-        help="skip stages: 0 FCN-32s (paper preset), 1 FCN-16s, 2 FCN-8s (small preset)",
-    )
-    return p
-
-
-def main(args: argparse.Namespace) -> int:
-    extra = {"skips": args.skips}
-    cfg = config_from_args(paper_preset if args.preset == "paper" else small_preset, args, extra)
-    m = run(cfg, preset_note(args))["metrics"]
-    print(f"segment: mIoU {m['mIoU']:.2f} pixel acc {m['pixel_acc']:.2f} -> {cfg.out}/metrics.json")
-    print(per_class_table(m["per_class_IoU"], "IoU (%)"))
-    return 0
-
-
 class Segment(Harness):
     """FCN on the encoder (see the module docstring); `run = Segment().run`."""
 
@@ -548,3 +472,25 @@ class Segment(Harness):
 def run(cfg: SegmentConfig, note: str | None = None) -> dict[str, Any]:
     """Train and evaluate one FCN; writes metrics.json, log.jsonl and model.pt under cfg.out."""
     return Segment().run(cfg, note)
+
+
+TASK = register_task(
+    TransferTask(
+        name="segment",
+        module=__name__,
+        config=SegmentConfig,
+        summary="FCN on the encoder (FCN-32s fc6/fc7 option); mean IU at original size",
+        options=(
+            Option(
+                "--skips",
+                "skips",
+                type=int,
+                help="skip stages: 0 FCN-32s (paper preset), 1 FCN-16s, 2 FCN-8s (small preset)",
+            ),
+        ),
+        report=lambda m, cfg: [
+            f"segment: mIoU {m['mIoU']:.2f} pixel acc {m['pixel_acc']:.2f} -> {cfg.out}/metrics.json",
+            per_class_table(m["per_class_IoU"], "IoU (%)"),
+        ],
+    )
+)

@@ -1,0 +1,156 @@
+"""The transfer task registry: presets as YAML deltas, the one list of tasks, a toy task end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cebench.core.config import to_dict
+from cebench.core.errors import ConfigError
+from cebench.transfer import tasks
+from cebench.transfer.args import HarnessConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_presets_resolve_to_the_old_preset_functions_values():
+    # captured from the removed `<kind>.paper_preset()` / `small_preset()` before they were deleted
+    old = json.loads((ROOT / "tests" / "fixtures" / "transfer_presets.json").read_text())
+    assert sorted(old) == [
+        f"{k}/{p}" for k in ("classify", "detect", "segment") for p in ("paper", "small")
+    ]
+    for key, values in old.items():
+        task, preset = key.split("/")
+        assert to_dict(tasks.preset_config(task, preset)) == values, key
+
+
+def test_preset_keys_override_and_bad_names_are_one_line_errors():
+    cfg = tasks.preset_config("segment", "small", lr=0.5, encoder="random:tiny")
+    assert (cfg.lr, cfg.epochs, cfg.encoder) == (0.5, 8, "random:tiny")
+    with pytest.raises(ConfigError, match="has no preset 'huge'; presets: paper, small"):
+        tasks.preset_config("segment", "huge")
+    with pytest.raises(ConfigError, match=r"unknown segment config key\(s\) \['nope'\]"):
+        tasks.preset_config("segment", "small", nope=1)
+    with pytest.raises(ConfigError, match="replaced by 'head'"):
+        tasks.preset_config("detect", "small", fpn=True)
+    with pytest.raises(ConfigError, match="unknown transfer task 'depth'"):
+        tasks.get_task("depth")
+
+
+def test_the_registry_is_the_only_list_of_tasks():
+    names = tasks.list_tasks()
+    assert names == ["classify", "detect", "segment"]
+    # no other source file writes the task names down as a list, tuple, set, dict or Literal
+    listed = re.compile(
+        r"""["']classify["']\s*[:,]\s*\(?["'](?:cebench\.transfer\.)?detect|Literal\[["']classify"""
+    )
+    found = []
+    for folder in ("cebench", "transfer", "benchmarks", "pretrain"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if listed.search(path.read_text()):
+                found.append(str(path.relative_to(ROOT)))
+    assert found == []
+    # the built-in modules are found by their presets folders, not listed
+    assert tasks.builtin_modules() == [f"cebench.transfer.{n}" for n in names]
+
+
+@dataclass
+class ToyConfig(HarnessConfig):
+    scale: float = 1.0
+
+
+def _toy_run(cfg: ToyConfig, note: str | None = None) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {"value": cfg.scale * cfg.epochs}
+    (out / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    return {"metrics": metrics, "device": "cpu"}
+
+
+run = _toy_run  # the toy task's module is this test file
+
+
+@pytest.fixture
+def toy(tmp_path):
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "small.yaml").write_text("epochs: 3\nscale: 2.0\n")
+    (presets / "paper.yaml").write_text("_base_: small\nepochs: 10\n")
+    task = tasks.register_task(
+        tasks.TransferTask(
+            name="toy",
+            module=__name__,
+            config=ToyConfig,
+            summary="a toy task; value = scale x epochs",
+            options=(tasks.Option("--scale", "scale", type=float, help="the factor"),),
+            report=lambda m, cfg: [f"toy: value {m['value']:.1f}"],
+            preset_dir=presets,
+        )
+    )
+    yield task
+    tasks.unregister_task("toy")
+
+
+def test_a_toy_task_runs_through_the_cli_the_api_and_the_cells(toy, tmp_path, capsys):
+    import cebench
+    from cebench.benchmarks.cells import CellExecutor
+    from cebench.benchmarks.suite import Cell
+    from cebench.cli import main as cli
+
+    # a preset inherits another with `_base_`
+    assert (
+        tasks.preset_config("toy", "paper").epochs,
+        tasks.preset_config("toy", "paper").scale,
+    ) == (10, 2.0)
+    out = tmp_path / "cli"
+    rc = cli(
+        [
+            "transfer",
+            "toy",
+            "--encoder",
+            "random:tiny",
+            "--out",
+            str(out),
+            "--scale",
+            "0.5",
+            "--preset",
+            "small",
+        ]
+    )
+    assert rc == 0 and "toy: value 1.5" in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["value"] == 1.5
+    # the Python front door knows it too
+    assert (
+        cebench.toy(preset="paper", encoder="random:tiny", out=str(tmp_path / "api"))["metrics"][
+            "value"
+        ]
+        == 20.0
+    )
+    with pytest.raises(ConfigError, match="no preset 'big'"):
+        cebench.toy(preset="big", out=str(tmp_path / "x"))
+    # and a benchmark cell of kind `toy` resolves over the preset and runs
+    cell = Cell(
+        id="t.toy.s0",
+        kind="transfer",
+        arm="t",
+        task="toy",
+        seed=0,
+        task_kind="toy",
+        preset="small",
+        config={"epochs": 4, "out": str(tmp_path / "cell")},
+    )
+    ex = CellExecutor()
+    resolved = ex._resolve(cell)
+    assert (resolved["epochs"], resolved["scale"]) == (4, 2.0)
+    assert ex.run(cell, resolved, tmp_path)["metrics"]["value"] == 8.0
+
+
+def test_duplicate_task_names_are_refused(toy):
+    with pytest.raises(ValueError, match="already registered"):
+        tasks.register_task(
+            tasks.TransferTask(name="toy", module="elsewhere", config=ToyConfig, summary="")
+        )
