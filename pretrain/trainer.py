@@ -5,8 +5,8 @@
     run_dir = run(load_pretrain_config("small", ["data.path=data/builtin/unlabelled", "train.out=runs/ce"]))
 
 `run(cfg)` joins the torchrun process group if there is one, builds a `Trainer` and returns the
-run directory. The step functions live in `cebench.pretrain.steps`; checkpoint files in
-`cebench.core.checkpoints`; data order in `cebench.pretrain.train_data`. What a run guarantees:
+run directory. Each method (its networks, step and flags) is one file of `cebench.pretrain.methods`;
+checkpoint files in `cebench.core.checkpoints`; data order in `cebench.pretrain.train_data`. What a run guarantees:
 - resuming (cfg.train.resume) continues bit-exactly: weights, optimizer states, RNG states and the
   step are restored, and the data order, augmentation and masks are functions of (seed, step);
 - SIGINT/SIGTERM finish the current step, save a checkpoint and raise `TrainingInterrupted`;

@@ -176,7 +176,7 @@ def test_failed_checkpoint_write_keeps_previous(images, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeypatch):
-    import cebench.pretrain.steps as engine
+    import cebench.pretrain.methods.context_encoder as engine
 
     real, calls = engine.reconstruction_loss, []
 
