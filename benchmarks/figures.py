@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cebench.benchmarks.tables import mean_std, values  # noqa: E402
 from cebench.core.logger import read_jsonl  # noqa: E402
+from cebench.pretrain.methods import get_method, list_methods  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -221,7 +222,7 @@ def inpaint_grids(
     input / inpainted / original rows), else up to `max_images` outputs of the inpaint cell."""
     written = []
     for arm in meta["arms"]:
-        if arm.get("method") not in ("context-encoder", "autoencoder"):
+        if arm.get("method") not in list_methods() or not get_method(arm["method"]).inpaints:
             continue
         recs = sorted(
             (

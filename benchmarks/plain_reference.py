@@ -14,7 +14,7 @@ networks with stock `nn.Conv2d` / `nn.ConvTranspose2d` / `nn.LocalResponseNorm` 
 `plain_layers`), same losses,
 same optimizer hyper-parameters, same order of updates (D on the detached prediction, then G on
 lambda_rec * L_rec + lambda_adv * L_adv through the updated D): given the same weights, images and
-holes it computes the same losses as `cebench.pretrain.steps.context_encoder_step` in float32
+holes it computes the same losses as `cebench.pretrain.methods.context_encoder.context_encoder_step` in float32
 (tests/test_speed.py checks this to 1e-5), so the speed ratio compares like with like.
 """
 
@@ -31,6 +31,7 @@ from torch import nn
 
 from cebench.pretrain.config import PretrainConfig
 from cebench.pretrain.masks import resolve_region_weighting
+from cebench.pretrain.methods import get_method
 from cebench.pretrain.models.alexnet import ChannelLRN
 from cebench.pretrain.models.context_encoder import build_context_encoder, build_discriminator
 from cebench.pretrain.models.decoder import FullMapConv2d, PointUpconv
@@ -79,7 +80,8 @@ class PlainStep:
         rgb = fill if fill is not None else (cfg.data.fill_value or [0.5, 0.5, 0.5])
         self.fill = [2 * v - 1 for v in rgb]  # [0, 1] -> the images' [-1, 1]
         self.rng = random.Random(seed)
-        self.lambda_rec = 1.0 if cfg.method == "autoencoder" else cfg.loss.lambda_rec
+        self.reconstruct_all = getattr(get_method(cfg.method), "reconstruct_all", False)
+        self.lambda_rec = 1.0 if self.reconstruct_all else cfg.loss.lambda_rec
         self.lambda_adv = cfg.loss.lambda_adv
         self.bce = nn.BCELoss()
 
@@ -89,7 +91,7 @@ class PlainStep:
         torch.manual_seed(cfg.train.seed)
         net = build_context_encoder(cfg.model)
         disc = None
-        if cfg.method == "context-encoder" and cfg.loss.lambda_adv > 0:
+        if get_method(cfg.method).adversarial(cfg):
             disc = build_discriminator(cfg.model)
         return cls(cfg, net, disc, torch.device(device), seed=cfg.train.seed)
 
@@ -162,7 +164,7 @@ class PlainStep:
             masked[:, c][hole[:, 0]] = self.fill[c]
         fake = self.net(masked)
         out = fake.shape[-1]
-        if self.cfg.method == "autoencoder":
+        if self.reconstruct_all:
             weights = torch.ones_like(hole, dtype=torch.float32)
         else:
             weights = self._weights(hole)

@@ -29,13 +29,13 @@ def pretrain_encoder(
 
     `config` is a named config (`small`, `paper-alexnet`, ...) or a YAML file; None picks it from
     the first image's size as the command does. Returns the run directory (holding encoder.pt)."""
-    from cebench.pretrain.config import load_pretrain_config
+    from cebench.pretrain.config import PretrainConfig, load_pretrain_config
     from cebench.pretrain.train import auto_config_name
     from cebench.pretrain.trainer import run
 
     overrides = list(overrides or [])
     method = next(
-        (o.split("=", 1)[1] for o in overrides if o.startswith("method=")), "context-encoder"
+        (o.split("=", 1)[1] for o in overrides if o.startswith("method=")), PretrainConfig.method
     )
     name = config or auto_config_name(str(data), method, None)
     cfg = load_pretrain_config(name, [f"data.path={data}", f"train.out={out}", *overrides])

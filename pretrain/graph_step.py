@@ -9,7 +9,7 @@ context encoder and the autoencoder: the masks (from their uniform draws), the h
 networks' forward and backward passes, the loss weights and both Adam updates. What stays outside
 is what must change between replays without new launches: the batch is copied into a static input
 buffer, and the masks' uniform draws are made by the step's seeded generator (seeded from
-(train.seed, step) as `cebench.pretrain.steps.batch_masks` does) and copied into static buffers.
+(train.seed, step) as `cebench.pretrain.masks.batch_masks` does) and copied into static buffers.
 The captured kernels are the eager step's kernels on the same data, so the numbers are the eager
 step's: tests/test_graph_step.py compares losses and weights after several steps (on the CPU with
 the same static-buffer code run eagerly; tests/test_cuda.py with a captured graph on a GPU).
@@ -35,8 +35,7 @@ import torch
 from cebench.core import distributed as D
 from cebench.pretrain.masks import check_shape_bank, mask_draw_shapes, masks_from_draws
 from cebench.pretrain.methods.base import PretrainMethod
-from cebench.pretrain.methods.context_encoder import ContextEncoder
-from cebench.pretrain.steps import context_encoder_step
+from cebench.pretrain.methods.context_encoder import ContextEncoder, context_encoder_step
 from cebench.pretrain.train_data import _seed
 
 GRAPH_MODES = ("off", "on", "auto")

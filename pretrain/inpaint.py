@@ -156,17 +156,10 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
             )
     cfg = saved_config(state["config"], str(p))
     from cebench.pretrain.methods import get_method
-    from cebench.pretrain.methods.context_encoder import ContextEncoder
-    from cebench.pretrain.methods.masked_patches import vit_encoder
 
-    if not issubclass(get_method(cfg.method), ContextEncoder):  # supervised, rotation, ...
-        raise CheckpointError(f"{p} is a {cfg.method} run: it has no decoder to inpaint with")
-    if cfg.method == "masked-patches" and vit_encoder(cfg.model) is not None:
-        raise CheckpointError(
-            f"{p} is a masked-patches run with a ViT encoder (MAE): its decoder predicts patch "
-            "tokens, not an image; cebench inpaint takes context-encoder, autoencoder and "
-            "convolutional masked-patches runs"
-        )
+    refusal = get_method(cfg.method).inpaint_refusal(cfg)
+    if refusal is not None:
+        raise CheckpointError(f"{p} is a {refusal}")
     net = build_context_encoder(cfg.model)
     net.load_state_dict(state["models"]["net"])
     return net.to(device).eval(), cfg

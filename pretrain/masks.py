@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cebench.core.errors import ConfigError
+from cebench.pretrain.train_data import _seed
 
 MaskKind = Literal["center", "random-block", "random-region", "none"]
 MASK_KINDS: tuple[str, ...] = ("center", "random-block", "random-region", "none")
@@ -404,3 +405,38 @@ def fill_holes(images: torch.Tensor, hole: torch.Tensor, fill: torch.Tensor) -> 
     """Set dropped pixels to the per-channel `fill` value (the dataset mean, in the images' scale)."""
     fill = torch.as_tensor(fill, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return torch.where(hole, fill, images)
+
+
+def batch_masks(
+    kind: str,
+    *,
+    size: int,
+    region: int,
+    overlap: int,
+    coverage: float,
+    step: int,
+    seed: int,
+    global_batch: int,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    shapes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """This process's slice of the global batch's masks for `step`, made on the training device.
+
+    The generator is seeded from (seed, step), so the masks do not depend on how many processes
+    share the batch, nor on whether the run was resumed."""
+    gen = torch.Generator(device=device).manual_seed(_seed(seed, step, 11))
+    hole = make_masks(
+        kind,
+        global_batch,
+        size,
+        region=region,
+        overlap=overlap,
+        coverage=coverage,
+        shapes=shapes,
+        generator=gen,
+        device=device,
+    )
+    local = global_batch // world_size
+    return hole[rank * local : (rank + 1) * local]

@@ -99,12 +99,13 @@ def auto_config_name(data: str, method: str, mask: str | None) -> str:
     """The config for data of this size: 'small' (or 'small-supervised') for <= 96 px images; above,
     the paper's inpainting network for the centre mask (its default), else its feature-learning
     AlexNet (random masks, autoencoder, supervised)."""
+    m = get_method(method)
     side = _first_image_side(data)
     if side <= 96:
-        return "small-supervised" if method == "supervised" else "small"
-    if method == "context-encoder" and mask in (None, "center"):
-        return "paper-inpainting"
-    return "paper-alexnet"
+        return m.small_config
+    if m.centre_config is not None and mask in (None, "center"):
+        return m.centre_config
+    return m.large_config
 
 
 def build_config(args: argparse.Namespace, notes: list[str] | None = None) -> PretrainConfig:
@@ -145,7 +146,7 @@ def build_config(args: argparse.Namespace, notes: list[str] | None = None) -> Pr
     if name is None:
         if not args.data:
             raise ConfigError("--data is required (the training images)")
-        name = auto_config_name(args.data, args.method or "context-encoder", args.mask)
+        name = auto_config_name(args.data, args.method or PretrainConfig.method, args.mask)
         note = f"config: {name} (chosen for the image size of {args.data}; pass --config to choose)"
         if notes is None:
             print(note, file=sys.stderr)

@@ -5,8 +5,8 @@
     run_dir = run(load_pretrain_config("small", ["data.path=data/builtin/unlabelled", "train.out=runs/ce"]))
 
 `run(cfg)` joins the torchrun process group if there is one, builds a `Trainer` and returns the
-run directory. The step functions live in `cebench.pretrain.steps`; checkpoint files in
-`cebench.core.checkpoints`; data order in `cebench.pretrain.train_data`. What a run guarantees:
+run directory. Each method (its networks, step and flags) is one file of `cebench.pretrain.methods`;
+checkpoint files in `cebench.core.checkpoints`; data order in `cebench.pretrain.train_data`. What a run guarantees:
 - resuming (cfg.train.resume) continues bit-exactly: weights, optimizer states, RNG states and the
   step are restored, and the data order, augmentation and masks are functions of (seed, step);
 - SIGINT/SIGTERM finish the current step, save a checkpoint and raise `TrainingInterrupted`;
@@ -18,6 +18,7 @@ run directory. The step functions live in `cebench.pretrain.steps`; checkpoint f
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import random
@@ -198,6 +199,56 @@ def same_architecture(cfg: PretrainConfig, saved: dict[str, Any], run_dir: Path)
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """A run's config with everything that needs no data resolved, before anything is built:
+    on resume the checkpoint's saved config (its model preset and `_base_` chain already resolved
+    when it was saved, only RUNTIME_KEYS taken from the new config), the method's checks passed
+    and optim.lr filled in. Only data.fill_value, which the images decide, is left to the Trainer.
+
+        plan = resolve_run(cfg, dist)        # plan.cfg, plan.state (the checkpoint or None)
+        trainer = Trainer(plan, device, dist)
+    """
+
+    cfg: PretrainConfig
+    state: dict[str, Any] | None = None  # the checkpoint to continue, or None for a new run
+    notes: tuple[str, ...] = ()  # said once every check has passed (Trainer.train)
+
+
+def find_checkpoint(cfg: PretrainConfig, dist: D.DistInfo) -> dict[str, Any] | None:
+    """The checkpoint of cfg.train.out to continue (None for a new run); a run there without
+    --resume, or one of another architecture, is a ConfigError."""
+    run_dir = Path(cfg.train.out)
+    say = (lambda msg: print(msg, file=sys.stderr)) if dist.is_main else (lambda msg: None)
+    if not any((run_dir / n).exists() for n in (CKPT, NEXT, PREV)):
+        if cfg.train.resume:
+            say(f"no checkpoint in {run_dir}: starting from step 0")
+        return None
+    if not cfg.train.resume:
+        raise ConfigError(
+            f"{run_dir} already holds a training run ({CKPT}); pass --resume to "
+            "continue it or choose another --out"
+        )
+    state, path = load_training_checkpoint(run_dir)
+    same_architecture(cfg, state["config"], run_dir)
+    say(f"resuming {path} at step {state['step']} of {cfg.train.steps}")
+    return state
+
+
+def resolve_run(cfg: PretrainConfig, dist: D.DistInfo) -> RunPlan:
+    """The run's resolved config (see `RunPlan`); the caller's `cfg` is never changed."""
+    state = find_checkpoint(cfg, dist)
+    cfg = resumed_config(cfg, state["config"]) if state is not None else copy.deepcopy(cfg)
+    check_consistency(cfg)
+    notes = []
+    if cfg.optim.lr is None:
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, lr=cfg.resolved_lr()))
+        notes.append(
+            f"optim.lr = {cfg.optim.lr:g} (the {cfg.method} default; set optim.lr to change it)"
+        )
+    return RunPlan(cfg, state, tuple(notes))
+
+
 def run(cfg: PretrainConfig) -> Path:
     """Run (or, with cfg.train.resume, continue) one pretraining job; returns the run directory.
 
@@ -215,7 +266,7 @@ def run(cfg: PretrainConfig) -> Path:
     set_threads()  # CPUs this process may use / concurrent jobs (cebench.core.threads)
     old_limit = set_max_pixels(cfg.data.max_pixels)  # load_rgb's limit, in the loader workers too
     try:
-        trainer = Trainer(cfg, device, dist)
+        trainer = Trainer(resolve_run(cfg, dist), device, dist)
         return trainer.train()
     except (RuntimeError, ConnectionError, EOFError) as e:
         # a dead data-loader worker surfaces wherever the main process is, not only in next()
@@ -237,27 +288,26 @@ def run(cfg: PretrainConfig) -> Path:
 class Trainer:
     """One run's state: config, data, networks, optimizers, step; `train()` runs it to the end."""
 
-    def __init__(self, cfg: PretrainConfig, device: torch.device, dist: D.DistInfo) -> None:
+    def __init__(
+        self, plan: RunPlan | PretrainConfig, device: torch.device, dist: D.DistInfo
+    ) -> None:
+        """`plan`: a `resolve_run` result (a bare config is resolved here, for the tools that
+        build a Trainer directly)."""
+        if not isinstance(plan, RunPlan):
+            plan = resolve_run(plan, dist)
+        cfg = plan.cfg
         self.device, self.dist, self.main = device, dist, dist.is_main
         self.run_dir = Path(cfg.train.out)
-        self.state = self._find_checkpoint(cfg)
-        if self.state is not None:
-            cfg = resumed_config(cfg, self.state["config"])
-        check_consistency(cfg)
+        self.state = plan.state
         self.method_cls = get_method(cfg.method)
         self.supervised = self.method_cls.uses_labels
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
         self.notes: list[str] = []  # said once every check has passed (train())
         self.ds, self.classes, fill_value = self._dataset(cfg)
-        # the run's resolved config: a new object, the caller's is never changed
-        optim = cfg.optim
-        if optim.lr is None:  # said once the run starts (after every check that can refuse it)
-            optim = dataclasses.replace(optim, lr=cfg.resolved_lr())
-            self.notes.append(
-                f"optim.lr = {optim.lr:g} (the {cfg.method} default; set optim.lr to change it)"
-            )
+        self.notes += plan.notes
+        # the one key the images decide: a new object, the plan's config is never changed
         self.cfg = cfg = dataclasses.replace(
-            cfg, optim=optim, data=dataclasses.replace(cfg.data, fill_value=fill_value)
+            cfg, data=dataclasses.replace(cfg.data, fill_value=fill_value)
         )
         self._build_models()
         if self.state is not None:
@@ -277,21 +327,6 @@ class Trainer:
             print(msg, file=sys.stderr)
 
     # ----- setup
-    def _find_checkpoint(self, cfg: PretrainConfig) -> dict[str, Any] | None:
-        if not any((self.run_dir / n).exists() for n in (CKPT, NEXT, PREV)):
-            if cfg.train.resume:
-                self.say(f"no checkpoint in {self.run_dir}: starting from step 0")
-            return None
-        if not cfg.train.resume:
-            raise ConfigError(
-                f"{self.run_dir} already holds a training run ({CKPT}); pass --resume to "
-                "continue it or choose another --out"
-            )
-        state, path = load_training_checkpoint(self.run_dir)
-        same_architecture(cfg, state["config"], self.run_dir)
-        self.say(f"resuming {path} at step {state['step']} of {cfg.train.steps}")
-        return state
-
     def _dataset(self, cfg: PretrainConfig) -> tuple[TrainImages, list[str], list[float] | None]:
         """(training images, class names, the hole fill value: saved in the config, reused on resume)."""
         fill_value = cfg.data.fill_value

@@ -79,7 +79,7 @@ def test_joint_loss_paper_weights():
 )
 def test_region_weighting_hand_computed(setting, kind, expected):
     from cebench.pretrain.masks import resolve_region_weighting
-    from cebench.pretrain.steps import region_target
+    from cebench.pretrain.methods.context_encoder import region_target
 
     hole = torch.zeros(1, 1, 6, 6, dtype=torch.bool)
     hole[..., 2:4, 2:4] = True

@@ -98,3 +98,54 @@ def test_unknown_method_in_a_config_is_refused():
 
     with pytest.raises(ConfigError, match="unknown method 'jigsaw'"):
         load_pretrain_config("small", ["method=jigsaw"])
+
+
+def _name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of every method name compared as a string literal (==, !=, in, not in, also
+    inside a tuple, list or set on either side) in this Python source."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        for side in [node.left, *node.comparators]:
+            items = side.elts if isinstance(side, (ast.Tuple, ast.List, ast.Set)) else [side]
+            for item in items:
+                if isinstance(item, ast.Constant) and item.value in names:
+                    found.append((node.lineno, item.value))
+    return found
+
+
+def test_method_names_are_compared_only_in_their_own_file():
+    """Everything outside a method's file and the registry asks the method (its class and
+    flags), never its name: `if cfg.method == "autoencoder"` anywhere else fails here."""
+    import inspect
+    from pathlib import Path
+
+    import cebench.pretrain.methods as methods_pkg
+
+    names = set(list_methods()) - {"toy"}
+    assert {"context-encoder", "autoencoder", "supervised", "rotation"} <= names
+    # the scanner finds the forms it is meant to find
+    probe = 'if cfg.method == "autoencoder" or m in ("x", "rotation") or "supervised" != k: pass'
+    assert [n for _, n in _name_comparisons(probe, names)] == [
+        "autoencoder",
+        "rotation",
+        "supervised",
+    ]
+    registry = Path(methods_pkg.__file__).parent
+    allowed = {name: Path(inspect.getfile(get_method(name))).resolve() for name in names}
+    repo = Path(__file__).resolve().parents[1]
+    bad = []
+    for folder in ("cebench", "pretrain", "transfer", "benchmarks"):
+        for path in sorted((repo / folder).rglob("*.py")):
+            if path.resolve().parent == registry.resolve() and path.name in (
+                "base.py",
+                "__init__.py",
+            ):
+                continue
+            for line, name in _name_comparisons(path.read_text(encoding="utf-8"), names):
+                if allowed[name] != path.resolve():
+                    bad.append(f"{path.relative_to(repo)}:{line} compares '{name}'")
+    assert not bad, "ask the method's class or flags instead:\n" + "\n".join(bad)

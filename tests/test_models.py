@@ -285,3 +285,44 @@ def test_model_config_overrides_copy_and_never_touch_the_preset():
     plain.decoder_widths.append(1)
     assert MODEL_PRESETS["small-dcgan"].encoder_kwargs == before
     assert 1 not in MODEL_PRESETS["small-dcgan"].decoder_widths
+
+
+def test_model_presets_are_named_deltas_over_their_base():
+    """Each preset is its base's config with only its own differing arguments replaced."""
+    import dataclasses
+
+    from cebench.pretrain.models.context_encoder import PRESET_DELTAS, register_model_preset
+
+    assert set(PRESET_DELTAS) == set(MODEL_PRESETS)
+    base, delta = PRESET_DELTAS["paper-alexnet-poolfree"]
+    assert (base, delta) == ("paper-alexnet", {"encoder": "alexnet-poolfree"})
+    a, b = MODEL_PRESETS["paper-alexnet"], MODEL_PRESETS["paper-alexnet-poolfree"]
+    assert dataclasses.replace(a, encoder="alexnet-poolfree") == b
+    # the hand-written values of two presets, resolved through their chains of bases
+    assert dataclasses.asdict(MODEL_PRESETS["small-dcgan"]) == {
+        "encoder": "dcgan",
+        "encoder_kwargs": {"width": 16},
+        "input_size": 64,
+        "bottleneck": "conv",
+        "bottleneck_dim": 256,
+        "decoder_widths": [128, 64, 32, 16],
+        "output_size": 64,
+        "predict": "image",
+        "disc_width": 16,
+        "bottleneck_dropout": 0.0,
+        "init": "torch",
+    }
+    assert MODEL_PRESETS["paper-alexnet"].init == "dcgan"  # inherited from paper-inpainting
+    assert MODEL_PRESETS["paper-alexnet"].bottleneck_dim == 4000
+    # a variant's copy never shares its base's lists
+    assert (
+        MODEL_PRESETS["small-alexnet"].decoder_widths
+        is not MODEL_PRESETS["small-tiny"].decoder_widths
+    )
+    with pytest.raises(ValueError, match="already registered"):
+        register_model_preset("small-tiny", encoder="tiny")
+    with pytest.raises(ValueError, match="unknown base 'nope'"):
+        register_model_preset("x-new", "nope", input_size=32)
+    with pytest.raises(ValueError, match="disc_width equal small-tiny"):
+        register_model_preset("x-new", "small-tiny", disc_width=16)
+    assert "x-new" not in MODEL_PRESETS

@@ -11,7 +11,8 @@ from torch import nn
 from cebench.benchmarks import speed
 from cebench.benchmarks.plain_reference import PlainStep, plain_layers
 from cebench.pretrain.config import load_pretrain_config
-from cebench.pretrain.masks import resolve_region_weighting
+from cebench.pretrain.masks import batch_masks, resolve_region_weighting
+from cebench.pretrain.methods.context_encoder import GANParts, context_encoder_step
 from cebench.pretrain.models.alexnet import ChannelLRN
 from cebench.pretrain.models.context_encoder import (
     ModelConfig,
@@ -19,7 +20,6 @@ from cebench.pretrain.models.context_encoder import (
     build_discriminator,
 )
 from cebench.pretrain.models.decoder import FullMapConv2d, PointUpconv
-from cebench.pretrain.steps import GANParts, batch_masks, context_encoder_step
 
 # a 32 px DCGAN context encoder with the released layout: conv bottleneck, centre region, D
 TINY = ModelConfig(

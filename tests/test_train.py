@@ -176,7 +176,7 @@ def test_failed_checkpoint_write_keeps_previous(images, tmp_path, monkeypatch):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(images, tmp_path, monkeypatch):
-    import cebench.pretrain.steps as engine
+    import cebench.pretrain.methods.context_encoder as engine
 
     real, calls = engine.reconstruction_loss, []
 
@@ -338,3 +338,34 @@ def test_run_shorter_than_sample_every_writes_a_final_grid(images, tmp_path):
     assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step_000005.png"]
     off = run(tiny_config(images, tmp_path / "off", ["train.steps=5", "train.sample_every=0"]))
     assert not (off / "samples").exists()
+
+
+def test_config_is_resolved_before_the_trainer(images, tmp_path):
+    """resolve_run finishes the config (resume's saved config, lr) before anything is built;
+    the caller's config is never changed and the Trainer trains the plan's config."""
+    import copy
+
+    from cebench.core.distributed import DistInfo
+    from cebench.pretrain.trainer import Trainer, resolve_run
+
+    cfg = tiny_config(images, tmp_path / "r", ["loss.lambda_adv=0", "loss.lambda_rec=1"])
+    before = copy.deepcopy(cfg)
+    plan = resolve_run(cfg, DistInfo())
+    assert plan.state is None and plan.cfg.optim.lr == cfg.optim.lr_d  # L2 only: lr = lr_d
+    assert plan.notes == (
+        f"optim.lr = {cfg.optim.lr_d:g} (the context-encoder default; set optim.lr to change it)",
+    )
+    assert cfg == before and cfg.optim.lr is None
+    run(cfg)
+    # resume with another lambda_rec and more steps: the plan holds the checkpoint's config
+    # (lr as it ran, lambda_rec as saved) with only the runtime keys taken from the new one
+    again = tiny_config(
+        images, tmp_path / "r", ["loss.lambda_rec=0.5", "train.steps=9", "train.resume=true"]
+    )
+    plan = resolve_run(again, DistInfo())
+    assert plan.state is not None and plan.state["step"] == 6
+    assert plan.cfg.loss.lambda_rec == 1.0 and plan.cfg.loss.lambda_adv == 0.0
+    assert plan.cfg.train.steps == 9 and plan.cfg.optim.lr == cfg.optim.lr_d and plan.notes == ()
+    trainer = Trainer(plan, torch.device("cpu"), DistInfo())
+    assert trainer.cfg.loss == plan.cfg.loss and trainer.start_step == 6
+    assert trainer.cfg.data.fill_value is not None  # the one key the images decide

@@ -7,8 +7,9 @@
     rows = method.sample_rows(images)                        # its sample grid (or None)
     encoder, name, kwargs = method.encoder()                 # what goes into encoder.pt
 
-Adding a method is one new file: subclass `PretrainMethod`, decorate it with
-`@register_method("name")`, and import it here (or anywhere before the run starts, as
+Adding a method is one new file holding its networks, its step and its flags (`uses_labels`,
+`uses_fill`, `needs_mask`, `inpaints`, `adversarial`, `inpaint_refusal`, the configs it picks):
+subclass `PretrainMethod`, decorate it with `@register_method("name")`, and import it here (or anywhere before the run starts, as
 tests/test_methods.py does with a toy method). `cebench pretrain --method`, the config check and
 the suites' arm validation all read this registry.
 """

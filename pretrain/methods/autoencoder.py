@@ -16,10 +16,12 @@ from cebench.pretrain.methods.context_encoder import ContextEncoder
 class Autoencoder(ContextEncoder):
     needs_mask = False
     reconstruct_all = True
+    centre_config = None  # no mask: the feature-learning AlexNet
 
     @classmethod
     def default_lr(cls, cfg: Any) -> float:
         return cfg.optim.lr_d
 
-    def adversarial(self) -> bool:
+    @classmethod
+    def adversarial(cls, cfg: Any) -> bool:
         return False

@@ -3,10 +3,17 @@
 A method owns its networks and optimizers (by name, so checkpoints hold `models[name]` and
 `optims[name]`), its step and its sample grid; the Trainer owns the run's life: data order,
 signals, checkpoints, logging and encoder.pt.
+
+A step returns metric values as detached 0-d tensors (no device sync per step); the caller stacks
+them and copies them to the host once per log interval. Under several processes every value is the
+process's share such that the *mean over processes* is the value of the whole global batch, and
+gradients are averaged over processes (`cebench.core.distributed.average_gradients`), so N processes
+x batch b follow the same trajectory as 1 process x batch N*b.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -43,6 +50,13 @@ def get_method(name: str) -> type[PretrainMethod]:
     return _METHODS[name]
 
 
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on the device when enabled (no GradScaler needed for bf16)."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 class PretrainMethod:
     """One pretraining method (see the package docstring). Subclasses set the class attributes
     and implement `build`, `step` and `encoder`."""
@@ -53,6 +67,13 @@ class PretrainMethod:
     needs_mask: ClassVar[bool | None] = None  # True: a mask kind; False: mask none; None: any
     # the dataclass of the method's own settings (config key `method_kwargs`); None: it takes none
     options_class: ClassVar[type | None] = None
+    # its network fills the dropped pixels of a whole-image mask (the suites' inpainting figures)
+    inpaints: ClassVar[bool] = False
+    # the named config `cebench pretrain` picks without --config: for images of <= 96 px, above,
+    # and above with the centre mask (or no --mask) when that differs (`train.auto_config_name`)
+    small_config: ClassVar[str] = "small"
+    large_config: ClassVar[str] = "paper-alexnet"
+    centre_config: ClassVar[str | None] = None
 
     def __init__(
         self, cfg: Any, device: torch.device, dist: D.DistInfo, classes: list[str] | None = None
@@ -94,6 +115,17 @@ class PretrainMethod:
         """optim.lr when the config leaves it empty."""
         return cfg.optim.lr_d
 
+    @classmethod
+    def adversarial(cls, cfg: Any) -> bool:
+        """Whether a run of `cfg` trains a discriminator."""
+        return False
+
+    @classmethod
+    def inpaint_refusal(cls, cfg: Any) -> str | None:
+        """Why `cebench inpaint` cannot use a checkpoint of this method's run of `cfg` (the end
+        of "PATH is a ..."), or None when it can."""
+        return f"{cls.name} run: it has no decoder to inpaint with"
+
     def build(self) -> None:
         raise NotImplementedError
 
@@ -101,7 +133,7 @@ class PretrainMethod:
         self, images: torch.Tensor, labels: torch.Tensor | None, step: int
     ) -> dict[str, torch.Tensor]:
         """One optimisation step on this process's share of the batch of `step`; returns
-        detached 0-d metric tensors (see `cebench.pretrain.steps`)."""
+        detached 0-d metric tensors (see this module's docstring)."""
         raise NotImplementedError
 
     def sample_rows(self, images: torch.Tensor) -> list[torch.Tensor] | None:

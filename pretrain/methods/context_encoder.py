@@ -8,26 +8,155 @@ decoder (`cebench.pretrain.models.build_context_encoder`), plus the discriminato
 paper's, the dropped region with the overlap band weighted `mask.border_weight` for centre and
 random-block masks, the dropped pixels only for random regions) + lambda_adv * adversarial; the
 released code's lr rule (10x lr_d under the joint loss).
+
+The step (released code's order): the generator predicts the region once; the discriminator is
+updated on (real region, detached prediction); then the generator is updated on
+lambda_rec * L_rec + lambda_adv * L_adv with the updated discriminator. With lambda_adv = 0 there is
+no discriminator at all.
+
+    m = context_encoder_step(parts, images, hole, fill, world_size=1)   # {"loss_rec": ..., "loss": ...}
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from cebench.core.distributed import all_reduce_sum, average_gradients
 from cebench.core.errors import ConfigError
-from cebench.pretrain.masks import resolve_region_weighting
-from cebench.pretrain.methods.base import PretrainMethod, register_method
+from cebench.pretrain.losses import (
+    discriminator_loss,
+    generator_adversarial_loss,
+    joint_loss,
+    reconstruction_loss,
+)
+from cebench.pretrain.masks import (
+    batch_masks,
+    fill_holes,
+    region_loss_weights,
+    resolve_region_weighting,
+)
+from cebench.pretrain.methods.base import PretrainMethod, autocast, register_method
 from cebench.pretrain.models import build_context_encoder, build_discriminator
 from cebench.pretrain.samples import composite
-from cebench.pretrain.steps import GANParts, batch_masks, context_encoder_step
+
+
+@dataclass
+class GANParts:
+    """The networks and optimizers of a context-encoder run (disc/opt_d None for L2 only)."""
+
+    net: nn.Module
+    opt: torch.optim.Optimizer
+    disc: nn.Module | None = None
+    opt_d: torch.optim.Optimizer | None = None
+    lambda_rec: float = 0.999
+    lambda_adv: float = 0.001
+    overlap: int = 4
+    border_weight: float = 10.0
+    weighting: str = "overlap"  # resolved loss.region_weighting (masks.resolve_region_weighting)
+
+
+def region_target(
+    images: torch.Tensor,
+    hole: torch.Tensor,
+    out: int,
+    overlap: int,
+    border_weight: float,
+    autoencoder: bool,
+    weighting: str = "overlap",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(target, weights) for a prediction of side `out`: the centre region, or the whole image.
+    `weighting`: "overlap", "hole" or "whole" (`cebench.pretrain.masks.region_loss_weights`)."""
+    if autoencoder:
+        weights = torch.ones_like(hole, dtype=torch.float32)
+    else:
+        weights = region_loss_weights(hole, weighting, overlap, border_weight)
+    size = images.shape[-1]
+    if out != size:
+        off = (size - out) // 2
+        return images[..., off : off + out, off : off + out], weights[
+            ..., off : off + out, off : off + out
+        ]
+    return images, weights
+
+
+def _set_requires_grad(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def context_encoder_step(
+    parts: GANParts,
+    images: torch.Tensor,
+    hole: torch.Tensor,
+    fill: torch.Tensor,
+    *,
+    autoencoder: bool = False,
+    world_size: int = 1,
+    bf16: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One step of context-encoder (or autoencoder) training; returns detached metric tensors."""
+    device = images.device
+    masked = fill_holes(images, hole, fill)
+    with autocast(device, bf16):
+        pred = parts.net(masked)
+    pred = pred.float()
+    target, weights = region_target(
+        images,
+        hole,
+        pred.shape[-1],
+        parts.overlap,
+        parts.border_weight,
+        autoencoder,
+        parts.weighting,
+    )
+
+    # L_rec is a weighted mean over the predicted pixels of the *global* batch: scale this
+    # process's mean by its share of those pixels (x world_size, since gradients are averaged).
+    share = torch.ones((), device=device)
+    if world_size > 1:
+        n_local = (weights > 0).sum().float()
+        share = n_local * world_size / all_reduce_sum(n_local).clamp(min=1)
+
+    metrics: dict[str, torch.Tensor] = {}
+    if parts.disc is not None and parts.opt_d is not None:
+        parts.opt_d.zero_grad(set_to_none=True)
+        with autocast(device, bf16):
+            real_logits = parts.disc(target)
+            fake_logits = parts.disc(pred.detach())
+        loss_d = discriminator_loss(real_logits.float(), fake_logits.float())
+        loss_d.backward()
+        average_gradients(list(parts.disc.parameters()), world_size)
+        parts.opt_d.step()
+        metrics["loss_d"] = loss_d.detach()
+
+    parts.opt.zero_grad(set_to_none=True)
+    rec = reconstruction_loss(pred, target, weights) * share
+    if parts.disc is not None:
+        _set_requires_grad(parts.disc, False)  # the generator step must not touch D's gradients
+        with autocast(device, bf16):
+            adv = generator_adversarial_loss(parts.disc(pred).float())
+        _set_requires_grad(parts.disc, True)
+        loss = joint_loss(rec, adv, parts.lambda_rec, parts.lambda_adv)
+        metrics["loss_adv_g"] = adv.detach()
+    else:
+        loss = parts.lambda_rec * rec
+    loss.backward()
+    average_gradients(list(parts.net.parameters()), world_size)
+    parts.opt.step()
+    metrics["loss_rec"] = rec.detach()
+    metrics["loss"] = loss.detach()
+    return metrics
 
 
 @register_method("context-encoder")
 class ContextEncoder(PretrainMethod):
     needs_mask = True
+    inpaints = True
+    centre_config = "paper-inpainting"  # the paper's inpainting network for its default mask
     reconstruct_all = False  # the autoencoder subclass sets True: loss on every pixel
 
     @classmethod
@@ -57,7 +186,7 @@ class ContextEncoder(PretrainMethod):
         cfg = self.cfg
         net = build_context_encoder(cfg.model)
         self.enc_name, self.enc_kwargs = net.encoder_name, net.encoder_kwargs
-        disc = build_discriminator(cfg.model) if self.adversarial() else None
+        disc = build_discriminator(cfg.model) if self.adversarial(cfg) else None
         self.models["net"] = self.prepare(net)
         self.optims["net"] = self.adam(self.models["net"], cfg.optim.lr)
         if disc is not None:
@@ -79,8 +208,13 @@ class ContextEncoder(PretrainMethod):
         self.shapes: torch.Tensor | None = None  # the shape bank, set by the Trainer
         self.hole: torch.Tensor | None = None
 
-    def adversarial(self) -> bool:
-        return self.cfg.loss.lambda_adv > 0
+    @classmethod
+    def adversarial(cls, cfg: Any) -> bool:
+        return cfg.loss.lambda_adv > 0
+
+    @classmethod
+    def inpaint_refusal(cls, cfg: Any) -> str | None:
+        return None
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor | None, step: int

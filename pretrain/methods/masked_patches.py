@@ -24,7 +24,7 @@ used). Two networks, chosen by the encoder:
   ViT, which transfer runs on all patches;
 - any other (convolutional) encoder: the context encoder's network
   (`cebench.pretrain.models.build_context_encoder`, model.predict=image) and step
-  (`cebench.pretrain.steps.context_encoder_step` with overlap 0, i.e. weight 1 on the holes and 0
+  (`cebench.pretrain.methods.context_encoder.context_encoder_step` with overlap 0, i.e. weight 1 on the holes and 0
   elsewhere): the encoder sees the whole image with the dropped patches set to the fill value
   (data.fill), as the context encoder's holes. The decoder_* and norm_pix settings are refused.
 MAE trains with AdamW (lr
@@ -43,8 +43,8 @@ import torch
 
 from cebench.core.distributed import average_gradients
 from cebench.core.errors import ConfigError
-from cebench.pretrain.methods.base import register_method
-from cebench.pretrain.methods.context_encoder import ContextEncoder
+from cebench.pretrain.methods.base import autocast, register_method
+from cebench.pretrain.methods.context_encoder import ContextEncoder, context_encoder_step
 from cebench.pretrain.models import build_encoder
 from cebench.pretrain.models.mae import (
     MaskedAutoencoder,
@@ -56,7 +56,6 @@ from cebench.pretrain.models.mae import (
 )
 from cebench.pretrain.models.timm_encoder import vision_transformer
 from cebench.pretrain.samples import composite
-from cebench.pretrain.steps import autocast, context_encoder_step
 from cebench.pretrain.train_data import _seed
 
 
@@ -129,6 +128,8 @@ def patch_grid_masks(
 @register_method("masked-patches")
 class MaskedPatches(ContextEncoder):
     needs_mask = None  # its own patch grid: mask.kind is not used
+    inpaints = False  # it fills a grid of patches: not in the suites' inpainting figures
+    centre_config = None  # the feature-learning AlexNet
     options_class = MaskedPatchesOptions
 
     @classmethod
@@ -156,8 +157,19 @@ class MaskedPatches(ContextEncoder):
     def default_lr(cls, cfg: Any) -> float:
         return cfg.optim.lr_d  # L2 only: the released code's lr rule gives lr_d
 
-    def adversarial(self) -> bool:
+    @classmethod
+    def adversarial(cls, cfg: Any) -> bool:
         return False
+
+    @classmethod
+    def inpaint_refusal(cls, cfg: Any) -> str | None:
+        if vit_encoder(cfg.model) is None:
+            return None  # the convolutional network predicts the whole image
+        return (
+            "masked-patches run with a ViT encoder (MAE): its decoder predicts patch "
+            "tokens, not an image; cebench inpaint takes context-encoder, autoencoder and "
+            "convolutional masked-patches runs"
+        )
 
     def build(self) -> None:
         self.mae_vit = vit_encoder(self.cfg.model) is not None

@@ -47,9 +47,8 @@ from torch import nn
 
 from cebench.core.distributed import average_gradients
 from cebench.core.errors import ConfigError
-from cebench.pretrain.methods.base import PretrainMethod, register_method
+from cebench.pretrain.methods.base import PretrainMethod, autocast, register_method
 from cebench.pretrain.models import Encoder, build_encoder
-from cebench.pretrain.steps import autocast
 from cebench.pretrain.train_data import _seed
 
 # (row, column) offset of the neighbour from the centre patch, for labels 0..7 (Doersch Fig. 2)

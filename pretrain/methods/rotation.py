@@ -9,7 +9,7 @@ degrees are flips and transposes: no interpolation artefact gives the answer awa
 rotated copies of every image go into the same batch (the paper found this better than one random
 rotation per image), so a batch of B images is a 4B-image classification batch. The network is
 the config's registry encoder, global average pooling of its last stage and one linear layer to
-the 4 classes (the supervised baseline's network, `cebench.pretrain.supervised.SupervisedNet`);
+the 4 classes (the supervised baseline's network, `cebench.pretrain.methods.supervised.SupervisedNet`);
 only the encoder goes into encoder.pt. The paper trains with SGD and momentum; here Adam with
 the config's optim section, as every other arm of a suite. Labels: class k
 is k quarter-turns counter-clockwise, `torch.rot90(x, k, dims=(-2, -1))`. There is no randomness in
@@ -23,8 +23,7 @@ from typing import Any
 import torch
 
 from cebench.pretrain.methods.base import register_method
-from cebench.pretrain.methods.supervised import Supervised
-from cebench.pretrain.steps import supervised_step
+from cebench.pretrain.methods.supervised import Supervised, supervised_step
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees
 
@@ -44,6 +43,7 @@ class Rotation(Supervised):
     """The supervised network and step with the 4 rotations as the labels."""
 
     uses_labels = False
+    small_config = "small"
 
     def num_outputs(self) -> int:
         return ROTATIONS

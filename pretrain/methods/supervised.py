@@ -12,18 +12,53 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from cebench.pretrain.methods.base import PretrainMethod, register_method
-from cebench.pretrain.models import build_encoder
-from cebench.pretrain.steps import supervised_step
-from cebench.pretrain.supervised import SupervisedNet
+from cebench.core.distributed import average_gradients
+from cebench.pretrain.methods.base import PretrainMethod, autocast, register_method
+from cebench.pretrain.models import Encoder, build_encoder
+
+
+class SupervisedNet(nn.Module):
+    """encoder -> global average pool of the last stage -> linear head."""
+
+    def __init__(self, encoder: Encoder, num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        return self.head(feats.mean(dim=(2, 3)))
+
+
+def supervised_step(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    world_size: int = 1,
+    bf16: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One cross-entropy step of the supervised baseline (equal per-process batches: plain mean)."""
+    opt.zero_grad(set_to_none=True)
+    with autocast(images.device, bf16):
+        logits = net(images)
+    loss = F.cross_entropy(logits.float(), labels)
+    loss.backward()
+    average_gradients(list(net.parameters()), world_size)
+    opt.step()
+    acc = (logits.detach().argmax(1) == labels).float().mean()
+    return {"loss": loss.detach(), "acc": acc}
 
 
 @register_method("supervised")
 class Supervised(PretrainMethod):
     uses_labels = True
     uses_fill = False
+    small_config = "small-supervised"
 
     @classmethod
     def check(cls, cfg: Any) -> None:

@@ -18,6 +18,7 @@ from cebench.pretrain.models.context_encoder import (
     build_context_encoder,
     build_discriminator,
     model_config,
+    register_model_preset,
 )
 from cebench.pretrain.models.decoder import Discriminator
 
@@ -33,5 +34,6 @@ __all__ = [
     "build_encoder",
     "list_encoders",
     "model_config",
+    "register_model_preset",
     "register_encoder",
 ]

@@ -3,6 +3,7 @@
     from cebench.pretrain.models.context_encoder import MODEL_PRESETS, build_context_encoder, model_config
     cfg = model_config("small-tiny")                       # or MODEL_PRESETS["paper-inpainting"]
     cfg = model_config("small-tiny", predict="region", output_size=32)   # centre-mask variant
+    register_model_preset("small-tiny-wide", "small-tiny", encoder_kwargs={"width": 32})  # a variant
     G = build_context_encoder(cfg)                         # G(masked [B,3,S,S]) -> [B,3,out,out]
     D = build_discriminator(cfg)                           # D(region or image) -> logits [B]
     save_encoder(path, G.encoder, G.encoder_name, G.encoder_kwargs, meta)   # features for transfer
@@ -95,130 +96,125 @@ class ModelConfig:
             raise ConfigError("set model.input_size, not model.encoder_kwargs.input_size")
 
 
-# name -> config. Paper sizes, then small 64 px versions for the built-in data (CPU-fast).
-MODEL_PRESETS: dict[str, ModelConfig] = {
-    # Released inpainting net: 128 px in, DCGAN encoder to 4x4x512, 4x4 conv to 1x1x4000,
-    # 5 up-convs (1 -> 4 -> 8 -> 16 -> 32 -> 64), 64 px centre region out.
-    "paper-inpainting": ModelConfig(
-        encoder="dcgan",
-        input_size=128,
-        bottleneck="conv",
-        bottleneck_dim=4000,
-        decoder_widths=[512, 256, 128, 64],
-        output_size=64,
-        predict="region",
-        disc_width=64,
-        init="dcgan",
-    ),
-    # Released random-region trainer (train_random.lua): same net, whole 128 px image out
-    # (6 up-convs, the extra 64-filter one for 128 px) and a 128 px discriminator.
-    "paper-inpainting-random": ModelConfig(
-        encoder="dcgan",
-        input_size=128,
-        bottleneck="conv",
-        bottleneck_dim=4000,
-        decoder_widths=[512, 256, 128, 64, 64],
-        output_size=128,
-        predict="image",
-        disc_width=64,
-        init="dcgan",
-    ),
-    # Feature-learning net: AlexNet conv1..pool5 on 227 px (6x6x256), channel-wise FC,
-    # 5 up-convs (6 -> 12 -> ... -> 192, resized to 227): the whole image (random-region masks).
-    "paper-alexnet": ModelConfig(
-        encoder="alexnet",
-        input_size=227,
-        bottleneck="channelwise",
-        decoder_widths=[256, 128, 64, 32],
-        output_size=227,
-        predict="image",
-        disc_width=64,
-        bottleneck_dropout=0.5,  # paper Sec. 5.2: dropout on the channel-wise FC only
-        init="dcgan",
-    ),
-    "paper-alexnet-poolfree": ModelConfig(
-        encoder="alexnet-poolfree",
-        input_size=227,
-        bottleneck="channelwise",
-        decoder_widths=[256, 128, 64, 32],
-        output_size=227,
-        predict="image",
-        disc_width=64,
-        bottleneck_dropout=0.5,  # paper Sec. 5.2: dropout on the channel-wise FC only
-        init="dcgan",
-    ),
-    "small-tiny": ModelConfig(
-        encoder="tiny",
-        encoder_kwargs={"width": 16},
-        input_size=64,
-        bottleneck="channelwise",
-        decoder_widths=[64, 32],
-        output_size=64,
-        predict="image",
-        disc_width=16,
-    ),
-    # AlexNet at 64 px: conv1 5x5/2 (the 11x11/4 stem leaves no pool5 map at 64 px), a quarter
-    # of the filters, BatchNorm; pool5 is 3x3x64.
-    "small-alexnet": ModelConfig(
-        encoder="alexnet",
-        encoder_kwargs={
-            "width": 0.25,
-            "norm": "bn",
-            "conv1_kernel": 5,
-            "conv1_stride": 2,
-            "conv1_padding": 2,
-        },
-        input_size=64,
-        bottleneck="channelwise",
-        decoder_widths=[128, 64, 32, 16],
-        output_size=64,
-        predict="image",
-        disc_width=16,
-    ),
-    # timm ResNet-18 at 64 px: layer4 is 2x2x512; 5 up-convs 2 -> 64.
-    "small-resnet18": ModelConfig(
-        encoder="timm-resnet18",
-        input_size=64,
-        bottleneck="channelwise",
-        decoder_widths=[256, 128, 64, 32],
-        output_size=64,
-        predict="image",
-        disc_width=16,
-    ),
-    "small-dcgan": ModelConfig(
-        encoder="dcgan",
-        encoder_kwargs={"width": 16},
-        input_size=64,
-        bottleneck="conv",
-        bottleneck_dim=256,
-        decoder_widths=[128, 64, 32, 16],
-        output_size=64,
-        predict="image",
-        disc_width=16,
-    ),
-}
+# name -> config. A preset is registered as a named delta over its base (the ModelConfig defaults
+# when base is None): only the arguments that differ from the base, as timm registers a variant.
+MODEL_PRESETS: dict[
+    str, ModelConfig
+] = {}  # resolved, read-only by convention (model_config copies)
+PRESET_DELTAS: dict[str, tuple[str | None, dict[str, Any]]] = {}  # name -> (base, delta)
+
+
+def register_model_preset(name: str, base: str | None = None, **delta: Any) -> ModelConfig:
+    """Add the model preset `name`: `base`'s config (a registered preset, or the ModelConfig
+    defaults for None) with the fields in `delta` replaced. A duplicate name, an unknown base or
+    field, and a delta entry equal to the base's value (not a difference) are refused."""
+    if name in MODEL_PRESETS:
+        raise ValueError(f"model preset {name!r} is already registered")
+    if base is not None and base not in MODEL_PRESETS:
+        raise ValueError(f"model preset {name!r}: unknown base {base!r}")
+    parent = MODEL_PRESETS[base] if base is not None else ModelConfig()
+    same = sorted(k for k, v in delta.items() if hasattr(parent, k) and getattr(parent, k) == v)
+    if same:
+        raise ValueError(f"model preset {name!r}: {', '.join(same)} equal {base or 'the defaults'}")
+    cfg = _replaced(parent, delta)
+    MODEL_PRESETS[name] = cfg
+    PRESET_DELTAS[name] = (base, dict(delta))
+    return cfg
+
+
+def _replaced(base: ModelConfig, fields_: dict[str, Any]) -> ModelConfig:
+    """A validated copy of `base` with `fields_` replaced (its lists and dicts copied, so that
+    editing the result never changes a shared preset)."""
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    bad = sorted(set(fields_) - names)
+    if bad:
+        raise ConfigError(
+            f"unknown model config key {bad[0]!r}; valid keys: {', '.join(sorted(names))}"
+        )
+    copies = {
+        "encoder_kwargs": dict(base.encoder_kwargs),
+        "decoder_widths": list(base.decoder_widths),
+    }
+    cfg = dataclasses.replace(base, **{**copies, **fields_})
+    cfg.validate()
+    return cfg
+
+
+# Released inpainting net: 128 px in, DCGAN encoder to 4x4x512, 4x4 conv to 1x1x4000,
+# 5 up-convs (1 -> 4 -> 8 -> 16 -> 32 -> 64), 64 px centre region out (the ModelConfig defaults).
+register_model_preset("paper-inpainting", init="dcgan")
+# Released random-region trainer (train_random.lua): same net, whole 128 px image out
+# (6 up-convs, the extra 64-filter one for 128 px) and a 128 px discriminator.
+register_model_preset(
+    "paper-inpainting-random",
+    "paper-inpainting",
+    decoder_widths=[512, 256, 128, 64, 64],
+    output_size=128,
+    predict="image",
+)
+# Feature-learning net: AlexNet conv1..pool5 on 227 px (6x6x256), channel-wise FC,
+# 5 up-convs (6 -> 12 -> ... -> 192, resized to 227): the whole image (random-region masks).
+register_model_preset(
+    "paper-alexnet",
+    "paper-inpainting",
+    encoder="alexnet",
+    input_size=227,
+    bottleneck="channelwise",
+    decoder_widths=[256, 128, 64, 32],
+    output_size=227,
+    predict="image",
+    bottleneck_dropout=0.5,  # paper Sec. 5.2: dropout on the channel-wise FC only
+)
+register_model_preset("paper-alexnet-poolfree", "paper-alexnet", encoder="alexnet-poolfree")
+# Small 64 px versions for the built-in data (CPU-fast).
+register_model_preset(
+    "small-tiny",
+    encoder="tiny",
+    encoder_kwargs={"width": 16},
+    input_size=64,
+    bottleneck="channelwise",
+    decoder_widths=[64, 32],
+    predict="image",  # output_size: the default 64
+    disc_width=16,
+)
+# AlexNet at 64 px: conv1 5x5/2 (the 11x11/4 stem leaves no pool5 map at 64 px), a quarter
+# of the filters, BatchNorm; pool5 is 3x3x64.
+register_model_preset(
+    "small-alexnet",
+    "small-tiny",
+    encoder="alexnet",
+    encoder_kwargs={
+        "width": 0.25,
+        "norm": "bn",
+        "conv1_kernel": 5,
+        "conv1_stride": 2,
+        "conv1_padding": 2,
+    },
+    decoder_widths=[128, 64, 32, 16],
+)
+# timm ResNet-18 at 64 px: layer4 is 2x2x512; 5 up-convs 2 -> 64.
+register_model_preset(
+    "small-resnet18",
+    "small-tiny",
+    encoder="timm-resnet18",
+    encoder_kwargs={},
+    decoder_widths=[256, 128, 64, 32],
+)
+register_model_preset(
+    "small-dcgan",
+    "small-tiny",
+    encoder="dcgan",
+    bottleneck="conv",
+    bottleneck_dim=256,
+    decoder_widths=[128, 64, 32, 16],
+)
 
 
 def model_config(preset: str, **overrides: Any) -> ModelConfig:
     """A copy of MODEL_PRESETS[preset] with fields replaced; unknown presets/fields are ConfigErrors."""
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"unknown model preset {preset!r}; presets: {', '.join(MODEL_PRESETS)}")
-    names = {f.name for f in dataclasses.fields(ModelConfig)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        raise ConfigError(
-            f"unknown model config key {bad[0]!r}; valid keys: {', '.join(sorted(names))}"
-        )
-    base = MODEL_PRESETS[preset]
-    # copies, so that editing the result never changes the shared preset
-    fields = {
-        "encoder_kwargs": dict(base.encoder_kwargs),
-        "decoder_widths": list(base.decoder_widths),
-    }
-    fields.update(overrides)
-    cfg = dataclasses.replace(base, **fields)
-    cfg.validate()
-    return cfg
+    return _replaced(MODEL_PRESETS[preset], overrides)
 
 
 class ContextEncoder(nn.Module):
