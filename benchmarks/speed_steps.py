@@ -106,8 +106,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     from cebench.benchmarks.plain_reference import PlainStep
     from cebench.core.distributed import DistInfo
     from cebench.pretrain.graph_step import GraphedStep
-    from cebench.pretrain.masks import fill_holes
-    from cebench.pretrain.masks import batch_masks
+    from cebench.pretrain.masks import batch_masks, fill_holes
     from cebench.pretrain.trainer import Trainer
 
     probe = _config(name, workdir / "none", workdir / f"run-{name}", args.batch_size, args.device)
