@@ -224,6 +224,7 @@ class Runner:
         only: list[str] | None = None,
         rerun: list[str] | None = None,
         command: str = "",
+        overrides: list[str] | None = None,
         log=print,
         launcher: Any = None,
         reuse: list[str | Path] | None = None,
@@ -245,6 +246,7 @@ class Runner:
                 raise ConfigError(f"--reuse {d}: not a results folder (no {d / 'cells'})")
         self.cells_dir = inside(self.out, "cells")
         self.command = command or f"cebench bench --suite {suite.name}"
+        self.overrides = list(overrides or [])  # the --set keys, kept in suite.json
         self.log = log
         # more_seeds: the seeds after the suite's own, up to more_seeds.max in all; their cells are
         # planned (and hashed) now, and run only for the arms that still need them (_more_seeds)
@@ -405,7 +407,10 @@ class Runner:
         self.resolve_all()
         atomic_write_text(
             self.out / "suite.json",
-            json.dumps(dict(suite_meta(self.suite), command=self.command), indent=1),
+            json.dumps(
+                dict(suite_meta(self.suite), command=self.command, overrides=self.overrides),
+                indent=1,
+            ),
         )
         outcome = Outcome()
         todo = []
@@ -762,6 +767,7 @@ def main(args: argparse.Namespace) -> int:
         only=args.only,
         rerun=args.rerun,
         command=command,
+        overrides=args.overrides,
         log=lambda m: print(m, file=sys.stderr, flush=True),
         launcher=launcher,
         reuse=args.reuse,

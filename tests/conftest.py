@@ -17,6 +17,15 @@ os.environ.setdefault("CEBENCH_THREADS", "1")
 
 
 @pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs on one torch thread, and a test that changes it gets it back."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
 def _restore_rng_state():
     py_state = random.getstate()
     np_state = np.random.get_state()

@@ -31,7 +31,7 @@ def test_there_are_committed_results():
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.name)
 def test_committed_results_are_current(folder, tmp_path):
     meta = json.loads((folder / "suite.json").read_text())
-    suite = load_suite(meta["name"])
+    suite = load_suite(meta["name"], meta.get("overrides", []))  # as it was run (--set)
     runner = Runner(suite, tmp_path / "out", CellExecutor(), log=lambda m: None)
     runner.resolve_all()
     ids = {(c.arm, c.task, c.seed): c.id for c in runner.planned}

@@ -14,14 +14,6 @@ from cebench.pretrain.monitor import MonitorConfig, OnlineProbe, knn_scores, rou
 from cebench.pretrain.trainer import run
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_leave_one_out_knn_matches_a_naive_vote():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(12, 5, generator=g), torch.randint(0, 3, (12,), generator=g)

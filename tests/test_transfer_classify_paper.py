@@ -25,13 +25,6 @@ from cebench.transfer.tasks import preset_config
 ALEX = "random:alexnet,width=0.125,conv1_kernel=5,conv1_stride=2,conv1_padding=2,norm=none"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):

@@ -22,13 +22,6 @@ from cebench.transfer.tasks import preset_config
 TINY = "random:tiny,width=8,depth=5"  # strides 2 .. 32; conv4 is the stride-16 stage
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _pred(boxes, scores, labels=None):
     return {

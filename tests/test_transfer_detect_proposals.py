@@ -23,13 +23,6 @@ from cebench.transfer.tasks import preset_config
 TINY = "random:tiny,width=8,depth=5"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _image(path, seed=0):
     a = np.zeros((40, 56, 3), np.uint8)

@@ -23,13 +23,6 @@ ALEX = dict(width=0.25, conv1_kernel=5, conv1_stride=2, conv1_padding=2, norm="n
 SPEC = "random:alexnet," + ",".join(f"{k}={v}" for k, v in ALEX.items())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _images(n=16, size=48, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -21,13 +21,6 @@ NORM = {"mean": [0.5] * 3, "std": [0.5] * 3}
 TINY = "random:tiny,width=8,depth=5"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _thin_structures():
     """Two images of different sizes, each with a 1 px line of its own class that nearest

@@ -25,13 +25,6 @@ from cebench.transfer.tasks import preset_config
 TINY = "random:tiny,width=8,depth=5"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _sbd_mat(path, seg):
     """A cls/*.mat as SBD's MATLAB code saves it: a 1x1 struct GTcls with Boundaries (a 20x1

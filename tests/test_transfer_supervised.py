@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -21,14 +20,6 @@ from cebench.transfer.data import classification_splits, seeded_loader
 from cebench.transfer.encoders import MINUS_ONE_ONE
 from cebench.transfer.loop import set_seed
 from cebench.transfer.tasks import preset_config
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _train_supervised(root, out, epochs: int, seed: int) -> None:

@@ -16,14 +16,6 @@ from cebench.transfer.harness import Splits
 from cebench.transfer.tasks import preset_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def hub_alexnet(tmp_path_factory):
     """torchvision's AlexNet state dict (its own random init: no download) in a fake hub cache."""
