@@ -142,8 +142,18 @@ def test_fit_leaves_conv1_untouched_and_gives_biases_twice_the_lr(tmp_path):
     )
     assert (cfg.freeze_stages, cfg.bias_lr, cfg.bias_decay) == ("conv1", 2.0, False)
     before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    stats = {
+        k: v.clone()
+        for k, v in model.named_buffers()
+        if ".stages.conv1." in k and "running_" in k
+    }
+    assert any("running_mean" in k for k in stats)  # the tiny encoder's conv1 has a BatchNorm
     detect.Detect().fit(cfg, model, Splits(train, train, "voc"), None, torch.device("cpu"), _Log())
-    after = dict(model.named_parameters())
+    # train mode did not move the frozen stage's BatchNorm statistics (FrozenBatchNorm2d now)
+    after_stats = dict(model.named_buffers())
+    assert all(torch.equal(stats[k], after_stats[k]) for k in stats)
+    # (the frozen BatchNorm's weight and bias are buffers now)
+    after = {**after_stats, **dict(model.named_parameters())}
     conv1 = [k for k in before if ".stages.conv1." in k]
     assert conv1 and all(torch.equal(before[k], after[k]) for k in conv1)
     assert not any(after[k].requires_grad for k in conv1)

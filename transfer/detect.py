@@ -551,6 +551,32 @@ def frozen_prefixes(model: nn.Module, stages: str) -> list[str]:
     return out
 
 
+def freeze_batchnorm_(model: nn.Module, prefixes: list[str]) -> int:
+    """The BatchNorm layers under `prefixes` become torchvision's FrozenBatchNorm2d (their
+    statistics and affine fixed, as in torchvision's detection backbones): lr 0 alone would leave
+    a frozen stage's running statistics moving in train mode. Returns how many."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    count = 0
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}." if name else f"{child_name}."
+            if not isinstance(child, nn.BatchNorm2d) or not full.startswith(tuple(prefixes)):
+                continue
+            frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+            with torch.no_grad():
+                if child.affine:
+                    frozen.weight.copy_(child.weight)
+                    frozen.bias.copy_(child.bias)
+                if child.running_mean is not None:
+                    frozen.running_mean.copy_(child.running_mean)
+                    frozen.running_var.copy_(child.running_var)
+            device = child.running_mean.device if child.running_mean is not None else None
+            setattr(module, child_name, frozen.to(device) if device is not None else frozen)
+            count += 1
+    return count
+
+
 class Detect(Harness):
     """Faster R-CNN on the encoder (see the module docstring); `run = Detect().run`."""
 
@@ -598,12 +624,14 @@ class Detect(Harness):
     def fit(self, cfg: DetectConfig, model: nn.Module, data: Splits, info, device, log) -> None:
         params: Any = model.parameters()
         if cfg.freeze_stages or cfg.bias_lr != 1.0 or not cfg.bias_decay:
+            frozen = frozen_prefixes(model, cfg.freeze_stages)
+            freeze_batchnorm_(model, frozen)  # a frozen stage's statistics stay as they are too
             params = param_groups(
                 model,
                 cfg.weight_decay,
                 bias_lr=cfg.bias_lr,
                 bias_decay=cfg.bias_decay,
-                frozen=frozen_prefixes(model, cfg.freeze_stages),
+                frozen=frozen,
             )
         opt = make_optimizer(params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
         loader = seeded_loader(
