@@ -257,7 +257,8 @@ class Runner:
         )
         self.cells = [c for c in self.planned if c.seed in set(suite.seeds)]
         self.by_id = {c.id: c for c in self.planned}
-        self.selected = self._select(only or [])
+        self.only = list(only or [])
+        self.selected = self._select(self.only)
         self.rerun = self._rerun(rerun or [])
         self.resolved: dict[str, dict[str, Any]] = {}
         self.hashes: dict[str, str] = {}
@@ -453,6 +454,7 @@ class Runner:
                 and (more := self._more_seeds())
             ):
                 self.selected += more
+                self._reuse_cells(more)
                 todo = [c for c in more if self.state(c) != "done"]
                 outcome.cached += [c.id for c in more if c not in todo]
                 self._total += len(todo)
@@ -472,12 +474,13 @@ class Runner:
         outcome.wall_s = time.time() - t_start
         return outcome
 
-    def _reuse_cells(self) -> int:
-        """--reuse: a selected cell not done here whose record in a reused folder has the same
-        cell hash (the same config, data, dependencies and code) is copied here, with its work
-        directory (a pretraining run that cells here may still need); returns how many."""
+    def _reuse_cells(self, cells: list[Cell] | None = None) -> int:
+        """--reuse: a cell of `cells` (default: the selected ones) not done here whose record in a
+        reused folder has the same cell hash (the same config, data, dependencies and code) is
+        copied here, with its work directory (a pretraining run that cells here may still need);
+        returns how many."""
         count = 0
-        for cell in self.selected:
+        for cell in self.selected if cells is None else cells:
             if cell.id in self.rerun or self.state(cell) == "done":
                 continue
             for d in self.reuse:
@@ -520,6 +523,8 @@ class Runner:
             if c.arm != ref and c.n_ref and not c.decided(self.suite.alpha, spec.min_effect)
         }
         chosen = {c.id for c in self.selected}
+        # --only: rounds stay within the selection (its arms, and its cells' patterns)
+        undecided &= {c.arm for c in self.selected}
         new: set[str] = set()
         for arm in sorted(undecided | {ref}):
             have = {c.seed for c in self.selected if c.arm == arm}
@@ -527,6 +532,8 @@ class Runner:
             if seed is None:
                 continue
             new |= {c.id for c in self.planned if c.arm == arm and c.seed == seed} - chosen
+        if self.only:
+            new = self._with_dependencies({i for i in new if _matches(i, self.only)}) - chosen
         if not {self.by_id[i].arm for i in new} - {ref}:
             return []  # no undecided arm can take another seed
         return [c for c in self.planned if c.id in new]
@@ -592,9 +599,14 @@ class Runner:
         return str(inside(self.out, "runs", cell.id))
 
     def records(self) -> list[dict[str, Any]]:
-        """The finished cells of this suite whose hash is current (config and code)."""
+        """The finished cells of this suite whose hash is current (config and code): the base
+        seeds' cells, and more_seeds' extra cells only where this run's rounds selected them
+        (an extra seed left from an earlier run must not decide a round or fill a table alone)."""
         out = []
+        chosen = {c.id for c in self.selected}
         for cell in self.planned:
+            if cell.seed not in self.suite.seeds and cell.id not in chosen:
+                continue
             rec = _read_json(self.cells_dir / f"{cell.id}.json")
             if rec is not None and rec.get("config_hash") == self.hashes.get(cell.id):
                 out.append(rec)

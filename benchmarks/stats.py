@@ -52,7 +52,8 @@ class Comparison:
         if self.p_holm is not None and self.p_holm < alpha:
             return True
         if self.ci_low is None or self.ci_high is None:
-            return self.n_ref > 0 and self.std == 0.0 and self.diff == 0.0
+            # no test: two constant sides (no spread) are as decided as they will ever be
+            return self.n_ref > 1 and self.n > 1 and self.std == 0.0 and self.diff is not None
         return -min_effect <= self.ci_low and self.ci_high <= min_effect
 
 
@@ -62,8 +63,8 @@ def welch(xs: list[float], ys: list[float]) -> tuple[float, float, float] | None
     from scipy import stats
 
     nx, ny = len(xs), len(ys)
-    if nx < 2 or ny < 2:
-        return None
+    if nx < 2 or ny < 2 or not all(math.isfinite(v) for v in (*xs, *ys)):
+        return None  # (a NaN would poison the Holm correction of the whole column)
     mx, my = sum(xs) / nx, sum(ys) / ny
     vx = sum((x - mx) ** 2 for x in xs) / (nx - 1)
     vy = sum((y - my) ** 2 for y in ys) / (ny - 1)

@@ -109,7 +109,8 @@ def write_csv(rows: list[dict[str, Any]], path: str | Path) -> None:
 
 def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows and merged suite metadata of several results dirs (or CSV files); later rows win
-    over earlier ones with the same suite, arm, task, metric and seed."""
+    over earlier ones with the same arm, task, metric and seed (whatever suite wrote them: a
+    table has one value per seed, and `--reuse` gives another suite the same cells)."""
     rows: dict[tuple, dict[str, Any]] = {}
     meta: dict[str, Any] = {
         "arms": [],
@@ -133,7 +134,7 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
                     r.setdefault(k, "")
                 r["seed"], r["value"] = int(r["seed"]), float(r["value"])
                 r["wall_time_s"] = float(r["wall_time_s"])
-                rows[(r["suite"], r["arm"], r["task"], r["metric"], r["seed"])] = r
+                rows[(r["arm"], r["task"], r["metric"], r["seed"])] = r
         sj = csv_path.parent / "suite.json"
         if sj.is_file():
             m = json.loads(sj.read_text())

@@ -217,3 +217,31 @@ def test_one_seed_is_not_tested_and_says_so(tmp_path):
         "- **Cls** vs Random: not tested (fewer than 2 seeds on a side, or no spread): "
         "Context encoder, Supervised"
     ) in md
+
+
+def test_more_seeds_rounds_keep_to_only_and_reuse_extra_seeds(tmp_path):
+    ex = Executor()
+    extra = ["more_seeds.max=5", "more_seeds.min_effect=1.0"]
+    p = tmp_path / "sig.yaml"
+    p.write_text(SUITE)
+    # --only: ce's segmentation is undecided; its rounds bring ce.seg (and its pretraining) only
+    Runner(load_suite(p), tmp_path / "a", Executor(), log=lambda m: None).run()  # seeds 0-2
+    Runner(load_suite(p, extra), tmp_path / "a", ex, only=["ce.seg*"], log=lambda m: None).run()
+    assert {c for c in ex.ran if c.endswith((".s3", ".s4"))} == {
+        "ce.pretrain.s3", "ce.seg.s3", "ce.pretrain.s4", "ce.seg.s4"
+    }
+    # --reuse: the extra seeds' cells come from the folder that has them, nothing runs again
+    full = Executor()
+    Runner(load_suite(p, extra), tmp_path / "b", full, log=lambda m: None).run()
+    again = Executor()
+    out = Runner(load_suite(p, extra), tmp_path / "c", again, reuse=[tmp_path / "b"],
+                 log=lambda m: None).run()
+    assert again.ran == [] and len(out.cached) == len(full.ran)
+
+
+def test_degenerate_comparisons():
+    assert stats.welch([1.0, float("nan")], [1.0, 2.0]) is None
+    const = stats.Comparison("a", "t", "m", "c", 3, 100.0, 0.0, "ref", 3, diff=50.0)
+    assert const.decided(0.05, 1.0)  # both sides constant: more seeds cannot change it
+    one = stats.Comparison("a", "t", "m", "c", 1, 100.0, None, "ref", 3, diff=50.0)
+    assert not one.decided(0.05, 1.0)

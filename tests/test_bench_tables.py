@@ -193,3 +193,13 @@ def test_compare_runs_by_hand(tmp_path, capsys):
     assert "| VOC07 cls | 4 | 2 | 0.625 |" in out
     assert "| inpaint L2 (%) | 2 | 0 | 0 |" in out
     assert compare([str(a), str(tmp_path / "nothing")]) == 2
+
+
+def test_merging_two_suites_keeps_one_value_per_seed(tmp_path):
+    """results/methods reuses the default run's cells under another suite name: merged, each
+    arm still has one value per seed (the later folder's), not both copies."""
+    a = _results_dir(tmp_path / "a")
+    b = _results_dir(tmp_path / "b", CSV.replace("\nt,", "\nother,"))
+    rows, _ = read_results([a, b])
+    cls = sorted((r["seed"], r["suite"]) for r in rows if r["arm"] == "ce" and r["metric"] == "score")
+    assert cls == [(0, "other"), (1, "other")]

@@ -74,3 +74,19 @@ def test_fingerprint_changes_with_the_code_of_a_reachable_module(monkeypatch, tm
 def test_unknown_root_is_refused():
     with pytest.raises(ValueError, match="not cebench modules: cebench.nope"):
         fp.module_closure(["cebench.nope"])
+
+
+def test_a_module_outside_cebench_is_fingerprinted_by_its_file(tmp_path, monkeypatch):
+    """A transfer task registered by a user's own module: its file and the cebench modules it
+    imports count (no error, and an edit of the file changes the fingerprint)."""
+    mod = tmp_path / "my_task.py"
+    mod.write_text("from cebench.transfer import harness\nX = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fp._fingerprint.cache_clear()
+    first = fp.code_fingerprint(["my_task"])
+    assert first == fp.code_fingerprint(["my_task"])
+    mod.write_text("from cebench.transfer import harness\nX = 2\n")
+    fp._fingerprint.cache_clear()
+    assert fp.code_fingerprint(["my_task"]) != first
+    # existing roots keep their fingerprint: the inside part is unchanged
+    fp._fingerprint.cache_clear()

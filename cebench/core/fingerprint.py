@@ -106,11 +106,34 @@ def normalised_source(path: Path) -> str:
     return ast.unparse(tree)
 
 
+def _outside_file(name: str) -> Path | None:
+    """The source file of a module outside cebench (a task registered by a user's script)."""
+    import sys
+
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        path = spec.origin if spec is not None else None
+    return Path(path) if path and Path(path).is_file() else None
+
+
 @lru_cache(maxsize=64)
 def _fingerprint(roots: tuple[str, ...], also: tuple[str, ...]) -> str:
     mods = cebench_modules()
+    known = frozenset(mods)
     h = hashlib.sha256()
-    for name in sorted(set(module_closure(roots)) | set(also)):
+    inside = [r for r in roots if r in known]
+    for name in sorted(r for r in roots if r not in known):  # e.g. a user's own task module
+        path = _outside_file(name)
+        source = normalised_source(path) if path is not None else ""
+        h.update(name.encode() + b"\0" + source.encode() + b"\0")
+        if path is not None:
+            inside += sorted(imported_modules(path, name, known))
+    for name in sorted(set(module_closure(inside)) | set(also)):
         h.update(name.encode() + b"\0" + normalised_source(mods[name]).encode() + b"\0")
     return h.hexdigest()[:16]
 
