@@ -59,6 +59,23 @@ def test_committed_table_is_rendered_from_its_csv(folder):
     assert table.split("\n", 2)[2] == render_markdown(rows, meta)
 
 
+@pytest.mark.parametrize("folder", COMMITTED, ids=lambda p: p.name)
+def test_committed_summary_latex_and_suite_meta_are_current(folder, tmp_path):
+    """summary.csv and table.tex are what the tables code makes of the CSV, and suite.json holds
+    the suite's current labels, reference and metrics (they render the table)."""
+    from cebench.benchmarks.suite import suite_meta
+    from cebench.benchmarks.tables import render_latex, write_summary
+
+    rows, meta = read_results([folder])
+    write_summary(rows, meta, tmp_path / "summary.csv")
+    assert (tmp_path / "summary.csv").read_text() == (folder / "summary.csv").read_text()
+    tex = (folder / "table.tex").read_text()
+    assert tex.split("\n", 1)[1] == render_latex(rows, meta)  # after its "% produced by" line
+    saved = json.loads((folder / "suite.json").read_text())
+    want = suite_meta(load_suite(saved["name"], saved.get("overrides", [])))
+    assert {k: saved[k] for k in want} == json.loads(json.dumps(want))
+
+
 def test_readme_tables_equal_their_files():
     text = (ROOT / "README.md").read_text()
     blocks = readme_blocks(text)
