@@ -55,18 +55,20 @@ if [ "$MODE" = ab ]; then
 fi
 
 if [ "$MODE" = throughput ]; then
-    stage "CUDA tests"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider -m needs_cuda tests/test_cuda.py \
-        tests/test_speed.py >"$OUT/pytest.log" 2>&1
-    echo "pytest rc=$? $(tail -1 "$OUT/pytest.log")" | tee -a "$OUT/summary.txt"
-    S="cebench speed --device cuda --json --steps 10 --warmup 3 --probe-epochs 1"
+    # seven files at most (what one device call brings back): summary.txt, speed-*.log,
+    # pytest.log, photos.log, profile.log; the measurements first, the tests after them
+    S="cebench speed --device cuda --json --steps 20 --warmup 5 --probe-epochs 1"
     stage "$S (eager, PIL workers)"
     timeout 120 $S >"$OUT/speed-eager.log" 2>&1
     echo "speed eager rc=$?" | tee -a "$OUT/summary.txt"
-    stage "$S --set train.cuda_graph=on --set data.decode=device"
-    timeout 150 $S --set train.cuda_graph=on --set data.decode=device >"$OUT/speed-graph.log" 2>&1
+    G="--set train.cuda_graph=on --set data.decode=device"
+    stage "$S $G"
+    timeout 150 $S $G >"$OUT/speed-graph.log" 2>&1
     echo "speed graph rc=$?" | tee -a "$OUT/summary.txt"
-    python3 - "$OUT/speed-eager.log" "$OUT/speed-graph.log" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
+    stage "$S $G --set train.channels_last=true --no-plain"
+    timeout 120 $S $G --set train.channels_last=true --no-plain >"$OUT/speed-graph-cl.log" 2>&1
+    echo "speed graph channels_last rc=$?" | tee -a "$OUT/summary.txt"
+    python3 - "$OUT"/speed-eager.log "$OUT"/speed-graph.log "$OUT"/speed-graph-cl.log <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
 import json, sys
 for f in sys.argv[1:]:
     try:
@@ -74,12 +76,19 @@ for f in sys.argv[1:]:
     except (OSError, ValueError, IndexError) as e:
         print(f, "no JSON:", e)
         continue
+    print(f, r["overrides"], "matmul peak", r["matmul_peak_tflops"])
     for k, v in r["configs"].items():
-        print(f"{k}: step {v['cuda_graph']}, decode {v['decode']}: {v['ours_img_per_s']} img/s, "
+        print(f"{k}: step {v['cuda_graph']}, decode {v['decode']}, channels_last "
+              f"{v['channels_last']}: {v['ours_img_per_s']} img/s, "
               f"{1000 * v['ours_step_s']:.2f} ms/step, {v.get('of_bf16_peak')} of bf16 peak, "
-              f"ours/plain {v['ratio']}, data/train {v['data_over_train']}, "
-              f"100k steps {v['wall_100k_h']} h")
+              f"ours/plain {v['ratio']}, data {v['data_img_per_s']} img/s, "
+              f"data/train {v['data_over_train']}, 100k steps {v['wall_100k_h']} h")
 PY
+    stage "CUDA tests"
+    timeout 150 python3 -m pytest -q -rP -p no:cacheprovider -m needs_cuda tests/test_cuda.py \
+        tests/test_speed.py tests/test_device_data.py >"$OUT/pytest.log" 2>&1
+    echo "pytest rc=$? $(tail -1 "$OUT/pytest.log")" | tee -a "$OUT/summary.txt"
+    grep -h "nvJPEG vs PIL" "$OUT/pytest.log" | tee -a "$OUT/summary.txt"
     stage "photos (data.decode=device row)"
     timeout 150 cebench speed --device cuda --json --configs none --photos --steps 5 --warmup 2 \
         >"$OUT/photos.log" 2>&1
@@ -88,9 +97,10 @@ PY
     for c in paper-inpainting paper-alexnet; do
         for g in off on; do
             stage "profile $c train.cuda_graph=$g"
+            echo "=== profile $c train.cuda_graph=$g" >>"$OUT/profile.log"
             timeout 60 python3 -m cebench.benchmarks.profile_step --config "$c" --device cuda \
-                --set train.cuda_graph=$g >"$OUT/profile-$c-graph-$g.log" 2>&1
-            echo "rc=$? $(tail -1 "$OUT/profile-$c-graph-$g.log")" | tee -a "$OUT/summary.txt"
+                --set train.cuda_graph=$g >>"$OUT/profile.log" 2>&1
+            echo "rc=$? $(tail -1 "$OUT/profile.log")" | tee -a "$OUT/summary.txt"
         done
     done
     stage done

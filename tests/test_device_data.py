@@ -195,3 +195,21 @@ def test_memory_bounded_chunks_give_the_same_batch(photos, monkeypatch):
     assert torch.equal(chunked, whole)
     assert set(calls) == {1} and items[3].pixels == 640 * 480
     assert device_data._chunks([0, 1, 2, 3], [5, 5, 5, 20], 10) == [[0, 1], [2], [3]]
+
+
+@pytest.mark.needs_cuda
+def test_cuda_decoding_gives_the_pil_pixels_within_jpeg_decoder_tolerance(photos):
+    """On a GPU, nvJPEG decodes (not libjpeg): its IDCT and chroma upsampling round differently,
+    so the tolerance is the decoders' (mean under 1 grey level), still half what a crop off by
+    one pixel gives (test_a_wrong_crop_or_flip_would_be_seen: over 2 levels)."""
+    ds = TrainImages(photos, size=64, load_size=72, draft=False)
+    for seed in range(3):
+        keys = [(i, 100 * seed + i) for i in range(len(photos))]
+        ref = torch.stack([ds[k][0] for k in keys])
+        items = [RawImages(ds)[k] for k in keys]
+        got, _, skipped = DeviceDecoder(ds, torch.device("cuda"))(items)
+        assert got.device.type == "cuda" and skipped == 0
+        diff = (got.cpu() - ref).abs() / LEVEL
+        print(f"seed {seed}: nvJPEG vs PIL grey levels: mean {float(diff.mean()):.3f}, "
+              f"p99 {float(diff.flatten().quantile(0.99)):.2f}, max {float(diff.max()):.2f}")
+        assert float(diff.mean()) <= 1.0
