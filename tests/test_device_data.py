@@ -88,7 +88,7 @@ def test_a_wrong_crop_or_flip_would_be_seen(photos):
     for dx, fl in ((1, flipped), (0, not flipped)):
         c = img[:, y0 : y0 + 64, x0 + dx : x0 + dx + 64].float() / 127.5 - 1
         c = c.flip(-1) if fl else c
-        assert float((c - ref).abs().mean()) > 2 * LEVEL
+        assert float((c - ref).abs().mean()) > 5 * LEVEL  # 6.2 to 12 levels on these photos
 
 
 def test_resized_size_and_crop_params_follow_train_images():
@@ -199,9 +199,11 @@ def test_memory_bounded_chunks_give_the_same_batch(photos, monkeypatch):
 
 @pytest.mark.needs_cuda
 def test_cuda_decoding_gives_the_pil_pixels_within_jpeg_decoder_tolerance(photos):
-    """On a GPU, nvJPEG decodes (not libjpeg): its IDCT and chroma upsampling round differently,
-    so the tolerance is the decoders' (mean under 1 grey level), still half what a crop off by
-    one pixel gives (test_a_wrong_crop_or_flip_would_be_seen: over 2 levels)."""
+    """On a GPU, nvJPEG decodes (not libjpeg): its chroma upsampling is not libjpeg's "fancy"
+    (triangular) one, which on these noisy 4:2:0 JPEGs moves pixels by up to 37 grey levels and
+    2.5 on average (H200, 2026-12-04: benchmarks/gpu/2026-12-04/summary.txt). The tolerance, a
+    mean of 4 levels per image, stays under what a crop off by one pixel gives (6.2 to 12 levels,
+    test_a_wrong_crop_or_flip_would_be_seen) and far under a missed flip (over 57)."""
     ds = TrainImages(photos, size=64, load_size=72, draft=False)
     for seed in range(3):
         keys = [(i, 100 * seed + i) for i in range(len(photos))]
@@ -212,4 +214,5 @@ def test_cuda_decoding_gives_the_pil_pixels_within_jpeg_decoder_tolerance(photos
         diff = (got.cpu() - ref).abs() / LEVEL
         print(f"seed {seed}: nvJPEG vs PIL grey levels: mean {float(diff.mean()):.3f}, "
               f"p99 {float(diff.flatten().quantile(0.99)):.2f}, max {float(diff.max()):.2f}")
-        assert float(diff.mean()) <= 1.0
+        per_image = diff.mean(dim=(1, 2, 3))
+        assert float(per_image.max()) <= 4.0, per_image.tolist()
