@@ -7,7 +7,10 @@ A config is `PretrainConfig` with sections data / model / mask / loss / optim / 
 section is a `cebench.pretrain.models.context_encoder.ModelConfig`; its starting values come from the named
 preset `model_preset` (MODEL_PRESETS), then the YAML file, then `key=value` overrides. Named
 configs live in `pretrain/configs/<name>.yaml`; a config file may inherit from others with
-`_base_: NAME_OR_PATH` (deep-merged, see `cebench.core.config.load_yaml`). Values that are resolved at run time (`optim.lr`
+`_base_: NAME_OR_PATH` (deep-merged, see `cebench.core.config.load_yaml`), the one inheritance
+of config files. `model_preset` only selects where the model section starts: a file (or an
+override) that names another preset than its bases drops their `model:` keys (REBASE), so its
+own model keys apply to the preset it names. Values that are resolved at run time (`optim.lr`
 left empty, `data.fill_value` computed from the data) are written back into the run's config.yaml,
 so the saved config says exactly what ran.
 """
@@ -27,6 +30,7 @@ from cebench.core.config import (
     load_yaml,
     merge_bases,
     named_yaml,
+    rebased,
     to_dict,
 )
 from cebench.core.errors import ConfigError
@@ -37,6 +41,8 @@ from cebench.pretrain.models.context_encoder import MODEL_PRESETS, ModelConfig, 
 from cebench.pretrain.monitor import MonitorConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+# a file naming another model preset than its bases starts the model section from that preset
+REBASE = {"model_preset": ("model", "small-tiny")}
 # The released code's fill value: RGB (117, 104, 123) / 255 (Pathak et al., train.lua).
 RELEASED_MEAN_RGB = (117 / 255, 104 / 255, 123 / 255)
 
@@ -246,7 +252,7 @@ def config_from_dict(data: dict[str, Any], where: str = "") -> PretrainConfig:
     """Defaults, then the model preset named in `data` (if any), then `data` itself. A `_base_`
     key in `data` (a named config or a YAML path) is merged in under `data` first."""
     try:
-        data = merge_bases(data, where or "pretrain config", (CONFIG_DIR,))
+        data = merge_bases(data, where or "pretrain config", (CONFIG_DIR,), REBASE)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
     preset = data.get("model_preset", PretrainConfig.model_preset)
@@ -278,17 +284,19 @@ def load_pretrain_config(
 ) -> PretrainConfig:
     """Defaults -> model preset -> named config / YAML file -> `key=value` overrides.
 
-    An override of `model_preset=NAME` re-bases the model section on that preset (before the
-    file's and the other overrides' model keys are applied)."""
+    An override of `model_preset=NAME` naming another preset than the file's re-bases the model
+    section on that preset: the file's model keys are dropped (they were written for its own
+    preset), the other overrides' model keys apply."""
     overrides = list(overrides or [])
     data: dict[str, Any] = {}
     where = ""
     if name_or_file is not None:
         path = config_path(str(name_or_file))
-        data, where = load_yaml(path, (CONFIG_DIR,)), str(path)
+        data, where = load_yaml(path, (CONFIG_DIR,), REBASE), str(path)
     preset_over = [o for o in overrides if o.split("=", 1)[0].strip() == "model_preset"]
     if preset_over:
-        data = {**data, "model_preset": preset_over[-1].split("=", 1)[1].strip()}
+        chosen = {"model_preset": preset_over[-1].split("=", 1)[1].strip()}
+        data = {**rebased(data, chosen, REBASE), **chosen}
     cfg = config_from_dict(data, where)
     rest = [o for o in overrides if o not in preset_over]
     return apply_overrides(cfg, rest)

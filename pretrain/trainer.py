@@ -201,18 +201,62 @@ def same_architecture(cfg: PretrainConfig, saved: dict[str, Any], run_dir: Path)
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-    """A run's config with everything that needs no data resolved, before anything is built:
-    on resume the checkpoint's saved config (its model preset and `_base_` chain already resolved
-    when it was saved, only RUNTIME_KEYS taken from the new config), the method's checks passed
-    and optim.lr filled in. Only data.fill_value, which the images decide, is left to the Trainer.
+    """A run's config with everything resolved before anything is built: on resume the
+    checkpoint's saved config (its model preset and `_base_` chain already resolved when it was
+    saved, only RUNTIME_KEYS taken from the new config), the method's checks passed, optim.lr
+    filled in, and the training images listed, with data.fill_value (the images' mean, or the
+    released one) decided from them.
 
-        plan = resolve_run(cfg, dist)        # plan.cfg, plan.state (the checkpoint or None)
+        plan = resolve_run(cfg, dist)        # plan.cfg, plan.state, plan.data
         trainer = Trainer(plan, device, dist)
-    """
+
+    The Trainer builds from it and never changes it (it works on its own copy of plan.cfg)."""
 
     cfg: PretrainConfig
     state: dict[str, Any] | None = None  # the checkpoint to continue, or None for a new run
     notes: tuple[str, ...] = ()  # said once every check has passed (Trainer.train)
+    data: RunData | None = None  # the training images (resolve_run always sets it)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """The training images of a run: paths, labels (methods that use them) and class names."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...] | None
+    classes: tuple[str, ...]
+
+
+def resolve_data(cfg: PretrainConfig, dist: D.DistInfo) -> tuple[RunData, list[float] | None, str]:
+    """(the training images, the hole fill value, a note on what a dataset root gave). The fill
+    value is the config's when set (saved in the run's config, so a resumed run reuses it), else
+    the released mean or the images' mean, computed on the main process and broadcast."""
+    method_cls = get_method(cfg.method)
+    fill_value = cfg.data.fill_value
+    if method_cls.uses_labels:
+        root = Path(cfg.data.path)
+        folder = ImageFolderDataset(root / cfg.data.split if cfg.data.split else root)
+        paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
+        note = ""
+    else:
+        paths, note = pretrain_images(cfg.data.path, cfg.data.split)
+        labels, classes = None, []
+    if method_cls.uses_fill and fill_value is None:
+        if cfg.data.fill == "released":
+            fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
+        else:
+            mean = (
+                dataset_mean(
+                    paths, cfg.data.fill_samples, cfg.data.load_size, cfg.data.skip_bad_images
+                )
+                if dist.is_main
+                else None
+            )
+            fill_value = D.broadcast_object(mean)
+    data = RunData(
+        tuple(str(p) for p in paths), None if labels is None else tuple(labels), tuple(classes)
+    )
+    return data, fill_value, note
 
 
 def find_checkpoint(cfg: PretrainConfig, dist: D.DistInfo) -> dict[str, Any] | None:
@@ -236,7 +280,8 @@ def find_checkpoint(cfg: PretrainConfig, dist: D.DistInfo) -> dict[str, Any] | N
 
 
 def resolve_run(cfg: PretrainConfig, dist: D.DistInfo) -> RunPlan:
-    """The run's resolved config (see `RunPlan`); the caller's `cfg` is never changed."""
+    """The run's resolved config and images (see `RunPlan`); the caller's `cfg` is never
+    changed."""
     state = find_checkpoint(cfg, dist)
     cfg = resumed_config(cfg, state["config"]) if state is not None else copy.deepcopy(cfg)
     check_consistency(cfg)
@@ -246,7 +291,11 @@ def resolve_run(cfg: PretrainConfig, dist: D.DistInfo) -> RunPlan:
         notes.append(
             f"optim.lr = {cfg.optim.lr:g} (the {cfg.method} default; set optim.lr to change it)"
         )
-    return RunPlan(cfg, state, tuple(notes))
+    data, fill_value, note = resolve_data(cfg, dist)
+    if note:  # what a dataset root gave (its photos, never its label masks), or a warning
+        notes.append(note)  # for a plain folder that mixes them: said once checks pass
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fill_value=fill_value))
+    return RunPlan(cfg, state, tuple(notes), data)
 
 
 def run(cfg: PretrainConfig) -> Path:
@@ -293,21 +342,26 @@ class Trainer:
     ) -> None:
         """`plan`: a `resolve_run` result (a bare config is resolved here, for the tools that
         build a Trainer directly)."""
-        if not isinstance(plan, RunPlan):
-            plan = resolve_run(plan, dist)
-        cfg = plan.cfg
+        if not isinstance(plan, RunPlan) or plan.data is None:
+            plan = resolve_run(plan.cfg if isinstance(plan, RunPlan) else plan, dist)
+        # its own copy: nothing the Trainer does reaches the plan (or the caller's config)
+        self.cfg = cfg = copy.deepcopy(plan.cfg)
         self.device, self.dist, self.main = device, dist, dist.is_main
         self.run_dir = Path(cfg.train.out)
         self.state = plan.state
         self.method_cls = get_method(cfg.method)
         self.supervised = self.method_cls.uses_labels
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
-        self.notes: list[str] = []  # said once every check has passed (train())
-        self.ds, self.classes, fill_value = self._dataset(cfg)
-        self.notes += plan.notes
-        # the one key the images decide: a new object, the plan's config is never changed
-        self.cfg = cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, fill_value=fill_value)
+        self.notes: list[str] = list(plan.notes)  # said once every check has passed (train())
+        self.classes = list(plan.data.classes)
+        self.ds = TrainImages(
+            list(plan.data.paths),
+            None if plan.data.labels is None else list(plan.data.labels),
+            size=cfg.model.input_size,
+            load_size=cfg.data.load_size,
+            crop=cfg.data.crop,
+            flip=cfg.data.flip,
+            skip_bad_images=cfg.data.skip_bad_images,
         )
         self._build_models()
         if self.state is not None:
@@ -327,42 +381,6 @@ class Trainer:
             print(msg, file=sys.stderr)
 
     # ----- setup
-    def _dataset(self, cfg: PretrainConfig) -> tuple[TrainImages, list[str], list[float] | None]:
-        """(training images, class names, the hole fill value: saved in the config, reused on resume)."""
-        fill_value = cfg.data.fill_value
-        if self.method_cls.uses_labels:
-            root = Path(cfg.data.path)
-            folder = ImageFolderDataset(root / cfg.data.split if cfg.data.split else root)
-            paths, labels, classes = [p for p, _ in folder.samples], folder.targets, folder.classes
-            note = ""
-        else:
-            paths, note = pretrain_images(cfg.data.path, cfg.data.split)
-            labels, classes = None, []
-        if self.method_cls.uses_fill and fill_value is None:
-            if cfg.data.fill == "released":
-                fill_value = [round(v, 6) for v in RELEASED_MEAN_RGB]
-            else:
-                mean = (
-                    dataset_mean(
-                        paths, cfg.data.fill_samples, cfg.data.load_size, cfg.data.skip_bad_images
-                    )
-                    if self.main
-                    else None
-                )
-                fill_value = D.broadcast_object(mean)
-        if note:  # what a dataset root gave (its photos, never its label masks), or a warning
-            self.notes.append(note)  # for a plain folder that mixes them: said once checks pass
-        ds = TrainImages(
-            paths,
-            labels,
-            size=cfg.model.input_size,
-            load_size=cfg.data.load_size,
-            crop=cfg.data.crop,
-            flip=cfg.data.flip,
-            skip_bad_images=cfg.data.skip_bad_images,
-        )
-        return ds, classes, fill_value
-
     def _build_models(self) -> None:
         cfg, device = self.cfg, self.device
         random.seed(cfg.train.seed)  # same seed on every process -> identical initial weights

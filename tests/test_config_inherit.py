@@ -163,3 +163,65 @@ def test_another_encoder_than_the_presets_drops_the_presets_encoder_kwargs(tmp_p
     )
     kwargs = load_pretrain_config(str(f)).model.encoder_kwargs
     assert kwargs["width"] == 0.5 and kwargs["norm"] == "bn" and kwargs["conv1_kernel"] == 5
+
+
+def test_a_selector_key_starts_its_section_afresh(tmp_path):
+    """load_yaml's `rebase`: a file that sets the selector to another value than its bases drops
+    their keys of the section; the same value (or none) merges as usual; between two bases too."""
+    rebase = {"pick": ("sec", "a")}
+    _write(tmp_path / "base.yaml", "pick: b\nsec: {x: 1, y: 2}\nother: {z: 3}\n")
+    other = _write(tmp_path / "other.yaml", "_base_: base\npick: c\nsec: {y: 5}\n")
+    same = _write(tmp_path / "same.yaml", "_base_: base\npick: b\nsec: {y: 5}\n")
+    silent = _write(tmp_path / "silent.yaml", "_base_: base\nsec: {y: 5}\n")
+    assert load_yaml(other, rebase=rebase) == {"pick": "c", "sec": {"y": 5}, "other": {"z": 3}}
+    assert load_yaml(other) == {"pick": "c", "sec": {"x": 1, "y": 5}, "other": {"z": 3}}
+    for f in (same, silent):
+        assert load_yaml(f, rebase=rebase)["sec"] == {"x": 1, "y": 5}
+    # a base without the selector stands for its default ("a")
+    _write(tmp_path / "plain.yaml", "sec: {x: 1}\n")
+    assert load_yaml(_write(tmp_path / "p1.yaml", "_base_: plain\npick: a\n"), rebase=rebase)[
+        "sec"
+    ] == {"x": 1}
+    assert "sec" not in load_yaml(
+        _write(tmp_path / "p2.yaml", "_base_: plain\npick: b\n"), rebase=rebase
+    )
+    # two bases: the second one's other pick drops the first one's section
+    two = _write(tmp_path / "two.yaml", "_base_: [base, p1]\n")
+    assert load_yaml(two, rebase=rebase)["sec"] == {"x": 1} and load_yaml(two)["sec"] == {
+        "x": 1,
+        "y": 2,
+    }
+
+
+def test_naming_another_model_preset_never_keeps_the_old_presets_model_keys(tmp_path):
+    """`small` deepens the tiny encoder (encoder_kwargs depth 5, four up-convs). A config or an
+    override that names another preset gets that preset's model, not AlexNet with a tiny
+    encoder's width 16 and a `depth` argument (what a plain deep merge gave)."""
+    from cebench.core.config import to_dict
+    from cebench.pretrain.config import load_pretrain_config
+    from cebench.pretrain.models import MODEL_PRESETS
+
+    alexnet = MODEL_PRESETS["small-alexnet"]
+    for cfg in (
+        load_pretrain_config("small", ["model_preset=small-alexnet"]),
+        load_pretrain_config("small-alexnet"),  # `_base_: small` + `model_preset: small-alexnet`
+    ):
+        assert cfg.model == alexnet and cfg.model.encoder_kwargs["width"] == 0.25
+        assert "depth" not in cfg.model.encoder_kwargs
+    # everything but the model comes from `small`
+    a, s = to_dict(load_pretrain_config("small-alexnet")), to_dict(load_pretrain_config("small"))
+    assert {k for k in s if s[k] != a[k]} == {"model_preset", "model"}
+    # the overrides after the preset apply to it; the same preset keeps the file's model keys
+    cfg = load_pretrain_config("small", ["model_preset=small-alexnet", "model.disc_width=8"])
+    assert cfg.model.disc_width == 8 and cfg.model.encoder_kwargs == alexnet.encoder_kwargs
+    same = load_pretrain_config("small", ["model_preset=small-tiny"])
+    assert same.model == load_pretrain_config("small").model
+    assert same.model.encoder_kwargs == {"width": 16, "depth": 5}
+    # a child file naming another preset over a base with model keys, then its own model keys
+    f = _write(
+        tmp_path / "child.yaml",
+        "_base_: small\nmodel_preset: small-dcgan\nmodel: {disc_width: 8}\n",
+    )
+    m = load_pretrain_config(str(f)).model
+    assert m.encoder == "dcgan" and m.disc_width == 8 and m.decoder_widths == [128, 64, 32, 16]
+    assert m.encoder_kwargs == MODEL_PRESETS["small-dcgan"].encoder_kwargs

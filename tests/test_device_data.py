@@ -212,7 +212,9 @@ def test_cuda_decoding_gives_the_pil_pixels_within_jpeg_decoder_tolerance(photos
         got, _, skipped = DeviceDecoder(ds, torch.device("cuda"))(items)
         assert got.device.type == "cuda" and skipped == 0
         diff = (got.cpu() - ref).abs() / LEVEL
-        print(f"seed {seed}: nvJPEG vs PIL grey levels: mean {float(diff.mean()):.3f}, "
-              f"p99 {float(diff.flatten().quantile(0.99)):.2f}, max {float(diff.max()):.2f}")
+        print(
+            f"seed {seed}: nvJPEG vs PIL grey levels: mean {float(diff.mean()):.3f}, "
+            f"p99 {float(diff.flatten().quantile(0.99)):.2f}, max {float(diff.max()):.2f}"
+        )
         per_image = diff.mean(dim=(1, 2, 3))
         assert float(per_image.max()) <= 4.0, per_image.tolist()

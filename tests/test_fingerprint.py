@@ -90,3 +90,25 @@ def test_a_module_outside_cebench_is_fingerprinted_by_its_file(tmp_path, monkeyp
     assert fp.code_fingerprint(["my_task"]) != first
     # existing roots keep their fingerprint: the inside part is unchanged
     fp._fingerprint.cache_clear()
+
+
+def test_the_normalised_source_does_not_depend_on_the_python_version(tmp_path, monkeypatch):
+    """What changes between Python versions does not reach the fingerprint: a node field that a
+    later version adds (3.12's `type_params`, empty in this code), and how f-strings and nesting
+    are written out (3.12's `ast.unparse` writes f-string quotes otherwise). Hand-checked text."""
+    import ast
+
+    src = tmp_path / "m.py"
+    src.write_text('def f(x, *, y=1):\n    return f"{x!r:>4}" + "a"\n')
+    want = (
+        "Module(body=[FunctionDef(name='f', args=arguments(args=[arg(arg='x')], "
+        "kwonlyargs=[arg(arg='y')], kw_defaults=[Constant(value=1)]), "
+        "body=[Return(value=BinOp(left=JoinedStr(values=[FormattedValue(value=Name(id='x', "
+        "ctx=Load()), conversion=114, format_spec=JoinedStr(values=[Constant(value='>4')]))]), "
+        "op=Add(), right=Constant(value='a')))])])"
+    )
+    assert fp.normalised_source(src) == want
+    # a field added by a later Python, empty here, changes nothing
+    monkeypatch.setattr(ast.FunctionDef, "_fields", (*ast.FunctionDef._fields, "type_params"))
+    monkeypatch.setattr(ast.FunctionDef, "type_params", [], raising=False)
+    assert fp.normalised_source(src) == want

@@ -341,8 +341,9 @@ def test_run_shorter_than_sample_every_writes_a_final_grid(images, tmp_path):
 
 
 def test_config_is_resolved_before_the_trainer(images, tmp_path):
-    """resolve_run finishes the config (resume's saved config, lr) before anything is built;
-    the caller's config is never changed and the Trainer trains the plan's config."""
+    """resolve_run finishes the config (resume's saved config, lr, the images and the fill value
+    they decide) before anything is built; the caller's config is never changed and the Trainer
+    trains a copy of the plan's config."""
     import copy
 
     from cebench.core.distributed import DistInfo
@@ -354,7 +355,15 @@ def test_config_is_resolved_before_the_trainer(images, tmp_path):
     assert plan.state is None and plan.cfg.optim.lr == cfg.optim.lr_d  # L2 only: lr = lr_d
     assert plan.notes == (
         f"optim.lr = {cfg.optim.lr_d:g} (the context-encoder default; set optim.lr to change it)",
+        f"image folder {images}: 16 images",
     )
+    assert len(plan.data.paths) == 16 and plan.data.labels is None
+    # fill: dataset -> the images' mean, decided here (a naive mean of the same files agrees)
+    assert cfg.data.fill == "dataset" and cfg.data.fill_value is None
+    from cebench.pretrain.train_data import dataset_mean
+
+    want = dataset_mean(list(plan.data.paths), cfg.data.fill_samples, cfg.data.load_size, False)
+    assert plan.cfg.data.fill_value == want and all(0 < v < 1 for v in want)
     assert cfg == before and cfg.optim.lr is None
     run(cfg)
     # resume with another lambda_rec and more steps: the plan holds the checkpoint's config
@@ -365,7 +374,11 @@ def test_config_is_resolved_before_the_trainer(images, tmp_path):
     plan = resolve_run(again, DistInfo())
     assert plan.state is not None and plan.state["step"] == 6
     assert plan.cfg.loss.lambda_rec == 1.0 and plan.cfg.loss.lambda_adv == 0.0
-    assert plan.cfg.train.steps == 9 and plan.cfg.optim.lr == cfg.optim.lr_d and plan.notes == ()
+    assert plan.cfg.train.steps == 9 and plan.cfg.optim.lr == cfg.optim.lr_d
+    assert plan.notes == (f"image folder {images}: 16 images",)
     trainer = Trainer(plan, torch.device("cpu"), DistInfo())
-    assert trainer.cfg.loss == plan.cfg.loss and trainer.start_step == 6
-    assert trainer.cfg.data.fill_value is not None  # the one key the images decide
+    assert trainer.cfg == plan.cfg and trainer.cfg is not plan.cfg and trainer.start_step == 6
+    # resumed: the fill value saved with the run, not computed again
+    assert plan.cfg.data.fill_value == want
+    trainer.cfg.data.fill_value[0] = 0.0  # the Trainer's copy: the plan is not touched
+    assert plan.cfg.data.fill_value == want

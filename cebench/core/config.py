@@ -257,9 +257,14 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
 
 
 BASE_KEY = "_base_"
+# {selector key: (section, the selector's value when no file sets it)}: a file that sets the
+# selector to another value than its bases' starts that section afresh (see `load_yaml`)
+Rebase = dict[str, tuple[str, Any]]
 
 
-def load_yaml(path: str | Path, search_dirs: tuple[str | Path, ...] = ()) -> dict[str, Any]:
+def load_yaml(
+    path: str | Path, search_dirs: tuple[str | Path, ...] = (), rebase: Rebase | None = None
+) -> dict[str, Any]:
     """The mapping in a YAML file, with its `_base_` files merged in under it.
 
     `_base_: NAME_OR_PATH` (or a list of them) names configs this file inherits from, as
@@ -269,8 +274,14 @@ def load_yaml(path: str | Path, search_dirs: tuple[str | Path, ...] = ()) -> dic
     list at NAME followed by these items (at any depth; NAME must be a list in the bases, and
     NAME and NAME+ may not both be in one mapping). A name ending in .yaml/.yml or holding a '/'
     is a path relative to this file; a bare name is `<name>.yaml` in this file's folder, then in
-    `search_dirs`. A missing base or a cycle is a ConfigError naming the file."""
-    return _load_with_bases(Path(path), tuple(Path(d) for d in search_dirs), ())
+    `search_dirs`. A missing base or a cycle is a ConfigError naming the file.
+
+    `rebase` ties a section to a selector key that names the section's starting values elsewhere
+    (pretraining: `{"model_preset": ("model", "small-tiny")}`). A file that sets the selector to
+    another value than its bases do drops the bases' keys of that section: its own keys (and those
+    of the files that inherit from it) then apply to the newly selected values, never the old
+    selection's leftovers."""
+    return _load_with_bases(Path(path), tuple(Path(d) for d in search_dirs), (), rebase or {})
 
 
 def _read_mapping(path: Path) -> dict[str, Any]:
@@ -292,7 +303,7 @@ def _read_mapping(path: Path) -> dict[str, Any]:
 
 
 def _load_with_bases(
-    path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...]
+    path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...], rebase: Rebase
 ) -> dict[str, Any]:
     key = path.resolve()
     if len(chain) >= MAX_DEPTH:
@@ -303,23 +314,39 @@ def _load_with_bases(
     if key in chain:
         cycle = " -> ".join(str(p) for p in (*chain[chain.index(key) :], key))
         raise ConfigError(f"config file {chain[-1]}: _base_ cycle: {cycle}")
-    return _merge_bases(_read_mapping(path), path, search_dirs, (*chain, key))
+    return _merge_bases(_read_mapping(path), path, search_dirs, (*chain, key), rebase)
 
 
 def merge_bases(
-    data: dict[str, Any], where: str | Path, search_dirs: tuple[str | Path, ...] = ()
+    data: dict[str, Any],
+    where: str | Path,
+    search_dirs: tuple[str | Path, ...] = (),
+    rebase: Rebase | None = None,
 ) -> dict[str, Any]:
     """`data` (a mapping not read from a file, e.g. a suite's pretrain section) with its
-    `_base_` configs merged in under it, as `load_yaml` does; relative paths are relative to the
-    current directory, and `where` names the mapping in errors."""
+    `_base_` configs merged in under it, as `load_yaml` does (`rebase` too); relative paths are
+    relative to the current directory, and `where` names the mapping in errors."""
     if BASE_KEY not in data:
         return data
     here = Path(f"<{where}>")  # a pseudo file name in the current directory, for the errors
-    return _merge_bases(dict(data), here, tuple(Path(d) for d in search_dirs), ())
+    return _merge_bases(dict(data), here, tuple(Path(d) for d in search_dirs), (), rebase or {})
+
+
+def rebased(base: dict[str, Any], data: dict[str, Any], rebase: Rebase) -> dict[str, Any]:
+    """`base` without the sections that `data` selects afresh (`load_yaml`'s `rebase`)."""
+    out = base
+    for key, (section, default) in rebase.items():
+        if key in data and data[key] != base.get(key, default) and section in out:
+            out = {k: v for k, v in out.items() if k != section}
+    return out
 
 
 def _merge_bases(
-    data: dict[str, Any], path: Path, search_dirs: tuple[Path, ...], chain: tuple[Path, ...]
+    data: dict[str, Any],
+    path: Path,
+    search_dirs: tuple[Path, ...],
+    chain: tuple[Path, ...],
+    rebase: Rebase,
 ) -> dict[str, Any]:
     bases = data.pop(BASE_KEY, None)
     if bases is None:
@@ -334,7 +361,9 @@ def _merge_bases(
     merged: dict[str, Any] = {}
     for base in bases:
         base_path = _base_path(base.strip(), path, search_dirs)
-        merged = _deep_merge(merged, _load_with_bases(base_path, search_dirs, chain))
+        loaded = _load_with_bases(base_path, search_dirs, chain, rebase)
+        merged = _deep_merge(rebased(merged, loaded, rebase), loaded)
+    merged = rebased(merged, data, rebase)
     return _deep_merge(merged, _extend_lists(merged, data, path))
 
 

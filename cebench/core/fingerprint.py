@@ -9,8 +9,11 @@ code produces. The fingerprint is taken over the *source* of the cebench modules
 job's entry modules through their imports (at the top of a file or inside functions: the lazy
 imports count too), not over the commit id, so that an edit of the README, of a test or of a module
 the job cannot reach invalidates nothing. Each module's source is normalised first: parsed,
-docstrings removed and unparsed (`ast.unparse`), so comments, docstrings and formatting do not
-count either; everything else does (an error message's wording too: that errs on the safe side).
+docstrings removed, and the syntax tree written out node by node (`dump_tree`), so comments,
+docstrings and formatting do not count either; everything else does (an error message's wording
+too: that errs on the safe side). Not `ast.unparse` nor `ast.dump`: their output changes between
+Python versions (3.12 writes some f-strings otherwise; 3.13 leaves out empty fields), and a
+fingerprint must not.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 # the installed packages whose folders hold cebench's modules (pyproject's package-dir mapping:
 # cebench.pretrain is the repository's pretrain/ folder, and so on)
@@ -90,8 +94,25 @@ def module_closure(roots: list[str] | tuple[str, ...]) -> list[str]:
     return sorted(seen)
 
 
+def dump_tree(node: Any) -> str:
+    """The syntax tree as text, the same on every Python version that parses it the same: node
+    type names and their fields, positions left out, and fields that are None or empty left out
+    too (a field a later Python adds, as 3.12's `type_params`, is empty in code without it)."""
+    if isinstance(node, ast.AST):
+        fields = []
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if value is None or (isinstance(value, list) and not value):
+                continue
+            fields.append(f"{name}={dump_tree(value)}")
+        return f"{type(node).__name__}({', '.join(fields)})"
+    if isinstance(node, list):
+        return "[" + ", ".join(dump_tree(v) for v in node) + "]"
+    return repr(node)
+
+
 def normalised_source(path: Path) -> str:
-    """The module's code without comments, docstrings or formatting (`ast.unparse`)."""
+    """The module's code without comments, docstrings or formatting (`dump_tree`)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -103,7 +124,7 @@ def normalised_source(path: Path) -> str:
                 and isinstance(body[0].value.value, str)
             ):
                 node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+    return dump_tree(tree)
 
 
 def _outside_file(name: str) -> Path | None:
