@@ -55,8 +55,8 @@ if [ "$MODE" = ab ]; then
 fi
 
 if [ "$MODE" = throughput ]; then
-    # seven files at most (what one device call brings back): summary.txt, speed-*.log,
-    # pytest.log, photos.log, profile.log; the measurements first, the tests after them
+    # eight files at most (what one device call brings back): summary.txt, speed-*.log (3),
+    # pytest.log, decode.log, photos.log, profile.log; the measurements first, the tests after
     S="cebench speed --device cuda --json --steps 20 --warmup 5 --probe-epochs 1"
     stage "$S (eager, PIL workers)"
     timeout 120 $S >"$OUT/speed-eager.log" 2>&1
@@ -89,6 +89,12 @@ PY
         tests/test_speed.py tests/test_device_data.py >"$OUT/pytest.log" 2>&1
     echo "pytest rc=$? $(tail -1 "$OUT/pytest.log")" | tee -a "$OUT/summary.txt"
     grep -h "nvJPEG vs PIL" "$OUT/pytest.log" | tee -a "$OUT/summary.txt"
+    for c in paper-inpainting paper-alexnet; do
+        stage "decode stages $c"
+        timeout 90 python3 -m cebench.benchmarks.profile_decode --config "$c" --device cuda \
+            >>"$OUT/decode.log" 2>&1
+        echo "rc=$? $(tail -1 "$OUT/decode.log")" | tee -a "$OUT/summary.txt"
+    done
     stage "photos (data.decode=device row)"
     timeout 150 cebench speed --device cuda --json --configs none --photos --steps 5 --warmup 2 \
         >"$OUT/photos.log" 2>&1

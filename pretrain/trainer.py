@@ -227,6 +227,17 @@ class RunData:
     classes: tuple[str, ...]
 
 
+def images_signature(data: RunData, root: str) -> dict[str, Any]:
+    """The image count and a digest of the image list (paths relative to `root`, so a moved
+    dataset folder keeps it), saved in each checkpoint: a resumed run says when they changed."""
+    import hashlib
+    import os
+
+    rel = [os.path.relpath(p, root) if root else p for p in data.paths]
+    digest = hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return {"count": len(data.paths), "digest": digest}
+
+
 def resolve_data(cfg: PretrainConfig, dist: D.DistInfo) -> tuple[RunData, list[float] | None, str]:
     """(the training images, the hole fill value, a note on what a dataset root gave). The fill
     value is the config's when set (saved in the run's config, so a resumed run reuses it), else
@@ -294,6 +305,13 @@ def resolve_run(cfg: PretrainConfig, dist: D.DistInfo) -> RunPlan:
     data, fill_value, note = resolve_data(cfg, dist)
     if note:  # what a dataset root gave (its photos, never its label masks), or a warning
         notes.append(note)  # for a plain folder that mixes them: said once checks pass
+    saved = (state or {}).get("images")
+    if saved and saved != images_signature(data, cfg.data.path):
+        notes.append(
+            f"warning: the training images under {cfg.data.path} are not the ones this run "
+            f"started with ({saved['count']} -> {len(data.paths)} images, or other files): "
+            f"from step {state['step']} on it trains on the new list, in another order"
+        )
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fill_value=fill_value))
     return RunPlan(cfg, state, tuple(notes), data)
 
@@ -354,6 +372,7 @@ class Trainer:
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
         self.notes: list[str] = list(plan.notes)  # said once every check has passed (train())
         self.classes = list(plan.data.classes)
+        self.images_sig = images_signature(plan.data, cfg.data.path)
         self.ds = TrainImages(
             list(plan.data.paths),
             None if plan.data.labels is None else list(plan.data.labels),
@@ -576,6 +595,7 @@ class Trainer:
                 "optims": {k: o.state_dict() for k, o in self.method.optims.items()},
                 "wall_time": self.wall_before + time.perf_counter() - self.session_start,
                 "skipped_images": self.skipped_total,
+                "images": self.images_sig,
             }
             try:
                 save_training_checkpoint(self.run_dir, ckpt)

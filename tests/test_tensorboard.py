@@ -127,3 +127,17 @@ def test_missing_tensorboard_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     with pytest.raises(ConfigError, match="pip install tensorboard, or turn it off"):
         MetricLogger(tmp_path / "m.jsonl", tensorboard=True)
+
+
+def test_logger_from_step_0_drops_an_earlier_attempts_events(tmp_path):
+    """An attempt killed before its first checkpoint left steps 1-3; the run starts again at 0:
+    TensorBoard shows the new curve only, as metrics.jsonl (truncated by the Trainer) does."""
+    log = MetricLogger(tmp_path / "m.jsonl", tensorboard=True)
+    for s in (1, 2, 3):
+        log.update(s, loss=float(s))
+    log.close()
+    log = MetricLogger(tmp_path / "m.jsonl", start=0, tensorboard=True)
+    for s in (1, 2):
+        log.update(s, loss=10.0 * s)
+    log.close()
+    assert _scalars(_events(tmp_path), "loss") == [(1, 10.0), (2, 20.0)]

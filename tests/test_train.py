@@ -382,3 +382,33 @@ def test_config_is_resolved_before_the_trainer(images, tmp_path):
     assert plan.cfg.data.fill_value == want
     trainer.cfg.data.fill_value[0] = 0.0  # the Trainer's copy: the plan is not touched
     assert plan.cfg.data.fill_value == want
+
+
+def test_resume_says_when_the_training_images_changed(tmp_path, capsys):
+    """The checkpoint keeps the image count and a digest of the list (relative to data.path):
+    a resumed run over the same folder says nothing, over one with an image more (or the same
+    count, another file) it says so, with the counts and the step; a moved folder is the same."""
+    import shutil
+
+    from tests._train_helpers import write_images
+
+    data = write_images(tmp_path / "imgs", n=8)
+    run(tiny_config(data, tmp_path / "r", ["train.steps=2"]))
+    assert safe_load(tmp_path / "r" / "checkpoint.pt")["images"]["count"] == 8
+
+    def resume(folder, steps):
+        capsys.readouterr()
+        run(tiny_config(folder, tmp_path / "r", [f"train.steps={steps}", "train.resume=true"]))
+        return capsys.readouterr().err
+
+    assert "not the ones this run started with" not in resume(data, 3)
+    moved = tmp_path / "moved"
+    shutil.move(str(data), moved)  # the same images elsewhere: the same list
+    assert "not the ones this run started with" not in resume(moved, 4)
+    write_images(tmp_path / "extra", n=1, seed=5)
+    shutil.copy(tmp_path / "extra" / "img_000.png", moved / "new.png")
+    err = resume(moved, 5)
+    assert f"the training images under {moved} are not the ones this run started with" in err
+    assert "(8 -> 9 images, or other files): from step 4 on" in err
+    (moved / "new.png").rename(moved / "zz.png")  # same count, another list than step 5's
+    assert "(9 -> 9 images, or other files): from step 5 on" in resume(moved, 6)

@@ -19,7 +19,8 @@ With `tensorboard=True` the same numbers also go to TensorBoard event files besi
 (torch.utils.tensorboard's SummaryWriter, `tensorboard --logdir RUN_DIR`): each numeric metric a
 scalar at its step, a string metric the tag's group (`layer="conv3", loss=0.4` -> `conv3/loss`),
 plus `image(tag, hwc_uint8, step)` (the sample grids) and `text(tag, text)` (the resolved config).
-A resumed run (`start > 0`) purges the events after `start` that the previous session left.
+A resumed run (`start > 0`) purges the events after `start` that the previous session left; a
+run from step 0 purges all (an attempt killed before its first checkpoint starts again at 0).
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ class MetricLogger:
         self.enabled = enabled
         self._tb = None  # first: a missing tensorboard package leaves nothing open
         if tensorboard and enabled and self.path is not None:
-            self._tb = tensorboard_writer(self.path.parent, purge_step=start + 1 if start else None)
+            # the steps this session writes (after `start`) are its own: a previous session's
+            # events there are dropped, also from step 0 when an attempt that never reached its
+            # first checkpoint left events behind
+            self._tb = tensorboard_writer(self.path.parent, purge_step=start + 1 if start else 0)
         self._file = None
         if self.path is not None and enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
