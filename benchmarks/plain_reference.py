@@ -80,7 +80,7 @@ class PlainStep:
         rgb = fill if fill is not None else (cfg.data.fill_value or [0.5, 0.5, 0.5])
         self.fill = [2 * v - 1 for v in rgb]  # [0, 1] -> the images' [-1, 1]
         self.rng = random.Random(seed)
-        self.reconstruct_all = getattr(get_method(cfg.method), "reconstruct_all", False)
+        self.reconstruct_all = get_method(cfg.method).reconstruct_all
         self.lambda_rec = 1.0 if self.reconstruct_all else cfg.loss.lambda_rec
         self.lambda_adv = cfg.loss.lambda_adv
         self.bce = nn.BCELoss()

@@ -58,8 +58,8 @@ def profile_step(args: argparse.Namespace) -> int:
     from cebench.core.device import pick_device
     from cebench.core.distributed import DistInfo
     from cebench.core.errors import ConfigError
-    from cebench.pretrain.graph_step import GraphedStep
-    from cebench.pretrain.trainer import Trainer
+    from cebench.pretrain.methods.context_encoder import GraphedStep
+    from cebench.pretrain.trainer import Trainer, resolve_run
 
     if args.steps < 1 or args.warmup < 0 or args.rows < 1:
         raise ConfigError("--steps and --rows must be >= 1 and --warmup >= 0")
@@ -72,7 +72,7 @@ def profile_step(args: argparse.Namespace) -> int:
         cfg = _config(
             args.config, work / "images", work / "run", args.batch_size, args.device, args.overrides
         )
-        trainer = Trainer(cfg, device, DistInfo())
+        trainer = Trainer(resolve_run(cfg, DistInfo()), device, DistInfo())
         trainer.pending, trainer.skipped_local = [], 0
         images, labels, _ = next(iter(trainer._loader()))
         batch = _Repeat((images, labels, 0))

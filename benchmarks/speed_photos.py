@@ -102,7 +102,7 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from cebench.core.device import pick_device
     from cebench.core.distributed import DistInfo
     from cebench.data.prepare import prepare
-    from cebench.pretrain.trainer import Trainer
+    from cebench.pretrain.trainer import Trainer, resolve_run
 
     files = write_photos(workdir / "photos")
     probe = _config("small", workdir / "none", workdir / "run-photos", args.batch_size, args.device)
@@ -114,7 +114,7 @@ def measure_photos(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "small", small, workdir / "run-photos", args.batch_size, args.device, args.overrides
     )
     shutil.rmtree(workdir / "run-photos", ignore_errors=True)
-    trainer = Trainer(cfg, pick_device(cfg.train.device), DistInfo())
+    trainer = Trainer(resolve_run(cfg, DistInfo()), pick_device(cfg.train.device), DistInfo())
     trainer.pending, trainer.skipped_local = [], 0
     images, labels, _ = next(iter(trainer._loader()))
     batch = _Repeat((images, labels, 0))

@@ -105,9 +105,9 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
 
     from cebench.benchmarks.plain_reference import PlainStep
     from cebench.core.distributed import DistInfo
-    from cebench.pretrain.graph_step import GraphedStep
     from cebench.pretrain.masks import batch_masks, fill_holes
-    from cebench.pretrain.trainer import Trainer
+    from cebench.pretrain.methods.context_encoder import GraphedStep
+    from cebench.pretrain.trainer import Trainer, resolve_run
 
     probe = _config(name, workdir / "none", workdir / f"run-{name}", args.batch_size, args.device)
     b, size = probe.train.batch_size, probe.model.input_size
@@ -119,7 +119,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
     from cebench.core.device import pick_device
 
     device = pick_device(cfg.train.device)
-    trainer = Trainer(cfg, device, DistInfo())
+    trainer = Trainer(resolve_run(cfg, DistInfo()), device, DistInfo())
     trainer.pending, trainer.skipped_local = [], 0  # what Trainer.train() sets before its loop
     cfg = trainer.cfg  # resolved (lr, fill value)
     loader = trainer._loader()
@@ -132,7 +132,7 @@ def measure_config(name: str, args: argparse.Namespace, workdir: Path) -> dict[s
         plain = PlainStep.from_config(cfg, device)
     compiled, compile_s = None, None
     if args.compile:  # the same run, seed and weights, every network compiled in place
-        compiled = Trainer(cfg, device, DistInfo())
+        compiled = Trainer(resolve_run(cfg, DistInfo()), device, DistInfo())
         compiled.pending, compiled.skipped_local = [], 0
         for module in compiled.method.models.values():
             module.compile()

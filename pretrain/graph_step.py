@@ -4,8 +4,10 @@
 
 On a GPU the paper's step is many small kernels (benchmarks/README.md "GPU": 13-17 ms per batch of
 64, 2-4% of the bf16 matmul peak), so the CPU's time to launch them is the first limit. A CUDA
-graph records the launches once and replays them with one call. `GraphedStep` captures, for the
-context encoder and the autoencoder: the masks (from their uniform draws), the hole filling, both
+graph records the launches once and replays them with one call. A method that can be graphed
+(`PretrainMethod.graphable`) builds its own graphed step (`graphed_step()`, in its own file);
+this module chooses between it and the eager step. The context encoder's `GraphedStep`
+(cebench.pretrain.methods.context_encoder) captures, for the context encoder and the autoencoder: the masks (from their uniform draws), the hole filling, both
 networks' forward and backward passes, the loss weights and both Adam updates. What stays outside
 is what must change between replays without new launches: the batch is copied into a static input
 buffer, and the masks' uniform draws are made by the step's seeded generator (seeded from
@@ -33,10 +35,10 @@ from typing import Any
 import torch
 
 from cebench.core import distributed as D
-from cebench.pretrain.masks import check_shape_bank, mask_draw_shapes, masks_from_draws
-from cebench.pretrain.methods.base import PretrainMethod
-from cebench.pretrain.methods.context_encoder import ContextEncoder, context_encoder_step
-from cebench.pretrain.train_data import _seed
+
+# a method is a cebench.pretrain.methods.PretrainMethod; not imported here, since the methods
+# import this module (WARMUP_STEPS) and the methods package imports every method
+PretrainMethod = Any
 
 GRAPH_MODES = ("off", "on", "auto")
 WARMUP_STEPS = 3  # eager steps before the capture (PyTorch's CUDA graph notes use 3)
@@ -50,7 +52,7 @@ def why_not_graphed(method: PretrainMethod, device: torch.device, dist: D.DistIn
         return f"no CUDA device (the run is on {device.type})"
     if dist.enabled:
         return f"{dist.world_size} processes (gradients are all-reduced between the passes)"
-    if not isinstance(method, ContextEncoder):
+    if not method.graphable:
         return f"method {method.name} has no graphed step (context-encoder and autoencoder do)"
     return None
 
@@ -65,106 +67,10 @@ def choose_step(
     why = why_not_graphed(method, device, dist)
     if why is None:
         return (
-            GraphedStep(method),
+            method.graphed_step(),
             f"train.cuda_graph={mode}: the training step is captured as one CUDA graph after "
             f"{WARMUP_STEPS} eager steps",
         )
     if mode == "auto" and device.type != "cuda":
         return method.step, None
     return method.step, f"train.cuda_graph={mode}: {why}; the eager step runs"
-
-
-class GraphedStep:
-    """`method.step` (a ContextEncoder) as static buffers + one captured graph (module doc).
-
-    capture=False runs the same static-buffer step eagerly every time: what the CPU tests check
-    against the eager `method.step`."""
-
-    def __init__(
-        self, method: ContextEncoder, capture: bool = True, warmup: int = WARMUP_STEPS
-    ) -> None:
-        cfg = method.cfg
-        self.method, self.capture, self.warmup = method, capture, warmup
-        self.device = method.device
-        self.size = cfg.model.input_size
-        self.batch = cfg.train.batch_size  # one process: the global batch
-        if cfg.mask.kind == "random-region" and method.shapes is not None:
-            check_shape_bank(method.shapes)  # a host sync: never inside the capture
-        self.draw_shapes = mask_draw_shapes(
-            cfg.mask.kind, self.batch, self.size, shapes=method.shapes
-        )
-        self.images: torch.Tensor | None = None
-        self.draws: list[torch.Tensor] = []
-        self.graph: Any = None
-        self.out: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
-        self.calls = 0
-        # Adam's step count on the device, updated by the graph (fused Adam: same arithmetic)
-        for opt in method.optims.values():
-            for group in opt.param_groups:
-                group["capturable"] = True
-
-    def _body(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Everything after the draws: what the graph holds."""
-        m, cfg = self.method, self.method.cfg
-        hole = masks_from_draws(
-            cfg.mask.kind,
-            self.draws,
-            self.batch,
-            self.size,
-            region=cfg.mask.region or self.size // 2,
-            overlap=cfg.mask.overlap,
-            coverage=cfg.mask.coverage,
-            shapes=m.shapes,
-            device=self.device,
-        )
-        metrics = context_encoder_step(
-            m.parts,
-            self.images,
-            hole,
-            m.fill,
-            autoencoder=m.reconstruct_all,
-            world_size=1,
-            bf16=m.bf16,
-        )
-        return hole, metrics
-
-    def _fill_inputs(self, images: torch.Tensor, step: int) -> None:
-        """Copy the batch and the step's uniform draws into the static buffers."""
-        seed = _seed(self.method.cfg.train.seed, step, 11)  # batch_masks' generator seed
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        fresh = [torch.rand(s, generator=gen, device=self.device) for s in self.draw_shapes]
-        if self.images is None:
-            self.images = torch.empty_like(images)
-            self.draws = [torch.empty_like(d) for d in fresh]
-        if images.shape != self.images.shape:
-            raise RuntimeError(
-                f"the graphed step needs batches of one shape: {tuple(self.images.shape)}, "
-                f"then {tuple(images.shape)}"
-            )
-        self.images.copy_(images)
-        for buf, d in zip(self.draws, fresh, strict=True):
-            buf.copy_(d)
-
-    def __call__(self, images: torch.Tensor, labels: Any, step: int) -> dict[str, torch.Tensor]:
-        self._fill_inputs(images, step)
-        if not self.capture:
-            hole, metrics = self._body()
-        elif self.calls < self.warmup:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                hole, metrics = self._body()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-        else:
-            if self.graph is None:
-                self.graph = torch.cuda.CUDAGraph()
-                # thread_local: the DataLoader's pin-memory thread may call CUDA meanwhile
-                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-                    self.out = self._body()
-            self.graph.replay()  # the capture recorded the step without running it
-            assert self.out is not None
-            hole, metrics = self.out
-        self.calls += 1
-        self.method.hole = hole  # for the sample grid, read before the next step
-        # the graph's outputs are overwritten by the next replay: the caller keeps copies
-        return {k: v.clone() for k, v in metrics.items()}

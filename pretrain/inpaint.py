@@ -140,8 +140,6 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
     """The context encoder and config of a run (RUN_DIR or RUN_DIR/checkpoint.pt)."""
     from cebench.core.checkpoints import load_training_checkpoint
     from cebench.pretrain.config import saved_config
-    from cebench.pretrain.models.context_encoder import build_context_encoder
-
     p = Path(path)
     if p.is_dir():
         state, _ = load_training_checkpoint(p)
@@ -157,10 +155,11 @@ def load_generator(path: str | Path, device: torch.device) -> tuple[torch.nn.Mod
     cfg = saved_config(state["config"], str(p))
     from cebench.pretrain.methods import get_method
 
-    refusal = get_method(cfg.method).inpaint_refusal(cfg)
+    method = get_method(cfg.method)
+    refusal = method.inpaint_refusal(cfg)
     if refusal is not None:
         raise CheckpointError(f"{p} is a {refusal}")
-    net = build_context_encoder(cfg.model)
+    net = method.inpainting_network(cfg)
     net.load_state_dict(state["models"]["net"])
     return net.to(device).eval(), cfg
 

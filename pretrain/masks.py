@@ -440,3 +440,26 @@ def batch_masks(
     )
     local = global_batch // world_size
     return hole[rank * local : (rank + 1) * local]
+
+
+def load_shape_bank(
+    root: str, split: str, max_images: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Object shapes of the VOC segmentation masks of `root`'s `split` (the first `max_images`),
+    for random regions as the paper's (`mask.shapes`): `shape_bank_from_label_maps` of them."""
+    import sys
+
+    from cebench.data import VOCSegmentation
+    from cebench.data.voc import load_segmentation_mask
+
+    voc = VOCSegmentation(root, split)
+    maps = [
+        torch.from_numpy(load_segmentation_mask(p, len(voc.classes)))
+        for p in voc.masks[:max_images]
+    ]
+    bank = shape_bank_from_label_maps(maps)
+    print(
+        f"random-region shapes: {len(bank)} objects from {len(maps)} masks in {root}",
+        file=sys.stderr,
+    )
+    return bank.to(device)

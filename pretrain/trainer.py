@@ -108,25 +108,6 @@ class SignalFlag:
             signal.signal(s, h)
 
 
-def shape_bank(cfg: PretrainConfig, device: torch.device) -> torch.Tensor:
-    """Object shapes of the VOC segmentation masks under cfg.mask.shapes (paper: random regions)."""
-    from cebench.data import VOCSegmentation
-    from cebench.data.voc import load_segmentation_mask
-    from cebench.pretrain.masks import shape_bank_from_label_maps
-
-    voc = VOCSegmentation(cfg.mask.shapes, cfg.mask.shapes_split)
-    maps = [
-        torch.from_numpy(load_segmentation_mask(p, len(voc.classes)))
-        for p in voc.masks[: cfg.mask.shapes_max_images]
-    ]
-    bank = shape_bank_from_label_maps(maps)
-    print(
-        f"random-region shapes: {len(bank)} objects from {len(maps)} masks in {cfg.mask.shapes}",
-        file=sys.stderr,
-    )
-    return bank.to(device)
-
-
 def _worker_error(e: Exception) -> DatasetError:
     """A DatasetError re-raised from a DataLoader worker carries the worker's traceback: keep the
     last line (the message naming the image)."""
@@ -213,9 +194,9 @@ class RunPlan:
     The Trainer builds from it and never changes it (it works on its own copy of plan.cfg)."""
 
     cfg: PretrainConfig
+    data: RunData  # the training images
     state: dict[str, Any] | None = None  # the checkpoint to continue, or None for a new run
     notes: tuple[str, ...] = ()  # said once every check has passed (Trainer.train)
-    data: RunData | None = None  # the training images (resolve_run always sets it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,7 +294,7 @@ def resolve_run(cfg: PretrainConfig, dist: D.DistInfo) -> RunPlan:
             f"from step {state['step']} on it trains on the new list, in another order"
         )
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, fill_value=fill_value))
-    return RunPlan(cfg, state, tuple(notes), data)
+    return RunPlan(cfg, data, state, tuple(notes))
 
 
 def run(cfg: PretrainConfig) -> Path:
@@ -355,13 +336,10 @@ def run(cfg: PretrainConfig) -> Path:
 class Trainer:
     """One run's state: config, data, networks, optimizers, step; `train()` runs it to the end."""
 
-    def __init__(
-        self, plan: RunPlan | PretrainConfig, device: torch.device, dist: D.DistInfo
-    ) -> None:
-        """`plan`: a `resolve_run` result (a bare config is resolved here, for the tools that
-        build a Trainer directly)."""
-        if not isinstance(plan, RunPlan) or plan.data is None:
-            plan = resolve_run(plan.cfg if isinstance(plan, RunPlan) else plan, dist)
+    def __init__(self, plan: RunPlan, device: torch.device, dist: D.DistInfo) -> None:
+        """`plan`: a `resolve_run` result; the Trainer resolves nothing itself."""
+        if not isinstance(plan, RunPlan):
+            raise TypeError(f"Trainer takes resolve_run's RunPlan, not {type(plan).__name__}")
         # its own copy: nothing the Trainer does reaches the plan (or the caller's config)
         self.cfg = cfg = copy.deepcopy(plan.cfg)
         self.device, self.dist, self.main = device, dist, dist.is_main
@@ -406,8 +384,6 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
         torch.manual_seed(cfg.train.seed)
         self.method = self.method_cls(cfg, device, self.dist, self.classes)
-        if cfg.mask.kind == "random-region" and cfg.mask.shapes and self.method_cls.uses_fill:
-            self.method.shapes = shape_bank(cfg, device)
         self.fmt = self.method.fmt
         self.net = self.method.models["net"]
 

@@ -17,9 +17,10 @@ from cebench.core.distributed import DistInfo
 from cebench.core.errors import ConfigError
 from cebench.core.io import safe_load
 from cebench.core.logger import MetricLogger, read_jsonl
-from cebench.pretrain.graph_step import GraphedStep, choose_step
+from cebench.pretrain.graph_step import choose_step
+from cebench.pretrain.methods.context_encoder import GraphedStep
 from cebench.pretrain.train import run
-from cebench.pretrain.trainer import Trainer
+from cebench.pretrain.trainer import Trainer, resolve_run
 from tests._train_helpers import tiny_config, write_images
 
 STEPS = 5
@@ -31,7 +32,7 @@ def images(tmp_path_factory):
 
 
 def _trainer(cfg) -> Trainer:
-    t = Trainer(cfg, torch.device("cpu"), DistInfo())
+    t = Trainer(resolve_run(cfg, DistInfo()), torch.device("cpu"), DistInfo())
     # what Trainer.train() sets before its loop
     t.pending, t.skipped_local, t.probe_row = [], 0, {}
     t.logger = MetricLogger(None, enabled=False)
@@ -139,6 +140,18 @@ def test_choose_step_names_why_a_step_is_not_graphed(images, tmp_path):
     )
     fn, note = choose_step(rot.method, cuda, DistInfo())
     assert fn == rot.method.step and "method rotation has no graphed step" in note
+    # masked patches subclasses the context encoder but draws its own patch grid: the context
+    # encoder's graphed step (its masks from mask.kind) would train on other holes
+    mp = _trainer(
+        tiny_config(
+            images,
+            tmp_path / "m",
+            ["method=masked-patches", "method_kwargs={patch: 8}", "train.cuda_graph=on"],
+        )
+    )
+    fn, note = choose_step(mp.method, cuda, DistInfo())
+    assert fn == mp.method.step and "method masked-patches has no graphed step" in note
+    assert mp.method.shapes is None
     off = _trainer(tiny_config(images, tmp_path / "c"))
     assert choose_step(off.method, cuda, DistInfo()) == (off.method.step, None)
 

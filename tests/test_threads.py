@@ -90,10 +90,10 @@ def test_pretraining_loader_workers_get_one_thread(tmp_path):
     from _train_helpers import tiny_config, write_images
 
     from cebench.core.distributed import DistInfo
-    from cebench.pretrain.trainer import Trainer
+    from cebench.pretrain.trainer import Trainer, resolve_run
 
     cfg = tiny_config(write_images(tmp_path / "img", n=8), tmp_path / "run", ["data.workers=1"])
-    loader = Trainer(cfg, torch.device("cpu"), DistInfo())._loader()
+    loader = Trainer(resolve_run(cfg, DistInfo()), torch.device("cpu"), DistInfo())._loader()
     assert loader.worker_init_fn is T.data_worker_init
 
 

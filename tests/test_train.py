@@ -376,6 +376,8 @@ def test_config_is_resolved_before_the_trainer(images, tmp_path):
     assert plan.cfg.loss.lambda_rec == 1.0 and plan.cfg.loss.lambda_adv == 0.0
     assert plan.cfg.train.steps == 9 and plan.cfg.optim.lr == cfg.optim.lr_d
     assert plan.notes == (f"image folder {images}: 16 images",)
+    with pytest.raises(TypeError, match="Trainer takes resolve_run's RunPlan"):
+        Trainer(again, torch.device("cpu"), DistInfo())  # no second way to resolve a config
     trainer = Trainer(plan, torch.device("cpu"), DistInfo())
     assert trainer.cfg == plan.cfg and trainer.cfg is not plan.cfg and trainer.start_step == 6
     # resumed: the fill value saved with the run, not computed again

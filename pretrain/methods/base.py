@@ -69,6 +69,10 @@ class PretrainMethod:
     options_class: ClassVar[type | None] = None
     # its network fills the dropped pixels of a whole-image mask (the suites' inpainting figures)
     inpaints: ClassVar[bool] = False
+    # its whole step can be captured as one CUDA graph (train.cuda_graph): `graphed_step()`
+    graphable: ClassVar[bool] = False
+    # its reconstruction loss covers every pixel (an autoencoder), not only the dropped ones
+    reconstruct_all: ClassVar[bool] = False
     # the named config `cebench pretrain` picks without --config: for images of <= 96 px, above,
     # and above with the centre mask (or no --mask) when that differs (`train.auto_config_name`)
     small_config: ClassVar[str] = "small"
@@ -126,6 +130,12 @@ class PretrainMethod:
         of "PATH is a ..."), or None when it can."""
         return f"{cls.name} run: it has no decoder to inpaint with"
 
+    @classmethod
+    def inpainting_network(cls, cfg: Any) -> nn.Module:
+        """The network of `cfg`'s run that `cebench inpaint` loads (its checkpoint's "net"),
+        for the methods whose `inpaint_refusal` is None."""
+        raise NotImplementedError(f"method {cls.name} has no inpainting network")
+
     def build(self) -> None:
         raise NotImplementedError
 
@@ -139,6 +149,11 @@ class PretrainMethod:
     def sample_rows(self, images: torch.Tensor) -> list[torch.Tensor] | None:
         """Rows of the sample grid for the images of the last step, or None (no grid)."""
         return None
+
+    def graphed_step(self, capture: bool = True) -> Any:
+        """`step` as one captured CUDA graph, with the same numbers (methods with `graphable`;
+        capture=False runs its static-buffer form eagerly, what the CPU tests compare)."""
+        raise NotImplementedError(f"method {self.name} has no graphed step")
 
     def encoder(self) -> tuple[nn.Module, str, dict[str, Any]]:
         """(encoder module, registry name, build kwargs): what encoder.pt holds."""

@@ -27,6 +27,7 @@ from torch import nn
 
 from cebench.core.distributed import all_reduce_sum, average_gradients
 from cebench.core.errors import ConfigError
+from cebench.pretrain.graph_step import WARMUP_STEPS
 from cebench.pretrain.losses import (
     discriminator_loss,
     generator_adversarial_loss,
@@ -35,13 +36,18 @@ from cebench.pretrain.losses import (
 )
 from cebench.pretrain.masks import (
     batch_masks,
+    check_shape_bank,
     fill_holes,
+    load_shape_bank,
+    mask_draw_shapes,
+    masks_from_draws,
     region_loss_weights,
     resolve_region_weighting,
 )
 from cebench.pretrain.methods.base import PretrainMethod, autocast, register_method
 from cebench.pretrain.models import build_context_encoder, build_discriminator
 from cebench.pretrain.samples import composite
+from cebench.pretrain.train_data import _seed
 
 
 @dataclass
@@ -158,6 +164,7 @@ class ContextEncoder(PretrainMethod):
     inpaints = True
     centre_config = "paper-inpainting"  # the paper's inpainting network for its default mask
     reconstruct_all = False  # the autoencoder subclass sets True: loss on every pixel
+    graphable = True  # train.cuda_graph: `graphed_step` below
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -205,8 +212,19 @@ class ContextEncoder(PretrainMethod):
         )
         fill = cfg.data.fill_value or [0.5] * 3
         self.fill = torch.tensor(fill, device=self.device) * 2 - 1  # [0,1] -> [-1,1]
-        self.shapes: torch.Tensor | None = None  # the shape bank, set by the Trainer
+        # random regions shaped as the VOC objects under mask.shapes (the paper), if set
+        self.shapes: torch.Tensor | None = self.mask_shapes()
         self.hole: torch.Tensor | None = None
+
+    def mask_shapes(self) -> torch.Tensor | None:
+        """The object-shape bank of `mask.kind=random-region` with `mask.shapes` set, else None."""
+        m = self.cfg.mask
+        if m.kind != "random-region" or not m.shapes:
+            return None
+        return load_shape_bank(m.shapes, m.shapes_split, m.shapes_max_images, self.device)
+
+    def graphed_step(self, capture: bool = True) -> GraphedStep:
+        return GraphedStep(self, capture=capture)
 
     @classmethod
     def adversarial(cls, cfg: Any) -> bool:
@@ -215,6 +233,10 @@ class ContextEncoder(PretrainMethod):
     @classmethod
     def inpaint_refusal(cls, cfg: Any) -> str | None:
         return None
+
+    @classmethod
+    def inpainting_network(cls, cfg: Any) -> nn.Module:
+        return build_context_encoder(cfg.model)
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor | None, step: int
@@ -259,3 +281,100 @@ class ContextEncoder(PretrainMethod):
 
     def encoder(self) -> tuple[nn.Module, str, dict[str, Any]]:
         return self.models["net"].encoder, self.enc_name, self.enc_kwargs
+
+
+class GraphedStep:
+    """`method.step` (a ContextEncoder) as static buffers + one captured graph
+    (cebench.pretrain.graph_step's module doc).
+
+    capture=False runs the same static-buffer step eagerly every time: what the CPU tests check
+    against the eager `method.step`."""
+
+    def __init__(
+        self, method: ContextEncoder, capture: bool = True, warmup: int = WARMUP_STEPS
+    ) -> None:
+        cfg = method.cfg
+        self.method, self.capture, self.warmup = method, capture, warmup
+        self.device = method.device
+        self.size = cfg.model.input_size
+        self.batch = cfg.train.batch_size  # one process: the global batch
+        if cfg.mask.kind == "random-region" and method.shapes is not None:
+            check_shape_bank(method.shapes)  # a host sync: never inside the capture
+        self.draw_shapes = mask_draw_shapes(
+            cfg.mask.kind, self.batch, self.size, shapes=method.shapes
+        )
+        self.images: torch.Tensor | None = None
+        self.draws: list[torch.Tensor] = []
+        self.graph: Any = None
+        self.out: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self.calls = 0
+        # Adam's step count on the device, updated by the graph (fused Adam: same arithmetic)
+        for opt in method.optims.values():
+            for group in opt.param_groups:
+                group["capturable"] = True
+
+    def _body(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Everything after the draws: what the graph holds."""
+        m, cfg = self.method, self.method.cfg
+        hole = masks_from_draws(
+            cfg.mask.kind,
+            self.draws,
+            self.batch,
+            self.size,
+            region=cfg.mask.region or self.size // 2,
+            overlap=cfg.mask.overlap,
+            coverage=cfg.mask.coverage,
+            shapes=m.shapes,
+            device=self.device,
+        )
+        metrics = context_encoder_step(
+            m.parts,
+            self.images,
+            hole,
+            m.fill,
+            autoencoder=m.reconstruct_all,
+            world_size=1,
+            bf16=m.bf16,
+        )
+        return hole, metrics
+
+    def _fill_inputs(self, images: torch.Tensor, step: int) -> None:
+        """Copy the batch and the step's uniform draws into the static buffers."""
+        seed = _seed(self.method.cfg.train.seed, step, 11)  # batch_masks' generator seed
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        fresh = [torch.rand(s, generator=gen, device=self.device) for s in self.draw_shapes]
+        if self.images is None:
+            self.images = torch.empty_like(images)
+            self.draws = [torch.empty_like(d) for d in fresh]
+        if images.shape != self.images.shape:
+            raise RuntimeError(
+                f"the graphed step needs batches of one shape: {tuple(self.images.shape)}, "
+                f"then {tuple(images.shape)}"
+            )
+        self.images.copy_(images)
+        for buf, d in zip(self.draws, fresh, strict=True):
+            buf.copy_(d)
+
+    def __call__(self, images: torch.Tensor, labels: Any, step: int) -> dict[str, torch.Tensor]:
+        self._fill_inputs(images, step)
+        if not self.capture:
+            hole, metrics = self._body()
+        elif self.calls < self.warmup:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                hole, metrics = self._body()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+        else:
+            if self.graph is None:
+                self.graph = torch.cuda.CUDAGraph()
+                # thread_local: the DataLoader's pin-memory thread may call CUDA meanwhile
+                with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                    self.out = self._body()
+            self.graph.replay()  # the capture recorded the step without running it
+            assert self.out is not None
+            hole, metrics = self.out
+        self.calls += 1
+        self.method.hole = hole  # for the sample grid, read before the next step
+        # the graph's outputs are overwritten by the next replay: the caller keeps copies
+        return {k: v.clone() for k, v in metrics.items()}

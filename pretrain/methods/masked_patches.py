@@ -131,6 +131,7 @@ class MaskedPatches(ContextEncoder):
     inpaints = False  # it fills a grid of patches: not in the suites' inpainting figures
     centre_config = None  # the feature-learning AlexNet
     options_class = MaskedPatchesOptions
+    graphable = False  # its own patch grid, drawn otherwise than the context encoder's masks
 
     @classmethod
     def check(cls, cfg: Any) -> None:
@@ -188,6 +189,9 @@ class MaskedPatches(ContextEncoder):
         self.fill = torch.tensor(fill, device=self.device) * 2 - 1  # [0,1] -> [-1,1]
         self.hole: torch.Tensor | None = None
         self.shapes = None
+
+    def mask_shapes(self) -> torch.Tensor | None:
+        return None  # its own patch grid: mask.shapes is not used
 
     def step(
         self, images: torch.Tensor, labels: torch.Tensor | None, step: int
