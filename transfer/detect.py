@@ -65,8 +65,8 @@ from cebench.transfer.args import (
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
-from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.heads import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import (
     DetectionEvaluator,

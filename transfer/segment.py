@@ -54,8 +54,8 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
-from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.heads import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix, per_class_table
 from cebench.transfer.tasks import Option, TransferTask, register_task
