@@ -277,6 +277,7 @@ class CellExecutor:
                     f"inpaint options {argv} are not valid for `cebench inpaint`"
                 ) from None
             return dict(cell.config)
+        get_task(cell.task_kind).check(cell.config)  # the task's own check (a renamed key)
         cls = transfer_config_class(cell.task_kind)
         base = transfer_base_config(cell.task_kind, cell.preset)
         return to_dict(from_dict(cls, _deep_merge(to_dict(base), cell.config)))

@@ -16,8 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cebench.core.config import apply_overrides
-
 
 def pretrain_encoder(
     data: str | Path,
@@ -48,9 +46,9 @@ def transfer(
     """Any registered transfer task (`cebench transfer TASK`, cebench.transfer.tasks): keys of its
     config dataclass on top of the named preset, then `overrides` (KEY=VALUE). Returns the
     metrics.json record."""
-    from cebench.transfer.tasks import get_task, preset_config
+    from cebench.transfer.tasks import apply_task_overrides, get_task, preset_config
 
-    cfg = apply_overrides(preset_config(task, preset, **keys), list(overrides or []))
+    cfg = apply_task_overrides(task, preset_config(task, preset, **keys), list(overrides or []))
     return get_task(task).run(cfg)
 
 

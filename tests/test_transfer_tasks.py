@@ -41,6 +41,36 @@ def test_preset_keys_override_and_bad_names_are_one_line_errors():
         tasks.get_task("depth")
 
 
+def test_a_tasks_own_key_check_covers_set_overrides_the_api_and_suite_cells(tmp_path, capsys):
+    """detect's message for its renamed key `fpn` wherever the key comes from."""
+    from cebench.benchmarks.cells import CellExecutor
+    from cebench.benchmarks.suite import Cell
+    from cebench.cli import main as cli
+
+    argv = ["transfer", "detect", "--encoder", "random:tiny", "--out", str(tmp_path / "d")]
+    assert cli([*argv, "--preset", "small", "--set", "fpn=true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "replaced by 'head'" in err and len(err.splitlines()) == 1
+    with pytest.raises(ConfigError, match="replaced by 'head'"):
+        tasks.apply_task_overrides("detect", tasks.preset_config("detect"), ["fpn=false"])
+    import cebench
+
+    with pytest.raises(ConfigError, match="replaced by 'head'"):
+        cebench.detect(preset="small", out=str(tmp_path / "api"), overrides=["fpn=true"])
+    cell = Cell(
+        id="a.det.s0",
+        kind="transfer",
+        arm="a",
+        task="det",
+        seed=0,
+        task_kind="detect",
+        preset="small",
+        config={"fpn": True, "out": str(tmp_path / "cell")},
+    )
+    with pytest.raises(ConfigError, match="replaced by 'head'"):
+        CellExecutor()._resolve(cell)
+
+
 def test_the_registry_is_the_only_list_of_tasks():
     names = tasks.list_tasks()
     assert names == ["classify", "detect", "segment"]

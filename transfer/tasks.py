@@ -91,6 +91,13 @@ class TransferTask:
     def run(self, cfg: Any, note: str | None = None) -> dict[str, Any]:
         return importlib.import_module(self.module).run(cfg, note)
 
+    def check(self, keys: dict[str, Any]) -> None:
+        """The task's own check (`check_keys`) of config keys given, wherever they come from:
+        `preset_config`'s keys, `--set` / `overrides` (`apply_task_overrides`) and a suite cell's
+        config (cebench.benchmarks.cells)."""
+        if self.check_keys is not None:
+            self.check_keys(keys)
+
 
 _TASKS: dict[str, TransferTask] = {}
 
@@ -131,8 +138,7 @@ def preset_config(task: str, preset: str = "", **keys: Any) -> Any:
     """The task's config: its defaults, the preset's YAML delta over them ("" = none), then
     `keys`; validated. An unknown preset or key is a ConfigError listing the valid ones."""
     t = get_task(task)
-    if t.check_keys is not None:
-        t.check_keys(keys)
+    t.check(keys)
     data = to_dict(t.config())
     if preset:
         names = t.presets()
@@ -157,6 +163,14 @@ def preset_config(task: str, preset: str = "", **keys: Any) -> Any:
     cfg = dataclasses.replace(cfg, **keys)
     validate(cfg)
     return cfg
+
+
+def apply_task_overrides(task: str, cfg: Any, overrides: list[str]) -> Any:
+    """`KEY=VALUE` overrides (`--set`, the API's `overrides`) over a task's config, after the
+    task's own check of the keys they name (`TransferTask.check`)."""
+    given = dict(item.split("=", 1) for item in overrides if "=" in item)
+    get_task(task).check({k.strip(): v for k, v in given.items()})
+    return apply_overrides(cfg, overrides)
 
 
 # ----- the one command-line main of every task
@@ -191,7 +205,7 @@ def config_from_args(task: str, args: argparse.Namespace) -> Any:
         if value is not None:
             given[o.key] = o.convert(value) if o.convert is not None else value
     cfg = preset_config(task, args.preset, **{k: v for k, v in given.items() if v is not None})
-    return apply_overrides(cfg, list(args.set))
+    return apply_task_overrides(task, cfg, list(args.set))
 
 
 def main(task: str, args: argparse.Namespace) -> int:
