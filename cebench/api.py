@@ -41,10 +41,11 @@ def pretrain_encoder(
 
 
 def transfer(
-    task: str, preset: str = "small", overrides: list[str] | None = None, **keys: Any
+    task: str, preset: str | None = None, overrides: list[str] | None = None, **keys: Any
 ) -> dict[str, Any]:
     """Any registered transfer task (`cebench transfer TASK`, cebench.transfer.tasks): keys of its
-    config dataclass on top of the named preset, then `overrides` (KEY=VALUE). Returns the
+    config dataclass on top of the named preset (None: the task's `default_preset`, as the
+    command's; "": no preset, the config's defaults), then `overrides` (KEY=VALUE). Returns the
     metrics.json record."""
     from cebench.transfer.tasks import apply_task_overrides, get_task, preset_config
 

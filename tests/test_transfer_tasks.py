@@ -179,6 +179,31 @@ def test_a_toy_task_runs_through_the_cli_the_api_and_the_cells(toy, tmp_path, ca
     assert ex.run(cell, resolved, tmp_path)["metrics"]["value"] == 8.0
 
 
+def test_the_tasks_declared_default_preset_is_the_cli_and_the_apis(toy, tmp_path, capsys):
+    """No preset named: the command line and `cebench.<task>()` start from the task's declared
+    `default_preset`; a suite task without `preset:` keeps the config's defaults."""
+    import dataclasses
+
+    import cebench
+    from cebench.cli import main as cli
+
+    argv = ["transfer", "toy", "--encoder", "random:tiny"]
+    for default, value in (("paper", 20.0), ("small", 6.0)):
+        tasks.register_task(dataclasses.replace(toy, default_preset=default))
+        assert cli([*argv, "--out", str(tmp_path / f"cli-{default}")]) == 0
+        assert f"toy: value {value:.1f}" in capsys.readouterr().out
+        api = cebench.toy(encoder="random:tiny", out=str(tmp_path / f"api-{default}"))
+        assert api["metrics"]["value"] == value
+        assert tasks.preset_config("toy", None).epochs == (10 if default == "paper" else 3)
+    assert tasks.preset_config("toy").epochs == ToyConfig().epochs  # "": no preset
+    # --preset lists the task's own presets (no names written down elsewhere)
+    with pytest.raises(SystemExit):
+        cli([*argv, "--out", str(tmp_path / "x"), "--preset", "huge"])
+    assert "(choose from 'paper', 'small')" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="default_preset 'big' is not one of its presets"):
+        tasks.register_task(dataclasses.replace(toy, default_preset="big"))
+
+
 def test_duplicate_task_names_are_refused(toy):
     with pytest.raises(ValueError, match="already registered"):
         tasks.register_task(

@@ -69,7 +69,12 @@ class Option:
 class TransferTask:
     """What a transfer task declares: its name, module (whose `run(cfg)` trains and evaluates and
     whose docstring is its help), config dataclass, one-line summary, own CLI options, the lines
-    printed after a run, and a check of the keys given (e.g. a renamed key's message)."""
+    printed after a run, a check of the keys given (e.g. a renamed key's message) and its presets:
+    the one `cebench transfer` and `cebench.<task>(...)` start from when none is named
+    (`default_preset`; "" = the config's defaults) and the one meant for the built-in synthetic
+    data (`builtin_preset`; other presets on that data print a note naming it). A suite task
+    without `preset:` takes the config's defaults, not `default_preset` (the committed results'
+    cells are hashed with those configs)."""
 
     name: str
     module: str
@@ -80,6 +85,7 @@ class TransferTask:
     check_keys: Callable[[dict[str, Any]], None] | None = None
     preset_dir: Path | None = None  # default: transfer/presets/<name>
     default_preset: str = "paper"
+    builtin_preset: str = "small"
 
     @property
     def presets_folder(self) -> Path:
@@ -103,11 +109,19 @@ _TASKS: dict[str, TransferTask] = {}
 
 
 def register_task(task: TransferTask) -> TransferTask:
-    """Add `task` to the registry; a second task of the same name is refused."""
+    """Add `task` to the registry; a second task of the same name is refused, and so is a
+    default or built-in-data preset that is not one of its presets."""
     if task.name in _TASKS and _TASKS[task.name].module != task.module:
         raise ValueError(
             f"transfer task '{task.name}' is already registered by {_TASKS[task.name].module}"
         )
+    for key in ("default_preset", "builtin_preset"):
+        name = getattr(task, key)
+        if name and name not in task.presets():
+            raise ValueError(
+                f"transfer task '{task.name}': {key} '{name}' is not one of its presets "
+                f"{task.presets()} ({task.presets_folder})"
+            )
     _TASKS[task.name] = task
     return task
 
@@ -134,10 +148,13 @@ def get_task(name: str) -> TransferTask:
     return _TASKS[name]
 
 
-def preset_config(task: str, preset: str = "", **keys: Any) -> Any:
-    """The task's config: its defaults, the preset's YAML delta over them ("" = none), then
-    `keys`; validated. An unknown preset or key is a ConfigError listing the valid ones."""
+def preset_config(task: str, preset: str | None = "", **keys: Any) -> Any:
+    """The task's config: its defaults, the preset's YAML delta over them ("" = none, None = the
+    task's `default_preset`), then `keys`; validated. An unknown preset or key is a ConfigError
+    listing the valid ones."""
     t = get_task(task)
+    if preset is None:
+        preset = t.default_preset
     t.check(keys)
     data = to_dict(t.config())
     if preset:
@@ -186,6 +203,7 @@ def get_args_parser(task: str, add_help: bool = True) -> argparse.ArgumentParser
         add_help,
         presets=t.presets(),
         default_preset=t.default_preset,
+        builtin_preset=t.builtin_preset,
         description=t.summary,
         epilog=doc,
     )
@@ -213,7 +231,7 @@ def main(task: str, args: argparse.Namespace) -> int:
 
     t = get_task(task)
     cfg = config_from_args(task, args)
-    record = t.run(cfg, preset_note(args))
+    record = t.run(cfg, preset_note(args, t.builtin_preset))
     for line in (
         t.report(record["metrics"], cfg) if t.report else [f"{task} -> {cfg.out}/metrics.json"]
     ):
