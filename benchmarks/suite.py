@@ -97,13 +97,21 @@ class TaskSpec:
     name: str = ""
     kind: str = "classify"  # a registered transfer task (cebench.transfer.tasks)
     label: str = ""  # column name in the tables; defaults to name
-    metric: str = ""  # the metric shown in the table (a key of the harness's result)
+    # the metric shown in the table (a key of the harness's result); "" = the kind's headline
+    # metric, the first of its `metrics` (cebench.transfer.tasks.TransferTask)
+    metric: str = ""
     scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
     digits: int = 1  # decimals shown in the table
     config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
     # start from the task's preset, transfer/presets/<kind>/<preset>.yaml ("" = the defaults)
     preset: str = ""
     per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
+
+    def headline(self) -> str:
+        """The metric shown in the table: `metric`, else the kind's first headline metric."""
+        from cebench.transfer.tasks import get_task
+
+        return self.metric or get_task(self.kind).metrics[0]
 
     def validate(self) -> None:
         from cebench.transfer.tasks import get_task, list_tasks
@@ -120,10 +128,6 @@ class TaskSpec:
             raise ConfigError(
                 f"task name {self.name!r} must be lower-case letters, digits and '-', "
                 f"and not one of {list(RESERVED_TASKS)}"
-            )
-        if not self.metric:
-            raise ConfigError(
-                f"task '{self.name}' needs 'metric' (the result key shown in the table)"
             )
 
 
@@ -560,7 +564,7 @@ def suite_meta(suite: Suite) -> dict[str, Any]:
                 "name": t.name,
                 "label": t.label or t.name,
                 "kind": t.kind,
-                "metric": t.metric,
+                "metric": t.headline(),
                 "scale": t.scale,
                 "digits": t.digits,
                 "per_layer": t.per_layer,

@@ -12,7 +12,7 @@ import pytest
 from cebench.core.config import to_dict
 from cebench.core.errors import ConfigError
 from cebench.transfer import tasks
-from cebench.transfer.args import HarnessConfig
+from cebench.transfer.args import HARNESS_SETTINGS, HarnessConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ class ToyConfig(HarnessConfig):
 def _toy_run(cfg: ToyConfig, note: str | None = None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {"value": cfg.scale * cfg.epochs}
+    metrics = {"value": cfg.scale * cfg.epochs, "per_layer": {"a": {"value": cfg.scale}}}
     (out / "metrics.json").write_text(json.dumps({"metrics": metrics}))
     return {"metrics": metrics, "device": "cpu"}
 
@@ -119,6 +119,8 @@ def toy(tmp_path):
             options=(tasks.Option("--scale", "scale", type=float, help="the factor"),),
             report=lambda m, cfg: [f"toy: value {m['value']:.1f}"],
             preset_dir=presets,
+            settings=(*HARNESS_SETTINGS, ("scale", "factor")),
+            metrics=("value",),
         )
     )
     yield task
@@ -176,7 +178,47 @@ def test_a_toy_task_runs_through_the_cli_the_api_and_the_cells(toy, tmp_path, ca
     ex = CellExecutor()
     resolved = ex._resolve(cell)
     assert (resolved["epochs"], resolved["scale"]) == (4, 2.0)
-    assert ex.run(cell, resolved, tmp_path)["metrics"]["value"] == 8.0
+    # its headline metric gives the per-layer score
+    assert ex.run(cell, resolved, tmp_path)["metrics"] == {
+        "value": 8.0,
+        "value@a": 2.0,
+        "score@a": 2.0,
+    }
+
+
+TOY_SUITE = """
+name: toy-suite
+seeds: [0]
+transfer: {encoder: "{encoder}", out: "{work}", seed: "{seed}"}
+arms:
+  - {name: random, label: Random, method: random, encoder: tiny}
+tasks:
+  - {name: toy-small, label: Toy, kind: toy, preset: small, config: {epochs: 4}}
+  - {name: toy-plain, label: Plain, kind: toy, metric: value@a}
+"""
+
+
+def test_a_suite_with_a_toy_task_lists_runs_and_tabulates_it(toy, tmp_path, capsys):
+    """A suite YAML's `kind: toy`: `bench --list` shows the settings the task declares and the
+    table its headline metric (the task entry names no `metric:`)."""
+    from cebench.cli import main as cli
+
+    suite = tmp_path / "toy-suite.yaml"
+    suite.write_text(TOY_SUITE)
+    out = tmp_path / "results"
+    assert cli(["bench", "--suite", str(suite), "--out", str(out), "--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    listed = {line.split()[1]: line for line in lines}
+    assert sorted(listed) == ["random.toy-plain.s0", "random.toy-small.s0"]
+    assert "preset=small encoder=random:tiny " in listed["random.toy-small.s0"]
+    assert listed["random.toy-small.s0"].endswith(" epochs=4 batch=8 factor=2.0")
+    assert listed["random.toy-plain.s0"].endswith(" factor=1.0")  # no preset: the defaults
+    assert cli(["bench", "--suite", str(suite), "--out", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "| pretraining | Toy (value) | Plain (value@a) |" in table
+    assert "| Random | **8.0** | **1.0** |" in table
+    meta = json.loads((out / "suite.json").read_text())
+    assert [t["metric"] for t in meta["tasks"]] == ["value", "value@a"]
 
 
 def test_the_tasks_declared_default_preset_is_the_cli_and_the_apis(toy, tmp_path, capsys):

@@ -19,6 +19,23 @@ from cebench.core.threads import check_workers
 
 T = TypeVar("T")
 
+# the config keys of every harness `cebench bench --list` shows beside a cell (a key, or (key,
+# label)): a task's `settings` when it declares none (cebench.transfer.tasks.TransferTask)
+HARNESS_SETTINGS: tuple[str | tuple[str, str], ...] = (
+    "encoder",
+    "data",
+    ("train_split", "train"),
+    ("val_split", "test"),
+    ("input_size", "size"),
+    "frozen",
+    "rescale",
+    "keep_trained_fc",
+    ("optimizer", "optim"),
+    "lr",
+    "epochs",
+    ("batch_size", "batch"),
+)
+
 
 @dataclass
 class HarnessConfig:

@@ -35,6 +35,7 @@ from cebench.core.config import (
     validate,
 )
 from cebench.core.errors import ConfigError
+from cebench.transfer.args import HARNESS_SETTINGS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -69,7 +70,10 @@ class Option:
 class TransferTask:
     """What a transfer task declares: its name, module (whose `run(cfg)` trains and evaluates and
     whose docstring is its help), config dataclass, one-line summary, own CLI options, the lines
-    printed after a run, a check of the keys given (e.g. a renamed key's message) and its presets:
+    printed after a run, a check of the keys given (e.g. a renamed key's message), the config keys
+    `cebench bench --list` shows beside its cells (`settings`: a key, or (key, label)), the names
+    its result gives its headline number (`metrics`, best first: a suite task without `metric:`
+    shows the first, a per-layer result's `score@<layer>` is the first a layer has) and its presets:
     the one `cebench transfer` and `cebench.<task>(...)` start from when none is named
     (`default_preset`; "" = the config's defaults) and the one meant for the built-in synthetic
     data (`builtin_preset`; other presets on that data print a note naming it). A suite task
@@ -86,6 +90,8 @@ class TransferTask:
     preset_dir: Path | None = None  # default: transfer/presets/<name>
     default_preset: str = "paper"
     builtin_preset: str = "small"
+    settings: tuple[str | tuple[str, str], ...] = HARNESS_SETTINGS
+    metrics: tuple[str, ...] = ("score",)
 
     @property
     def presets_folder(self) -> Path:
@@ -93,6 +99,10 @@ class TransferTask:
 
     def presets(self) -> list[str]:
         return sorted(p.stem for p in self.presets_folder.glob("*.yaml"))
+
+    def setting_labels(self) -> list[tuple[str, str]]:
+        """`settings` as (config key, label shown) pairs."""
+        return [(s, s) if isinstance(s, str) else s for s in self.settings]
 
     def run(self, cfg: Any, note: str | None = None) -> dict[str, Any]:
         return importlib.import_module(self.module).run(cfg, note)
@@ -115,6 +125,8 @@ def register_task(task: TransferTask) -> TransferTask:
         raise ValueError(
             f"transfer task '{task.name}' is already registered by {_TASKS[task.name].module}"
         )
+    if not task.metrics:
+        raise ValueError(f"transfer task '{task.name}' names no headline metric ('metrics')")
     for key in ("default_preset", "builtin_preset"):
         name = getattr(task, key)
         if name and name not in task.presets():
@@ -139,6 +151,15 @@ def list_tasks() -> list[str]:
     """The registered tasks' names, sorted (the order of `cebench transfer`'s subcommands)."""
     _load_builtin()
     return sorted(_TASKS)
+
+
+def headline_metrics() -> list[str]:
+    """Every registered task's `metrics`, in the registry's order, each once: the headline
+    number's names when the task is not known (a results CSV without suite.json)."""
+    names: list[str] = []
+    for task in list_tasks():
+        names += [m for m in _TASKS[task].metrics if m not in names]
+    return names
 
 
 def get_task(name: str) -> TransferTask:
