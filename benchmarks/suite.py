@@ -4,7 +4,7 @@
     cells = plan_cells(suite, out_dir)        # pretrain, inpaint and transfer cells in run order
 
 A suite names pretraining *arms* (random, random-rescaled, supervised, autoencoder, context
-encoder with a mask), transfer *tasks* (classify / detect / segment with the harness config),
+encoder with a mask), transfer *tasks* (a registered transfer task, `kind:`, with its config),
 the seeds, the budgets and the data. Config sections are plain mappings of the target config's
 keys (`PretrainConfig`, the transfer harness configs); they are checked against those dataclasses
 when the runner resolves each cell, before anything runs. String values may hold placeholders:
@@ -343,7 +343,7 @@ class Cell:
     seed: int
     config: dict[str, Any]  # overrides with placeholders resolved (target config's keys)
     depends: tuple[str, ...] = ()
-    task_kind: str = ""  # classify | detect | segment for transfer cells
+    task_kind: str = ""  # transfer cells: the registered transfer task (cebench.transfer.tasks)
     preset: str = ""  # transfer cells: the harness preset the config starts from
 
 

@@ -54,8 +54,7 @@ def transfer(
 
 
 def __getattr__(name: str) -> Any:
-    """`cebench.api.classify(...)`, `.detect`, `.segment`, ...: `transfer(name, ...)` for every
-    registered task."""
+    """`cebench.api.<task>(...)` for every registered task (`list_tasks()`): `transfer(task, ...)`."""
     from functools import partial
 
     from cebench.transfer.tasks import list_tasks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import re
 from dataclasses import dataclass
@@ -84,8 +86,23 @@ def test_the_registry_is_the_only_list_of_tasks():
             if listed.search(path.read_text()):
                 found.append(str(path.relative_to(ROOT)))
     assert found == []
+    # nor does any string (help, descriptions, docstrings) name two tasks or more: text that lists
+    # the tasks is built from the registry, so a fourth task cannot be left out of it
+    task_files = {Path(importlib.import_module(tasks.get_task(n).module).__file__) for n in names}
+    word = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    named = []
+    for folder in ("cebench", "transfer", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path.resolve() in task_files:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    if len(set(word.findall(node.value))) >= 2:
+                        named.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert named == []
     # the built-in modules are found by their presets folders, not listed
     assert tasks.builtin_modules() == [f"cebench.transfer.{n}" for n in names]
+    assert tasks.task_names() == names
 
 
 @dataclass
@@ -155,6 +172,12 @@ def test_a_toy_task_runs_through_the_cli_the_api_and_the_cells(toy, tmp_path, ca
     )
     assert rc == 0 and "toy: value 1.5" in capsys.readouterr().out
     assert json.loads((out / "metrics.json").read_text())["metrics"]["value"] == 1.5
+    # the help's lists of tasks name it
+    from cebench.cli import _help
+    from cebench.transfer.commands import get_args_parser
+
+    assert _help("transfer").endswith("classify | detect | segment | toy")
+    assert get_args_parser().description.endswith("segment, toy.")
     # the Python front door knows it too
     assert (
         cebench.toy(preset="paper", encoder="random:tiny", out=str(tmp_path / "api"))["metrics"][

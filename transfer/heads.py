@@ -1,7 +1,7 @@
 """A head's fully connected layers (fc6/fc7) and the rescaling of the encoder with them: the glue
 between an encoder (`cebench.transfer.encoders`) and Krähenbühl et al.'s data-dependent init
-(`cebench.transfer.rescale`) that the harnesses with fc6/fc7 share (classify head=fc, detect
-head=c4, segment fc_dims > 0).
+(`cebench.transfer.rescale`) that the harnesses with fc6/fc7 share (a classification `head=fc`,
+Fast R-CNN's c4 head, FCN's fc6/fc7 with `fc_dims` > 0).
 
     draw_fresh_fc_([fc6, fc7])                       # N(0, 0.01^2), bias 0.1
     init_fc_head_(net, encoder, info, [fc6, fc7], net.features, "full", seed, calibration)

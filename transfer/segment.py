@@ -1,6 +1,6 @@
 """Semantic segmentation transfer: an FCN on a cebench encoder, mean IU and pixel accuracy.
 
-    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2011 \
+    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2011 \\
         --set sbd=benchmark_RELEASE/dataset --out runs/seg   # paper preset: SBD -> seg11valid
     cebench transfer segment --encoder random:tiny --data data/builtin/VOC --preset small --frozen --out runs/seg
 

@@ -1,5 +1,6 @@
 """Transfer tasks as registered units: the one list of tasks (`cebench transfer`, the suites'
-`kind:`, the benchmark cells and `cebench.classify/detect/segment` all read it).
+`kind:`, the benchmark cells and `cebench.<task>(...)` all read it; no other file writes the task
+names down, user-facing text included).
 
     from cebench.transfer.tasks import TransferTask, Option, register_task, get_task, preset_config
     TASK = register_task(TransferTask(
@@ -45,6 +46,13 @@ def builtin_modules() -> list[str]:
     return sorted(
         f"cebench.transfer.{d.name}" for d in PRESET_DIR.iterdir() if any(d.glob("*.yaml"))
     )
+
+
+def task_names() -> list[str]:
+    """The tasks' names as `list_tasks()` gives them, without importing the built-in tasks'
+    modules (`builtin_modules`, plus any task registered since): for `cebench --help`, which
+    stays fast."""
+    return sorted({*(m.rsplit(".", 1)[1] for m in builtin_modules()), *_TASKS})
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,13 @@ def get_task(name: str) -> TransferTask:
     if name not in _TASKS:
         raise ConfigError(f"unknown transfer task '{name}'; tasks: {', '.join(sorted(_TASKS))}")
     return _TASKS[name]
+
+
+def examples(name: str) -> str:
+    """The task's command-line examples: the first block of its module's docstring (after the
+    summary line), as `cebench transfer <task> --help` shows them."""
+    doc = importlib.import_module(get_task(name).module).__doc__ or ""
+    return doc.split("\n\n")[1] if "\n\n" in doc else doc
 
 
 def preset_config(task: str, preset: str | None = "", **keys: Any) -> Any:
