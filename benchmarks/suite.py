@@ -18,8 +18,10 @@ and inpaint cells) is the arm's pretraining run directory, or `random:<encoder>`
 `random-rescaled:<encoder>` for the arms without pretraining; an `external` arm's `encoder` is a
 whole encoder spec used as it is (`hub:torchvision/alexnet`, a run directory, an encoder.pt).
 
-A task may name a harness preset (`preset: paper|small`): its cells start from
-`transfer/presets/<kind>/<preset>.yaml` (cebench.transfer.tasks) and apply the task's config keys over it. A pretrain
+A task may name one of its kind's presets (`preset:`): its cells start from
+`transfer/presets/<kind>/<preset>.yaml` (cebench.transfer.tasks) and apply the task's config keys
+over it; without `preset:` they start from the config dataclass's defaults (not the task's
+`default_preset`: the committed results' cells are hashed over those configs). A pretrain
 section may start from a named config (`pretrain: {_base_: paper-alexnet}`), and a suite file
 from another suite (`_base_: paper`).
 """
@@ -103,7 +105,8 @@ class TaskSpec:
     scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
     digits: int = 1  # decimals shown in the table
     config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
-    # start from the task's preset, transfer/presets/<kind>/<preset>.yaml ("" = the defaults)
+    # start from the task's preset, transfer/presets/<kind>/<preset>.yaml ("" = the config
+    # dataclass's defaults, not the task's default_preset)
     preset: str = ""
     per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
 
