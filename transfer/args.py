@@ -92,8 +92,8 @@ def require_at_least(cfg: Any, minimum: int, *keys: str) -> None:
 def common_parser(
     add_help: bool = True,
     *,
-    presets: list[str],
-    default_preset: str,
+    presets: list[str] | None = None,
+    default_preset: str = "",
     builtin_preset: str = "",
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
