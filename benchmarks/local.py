@@ -7,14 +7,21 @@
 jobs=1 runs the cells one after another in this process; jobs > 1 in that many worker processes
 (spawned; CPUs // jobs torch threads each), a cell starting once its dependencies finished. Like
 the Slurm launcher it takes what it needs from the runner it is handed (`execute_cell`,
-`init_worker`, `_record`, ...) and does not import cebench.benchmarks.runner.
+`init_worker`, `stop_cell`, `_record`, ...) and does not import cebench.benchmarks.runner.
+
+SIGINT/SIGTERM while it runs (`signal_handler`, which the runner installs): jobs=1, the runner's
+`stop_cell` stops the cell in this process; jobs > 1, the first signal is forwarded once to the
+worker processes (their own process group) and no new cell starts; a second one aborts at once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
+import os
 import sys
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 
@@ -26,6 +33,26 @@ class LocalLauncher:
 
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = jobs
+        self.workers: cf.ProcessPoolExecutor | None = None  # jobs > 1: the pool running now
+
+    def signal_handler(self, runner: Any, outcome: Any) -> Callable[[int, Any], None]:
+        """The SIGINT/SIGTERM handler the runner installs while this launcher runs its cells."""
+        if self.jobs == 1:
+            return runner.stop_cell
+        return partial(self._forward_signal, outcome)
+
+    def _forward_signal(self, outcome: Any, signum: int, frame: Any) -> None:
+        """jobs > 1: pass the first SIGINT/SIGTERM on to the worker processes once (they are in
+        their own process group) and start no new cell; a second one aborts at once."""
+        if outcome.stopped_by is not None:
+            raise KeyboardInterrupt
+        outcome.stopped_by = signum
+        procs = getattr(self.workers, "_processes", None) or {}
+        for proc in list(procs.values()):
+            try:
+                os.kill(proc.pid, signum)
+            except (ProcessLookupError, TypeError):
+                pass
 
     def run(self, runner: Any, todo: list[Any], outcome: Any) -> None:
         if self.jobs == 1:
@@ -69,7 +96,7 @@ class LocalLauncher:
                 self.jobs, mp_context=ctx, initializer=runner.init_worker, initargs=(self.jobs,)
             )
 
-        pool = runner._pool = new_pool()
+        pool = self.workers = new_pool()
         running: dict[cf.Future, tuple[Any, cf.ProcessPoolExecutor]] = {}
         try:
             while (waiting and outcome.stopped_by is None) or running:
@@ -97,7 +124,7 @@ class LocalLauncher:
                             fut = pool.submit(*args)
                         except cf.process.BrokenProcessPool:
                             pool.shutdown(wait=False, cancel_futures=True)
-                            pool = runner._pool = new_pool()
+                            pool = self.workers = new_pool()
                             fut = pool.submit(*args)
                         running[fut] = (cell, pool)
                 if not running:
@@ -115,7 +142,8 @@ class LocalLauncher:
                         }
                         if its_pool is pool:
                             pool.shutdown(wait=False, cancel_futures=True)
-                            pool = runner._pool = new_pool()
+                            pool = self.workers = new_pool()
                     runner._record(cell, res, outcome)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            self.workers = None

@@ -25,7 +25,6 @@ command continues, resuming the interrupted pretraining cell from its checkpoint
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import dataclasses
 import fnmatch
 import json
@@ -435,14 +434,16 @@ class Runner:
         self._progress_t0, self._times = time.time(), {}
         self._total = len(todo)
         main_thread = threading.current_thread() is threading.main_thread()
-        handler = _stop_cell if self.jobs == 1 else self._forward_signal
+        # SIGINT/SIGTERM while the cells run: the launcher's handler (LocalLauncher: stop the
+        # cell in this process, or forward to its workers); a launcher without one stops the
+        # cell running in this process
+        ask = getattr(self.launcher, "signal_handler", None)
+        handler = ask(self, outcome) if ask is not None else _stop_cell
         old = (
             {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
             if main_thread
             else {}
         )
-        self._pool: cf.ProcessPoolExecutor | None = None
-        self._outcome = outcome
         try:
             self._dispatch(todo, outcome)
             # more_seeds: rounds of one more seed for the arms whose comparison is undecided
@@ -537,19 +538,6 @@ class Runner:
         if not {self.by_id[i].arm for i in new} - {ref}:
             return []  # no undecided arm can take another seed
         return [c for c in self.planned if c.id in new]
-
-    def _forward_signal(self, signum: int, frame: Any) -> None:
-        """--jobs > 1: pass the first SIGINT/SIGTERM on to the worker processes once (they are in
-        their own process group) and start no new cell; a second one aborts at once."""
-        if self._outcome.stopped_by is not None:
-            raise KeyboardInterrupt
-        self._outcome.stopped_by = signum
-        procs = getattr(self._pool, "_processes", None) or {}
-        for proc in list(procs.values()):
-            try:
-                os.kill(proc.pid, signum)
-            except (ProcessLookupError, TypeError):
-                pass
 
     def _blocked(self, cell: Cell, outcome: Outcome) -> str | None:
         bad = [d for d in cell.depends if d in outcome.failed]

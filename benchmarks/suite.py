@@ -4,7 +4,7 @@
     cells = plan_cells(suite, out_dir)        # pretrain, inpaint and transfer cells in run order
 
 A suite names pretraining *arms* (random, random-rescaled, supervised, autoencoder, context
-encoder with a mask), transfer *tasks* (classify / detect / segment with the harness config),
+encoder with a mask), transfer *tasks* (a registered transfer task, `kind:`, with its config),
 the seeds, the budgets and the data. Config sections are plain mappings of the target config's
 keys (`PretrainConfig`, the transfer harness configs); they are checked against those dataclasses
 when the runner resolves each cell, before anything runs. String values may hold placeholders:
@@ -18,8 +18,10 @@ and inpaint cells) is the arm's pretraining run directory, or `random:<encoder>`
 `random-rescaled:<encoder>` for the arms without pretraining; an `external` arm's `encoder` is a
 whole encoder spec used as it is (`hub:torchvision/alexnet`, a run directory, an encoder.pt).
 
-A task may name a harness preset (`preset: paper|small`): its cells start from
-`transfer/presets/<kind>/<preset>.yaml` (cebench.transfer.tasks) and apply the task's config keys over it. A pretrain
+A task may name one of its kind's presets (`preset:`): its cells start from
+`transfer/presets/<kind>/<preset>.yaml` (cebench.transfer.tasks) and apply the task's config keys
+over it; without `preset:` they start from the config dataclass's defaults (not the task's
+`default_preset`: the committed results' cells are hashed over those configs). A pretrain
 section may start from a named config (`pretrain: {_base_: paper-alexnet}`), and a suite file
 from another suite (`_base_: paper`).
 """
@@ -97,13 +99,22 @@ class TaskSpec:
     name: str = ""
     kind: str = "classify"  # a registered transfer task (cebench.transfer.tasks)
     label: str = ""  # column name in the tables; defaults to name
-    metric: str = ""  # the metric shown in the table (a key of the harness's result)
+    # the metric shown in the table (a key of the harness's result); "" = the kind's headline
+    # metric, the first of its `metrics` (cebench.transfer.tasks.TransferTask)
+    metric: str = ""
     scale: float = 1.0  # table shows value * scale (100 for fractions shown as %)
     digits: int = 1  # decimals shown in the table
     config: dict[str, Any] = field(default_factory=dict)  # transfer harness config overrides
-    # start from the task's preset, transfer/presets/<kind>/<preset>.yaml ("" = the defaults)
+    # start from the task's preset, transfer/presets/<kind>/<preset>.yaml ("" = the config
+    # dataclass's defaults, not the task's default_preset)
     preset: str = ""
     per_layer: bool = False  # draw the accuracy-vs-layer figure from "<metric>@<layer>" metrics
+
+    def headline(self) -> str:
+        """The metric shown in the table: `metric`, else the kind's first headline metric."""
+        from cebench.transfer.tasks import get_task
+
+        return self.metric or get_task(self.kind).metrics[0]
 
     def validate(self) -> None:
         from cebench.transfer.tasks import get_task, list_tasks
@@ -120,10 +131,6 @@ class TaskSpec:
             raise ConfigError(
                 f"task name {self.name!r} must be lower-case letters, digits and '-', "
                 f"and not one of {list(RESERVED_TASKS)}"
-            )
-        if not self.metric:
-            raise ConfigError(
-                f"task '{self.name}' needs 'metric' (the result key shown in the table)"
             )
 
 
@@ -339,7 +346,7 @@ class Cell:
     seed: int
     config: dict[str, Any]  # overrides with placeholders resolved (target config's keys)
     depends: tuple[str, ...] = ()
-    task_kind: str = ""  # classify | detect | segment for transfer cells
+    task_kind: str = ""  # transfer cells: the registered transfer task (cebench.transfer.tasks)
     preset: str = ""  # transfer cells: the harness preset the config starts from
 
 
@@ -560,7 +567,7 @@ def suite_meta(suite: Suite) -> dict[str, Any]:
                 "name": t.name,
                 "label": t.label or t.name,
                 "kind": t.kind,
-                "metric": t.metric,
+                "metric": t.headline(),
                 "scale": t.scale,
                 "digits": t.digits,
                 "per_layer": t.per_layer,

@@ -55,8 +55,6 @@ COLUMNS = [
 # results.csv before the provenance columns (code fingerprint, torch threads, float format): read
 # as such, the missing columns empty
 LEGACY_COLUMNS = COLUMNS[:10]
-# headline metric when suite.json does not name one: first of these present, else the first metric
-PREFERRED = ["map", "mAP", "accuracy", "acc", "top1", "miou", "mean_iou", "mIoU"]
 FROM = "<<from>>"  # joins a `cebench table` command and the `cebench bench` command it re-renders
 # `cebench inpaint` metrics: (column label, (metric, scale) tried in order, lower is better, digits);
 # PSNR as the mean of per-image values, the most likely reading of the paper's Table 1
@@ -156,6 +154,8 @@ def read_results(paths: list[str | Path]) -> tuple[list[dict[str, Any]], dict[st
 
 def _fill_meta(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
     """Arms and tasks seen in the CSV but not in any suite.json get default labels and metrics."""
+    from cebench.transfer.tasks import headline_metrics
+
     arms = {a["name"] for a in meta["arms"]}
     tasks = {t["name"] for t in meta["tasks"]}
     for r in rows:
@@ -167,7 +167,11 @@ def _fill_meta(rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         if r["task"] not in tasks and r["task"] not in ("pretrain", "inpaint"):
             tasks.add(r["task"])
             names = [x["metric"] for x in rows if x["task"] == r["task"] and "@" not in x["metric"]]
-            metric = next((m for m in PREFERRED if m in names), names[0] if names else r["metric"])
+            # the headline metric: the first of the registered tasks' present (`metrics` of
+            # cebench.transfer.tasks.TransferTask), else the first metric
+            metric = next(
+                (m for m in headline_metrics() if m in names), names[0] if names else r["metric"]
+            )
             meta["tasks"].append(
                 {
                     "name": r["task"],

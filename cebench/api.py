@@ -16,8 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cebench.core.config import apply_overrides
-
 
 def pretrain_encoder(
     data: str | Path,
@@ -43,20 +41,20 @@ def pretrain_encoder(
 
 
 def transfer(
-    task: str, preset: str = "small", overrides: list[str] | None = None, **keys: Any
+    task: str, preset: str | None = None, overrides: list[str] | None = None, **keys: Any
 ) -> dict[str, Any]:
     """Any registered transfer task (`cebench transfer TASK`, cebench.transfer.tasks): keys of its
-    config dataclass on top of the named preset, then `overrides` (KEY=VALUE). Returns the
+    config dataclass on top of the named preset (None: the task's `default_preset`, as the
+    command's; "": no preset, the config's defaults), then `overrides` (KEY=VALUE). Returns the
     metrics.json record."""
-    from cebench.transfer.tasks import get_task, preset_config
+    from cebench.transfer.tasks import apply_task_overrides, get_task, preset_config
 
-    cfg = apply_overrides(preset_config(task, preset, **keys), list(overrides or []))
+    cfg = apply_task_overrides(task, preset_config(task, preset, **keys), list(overrides or []))
     return get_task(task).run(cfg)
 
 
 def __getattr__(name: str) -> Any:
-    """`cebench.api.classify(...)`, `.detect`, `.segment`, ...: `transfer(name, ...)` for every
-    registered task."""
+    """`cebench.api.<task>(...)` for every registered task (`list_tasks()`): `transfer(task, ...)`."""
     from functools import partial
 
     from cebench.transfer.tasks import list_tasks

@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cebench.pretrain.export",
         "export an encoder's weights for timm, torchvision or as a plain state dict",
     ),
-    "transfer": ("cebench.transfer.commands", "transfer an encoder: classify | detect | segment"),
+    "transfer": ("cebench.transfer.commands", "transfer an encoder"),  # + its tasks (_help)
     "bench": (
         "cebench.benchmarks.runner",
         "run a benchmark suite (pretraining x transfer x seeds) and tabulate it",
@@ -54,13 +54,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _help(name: str) -> str:
+    """A subcommand's one-line help; `transfer` lists the registered tasks."""
+    help_ = COMMANDS[name][1]
+    if name == "transfer":
+        from cebench.transfer.tasks import task_names
+
+        help_ += ": " + " | ".join(task_names())
+    return help_
+
+
 def _top_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cebench",
         description="Context Encoders (Pathak et al., CVPR 2016) feature-learning benchmark suite.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="subcommands:\n"
-        + "\n".join(f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items())
+        + "\n".join(f"  {name:<10} {_help(name)}" for name in COMMANDS)
         + "\n\nRun `cebench SUBCOMMAND --help` for its options and examples.",
     )
     p.add_argument("command", nargs="?", choices=list(COMMANDS), metavar="SUBCOMMAND")

@@ -313,6 +313,50 @@ def test_worker_pool_runs_and_survives_a_dying_worker(tmp_path):
     assert len(out.failed) <= 2
 
 
+def test_the_launcher_owns_the_signal_handling(tmp_path):
+    """The runner installs its launcher's SIGINT/SIGTERM handler while the cells run; the local
+    launcher's is the runner's stop_cell in process, else a forward to its worker processes."""
+    from cebench.benchmarks.local import LocalLauncher
+    from cebench.benchmarks.runner import Outcome
+
+    class SignalledLauncher(LocalLauncher):
+        seen: list[int] = []
+
+        def signal_handler(self, runner, outcome):
+            def handler(signum, frame):
+                self.seen.append(signum)
+                outcome.stopped_by = signum
+
+            return handler
+
+        def run(self, runner, todo, outcome):
+            os.kill(os.getpid(), signal.SIGTERM)
+            super().run(runner, todo, outcome)
+
+    suite = load_suite(_suite_file(tmp_path), ["seeds=[0]"])
+    launcher = SignalledLauncher(1)
+    runner = Runner(suite, tmp_path / "out", FakeExecutor(), launcher=launcher, log=lambda m: None)
+    before = signal.getsignal(signal.SIGTERM)
+    out = runner.run()
+    assert launcher.seen == [signal.SIGTERM] and out.stopped_by == signal.SIGTERM
+    assert out.ran == [] and signal.getsignal(signal.SIGTERM) == before
+    # the local launcher: in process, the runner's stop_cell; with workers, a forward to each
+    assert LocalLauncher(1).signal_handler(runner, Outcome()) is Runner.stop_cell
+    pool = LocalLauncher(2)
+    outcome = Outcome()
+    handler = pool.signal_handler(runner, outcome)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pool.workers = type("Pool", (), {"_processes": {worker.pid: worker}})()
+        handler(signal.SIGTERM, None)
+        assert worker.wait(timeout=30) == -signal.SIGTERM and outcome.stopped_by == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):  # a second signal aborts at once
+            handler(signal.SIGINT, None)
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 def test_killed_runner_leaves_no_worker_behind(tmp_path):
     suite_file = _suite_file(tmp_path)
     script = textwrap.dedent(f"""

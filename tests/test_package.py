@@ -217,6 +217,7 @@ def test_front_door_script(tmp_path):
         encoder=str(run),
         data=str(imgs.parent),
         out=str(tmp_path / "cls"),
+        preset="small",
         protocol="linear",
         overrides=["epochs=2"],
     )

@@ -95,7 +95,7 @@ def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
     for preset in ("paper", "small"):
         args = get_args_parser("classify").parse_args([*base, "--preset", preset])
         config_from_args("classify", args)
-        notes[preset] = preset_note(args)
+        notes[preset] = preset_note(args, "small")
     assert notes["small"] is None  # the paper preset only
     assert notes["paper"].startswith(f"note: {voc} looks like the built-in synthetic data")
     assert "`--preset small`" in notes["paper"]

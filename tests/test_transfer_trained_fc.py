@@ -11,8 +11,9 @@ from torch import nn
 from cebench.pretrain.encoder_file import save_encoder
 from cebench.pretrain.models import build_encoder
 from cebench.transfer import classify, detect, segment
-from cebench.transfer.encoders import init_fc_head_, resolve_encoder
+from cebench.transfer.encoders import resolve_encoder
 from cebench.transfer.harness import Splits
+from cebench.transfer.heads import init_fc_head_
 from cebench.transfer.tasks import preset_config
 
 

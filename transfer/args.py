@@ -1,6 +1,6 @@
-"""Command-line options shared by the three harnesses, and options -> typed config.
+"""Command-line options shared by the transfer tasks, and options -> typed config.
 
-    p = common_parser(add_help=False); p.add_argument("--protocol", ...)
+    p = common_parser(False, presets=task.presets(), default_preset=task.default_preset)
     given = common_keys(args)   # the transfer tasks' generic main (transfer/tasks.py) reads these
 
 Options left out on the command line keep the preset's value; `--set key=value` reaches any
@@ -18,6 +18,23 @@ from cebench.core.errors import ConfigError
 from cebench.core.threads import check_workers
 
 T = TypeVar("T")
+
+# the config keys of every harness `cebench bench --list` shows beside a cell (a key, or (key,
+# label)): a task's `settings` when it declares none (cebench.transfer.tasks.TransferTask)
+HARNESS_SETTINGS: tuple[str | tuple[str, str], ...] = (
+    "encoder",
+    "data",
+    ("train_split", "train"),
+    ("val_split", "test"),
+    ("input_size", "size"),
+    "frozen",
+    "rescale",
+    "keep_trained_fc",
+    ("optimizer", "optim"),
+    "lr",
+    "epochs",
+    ("batch_size", "batch"),
+)
 
 
 @dataclass
@@ -74,10 +91,15 @@ def require_at_least(cfg: Any, minimum: int, *keys: str) -> None:
 
 def common_parser(
     add_help: bool = True,
+    *,
     presets: list[str] | None = None,
-    default_preset: str = "paper",
+    default_preset: str = "",
+    builtin_preset: str = "",
     **kwargs: Any,
 ) -> argparse.ArgumentParser:
+    """The common options; `--preset` chooses among `presets` (the task's YAML files), by default
+    `default_preset`; `builtin_preset` is the one meant for the built-in data (both from the
+    task's declaration, cebench.transfer.tasks.TransferTask)."""
     p = argparse.ArgumentParser(
         add_help=add_help, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs
     )
@@ -98,9 +120,11 @@ def common_parser(
     )
     p.add_argument(
         "--preset",
-        choices=presets or ["paper", "small"],
+        choices=presets or None,
         default=default_preset,
-        help="paper: the protocol's hyperparameters (default); small: for the built-in 32-64 px data",
+        help=f"the task's preset the config starts from, transfer/presets/<task>/<preset>.yaml "
+        f"(default: {default_preset or 'none, the config defaults'})"
+        + (f"; {builtin_preset}: the one meant for the built-in data" if builtin_preset else ""),
     )
     p.add_argument(
         "--frozen",
@@ -150,25 +174,28 @@ def common_keys(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def preset_note(args: argparse.Namespace) -> str | None:
-    """On the built-in synthetic data with a non-small preset: a note saying `--preset small` is
-    the preset meant for it (the harness prints it once its data and encoder are ready, or adds it
-    to the one-line error when they are not)."""
-    if getattr(args, "preset", "small") == "small":
+def preset_note(args: argparse.Namespace, builtin_preset: str) -> str | None:
+    """On the built-in synthetic data with another preset than `builtin_preset` (the task's
+    preset meant for that data, `TransferTask.builtin_preset`): a note naming it (the harness
+    prints it once its data and encoder are ready, or adds it to the one-line error when they are
+    not)."""
+    preset = getattr(args, "preset", builtin_preset)
+    if not builtin_preset or preset == builtin_preset:
         return None
-    return builtin_data_note(args.data or getattr(args, "coco_images", None))
+    return builtin_data_note(args.data or getattr(args, "coco_images", None), builtin_preset, preset)
 
 
-def builtin_data_note(data: str | None) -> str | None:
+def builtin_data_note(data: str | None, builtin_preset: str, preset: str) -> str | None:
     """The note for `data` when it looks like the built-in synthetic data, else None."""
     from cebench.data.synth import builtin_reason
 
     reason = builtin_reason(data)
     if not reason:
         return None
+    chosen = f"`--preset {preset}`" if preset else "the config defaults (no preset)"
     return (
-        f"note: {data} looks like the built-in synthetic data ({reason}); `--preset small` "
-        "is the preset meant for it (this preset runs the paper's epochs and sizes)"
+        f"note: {data} looks like the built-in synthetic data ({reason}); `--preset "
+        f"{builtin_preset}` is the preset meant for it ({chosen} is sized for other data)"
     )
 
 

@@ -65,8 +65,8 @@ from cebench.transfer.args import (
     require_at_least,
 )
 from cebench.transfer.data import calibration_batch, find_format, seeded_loader
-from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.heads import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import (
     DetectionEvaluator,
@@ -728,6 +728,31 @@ TASK = register_task(
                 "(paper preset); rpn: Faster R-CNN's region proposal network (small preset)",
             ),
         ),
+        settings=(
+            "encoder",
+            "data",
+            ("train_split", "train"),
+            ("val_split", "test"),
+            ("input_size", "size"),
+            "min_size",
+            "max_size",
+            "frozen",
+            "head",
+            ("representation_size", "fc_dims"),
+            "fc_dropout",
+            "ap",
+            "proposals",
+            ("freeze_stages", "lr0"),
+            "bias_lr",
+            "bias_decay",
+            "rescale",
+            "keep_trained_fc",
+            ("optimizer", "optim"),
+            "lr",
+            "epochs",
+            ("batch_size", "batch"),
+        ),
+        metrics=("score", "mAP_voc07", "AP50"),  # `score`: the one `ap` names
         report=lambda m, cfg: [
             f"detect: VOC07 mAP {m['mAP_voc07']:.2f} AP {m['AP']:.2f} AP50 {m['AP50']:.2f} "
             f"AP75 {m['AP75']:.2f} -> {cfg.out}/metrics.json",

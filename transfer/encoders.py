@@ -33,8 +33,8 @@ same calibration batch, as their magic_init.py does:
   none of a trained one (a run, `hub:`, an exported file), whose weights it leaves untouched;
 - "full": the within-layer step, then their between-layer step over all layers.
 A harness whose head has fc6/fc7 rescales the encoder and those layers together
-(`rescale_network_`); fc6/fc7 are fresh unless the encoder carries trained ones
-(`load_trained_fc_`, e.g. torchvision's AlexNet classifier).
+(`cebench.transfer.heads`: `init_fc_head_`, `rescale_network_`); fc6/fc7 are fresh unless the
+encoder carries trained ones (`load_trained_fc_`, e.g. torchvision's AlexNet classifier).
 Calibration images come in [-1, 1] and are renormalised to the statistics the weights expect
 (ImageNet for `hub:`). What was applied is recorded in `info["meta"]["rescale"]`.
 
@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -322,82 +322,6 @@ def is_fresh(info: EncoderInfo) -> bool:
 
 def param_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-
-
-def rescale_network_(
-    net: nn.Module,
-    encoder: nn.Module,
-    info: EncoderInfo,
-    images: torch.Tensor,
-    mode: str,
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    seed: int,
-    trained_head: Iterable[nn.Module] = (),
-    layers: str = "encoder, fc6, fc7",
-) -> None:
-    """Rescale `net` (the encoder and the head layers `forward` runs) as one network, as
-    magic_init does for a whole Caffe net: the within-layer step on the fresh layers (the
-    encoder's when `is_fresh(info)`, and the head's but `trained_head`), then (mode "full") the
-    between-layer step over all. `images` in [-1, 1]; records what was done in `info`."""
-    trained = list(trained_head) + ([] if is_fresh(info) else param_layers(encoder))
-    x = renormalize(images, info.normalize).to(next(net.parameters()).device)
-    record = rescale_(net, x, mode, forward=forward, seed=seed, trained=trained)
-    info.meta = {**info.meta, "rescale": {**record, "layers": layers}}
-    info.hash = weights_hash(encoder)
-
-
-@torch.no_grad()
-def load_trained_fc_(layers: list[nn.Module], encoder: nn.Module) -> bool:
-    """Copy the trained fully connected layers an encoder carries (`encoder.trained_fc`: [(weight
-    [out, in], bias [out]), ...], e.g. torchvision AlexNet's fc6/fc7) into `layers` (Linear, or
-    Conv2d whose k x k kernel over C maps reads the same C*k*k inputs: FCN's convolutionalised
-    fc6/fc7, reshaped as Caffe's net surgery copies them). True when every layer got its weights;
-    False, with nothing changed, when the encoder carries none or their shapes do not fit."""
-    trained = list(getattr(encoder, "trained_fc", None) or [])
-    if len(trained) < len(layers) or not layers:
-        return False
-    for layer, (w, b) in zip(layers, trained, strict=False):
-        if layer.weight.shape[0] != w.shape[0] or layer.weight[0].numel() != w[0].numel():
-            return False
-        if layer.bias is None or layer.bias.shape != b.shape:
-            return False
-    for layer, (w, b) in zip(layers, trained, strict=False):
-        layer.weight.copy_(w.reshape(layer.weight.shape))
-        layer.bias.copy_(b)
-    return True
-
-
-@torch.no_grad()
-def draw_fresh_fc_(layers: Iterable[nn.Module]) -> None:
-    """The fresh draw of fully connected layers in Krähenbühl et al.'s code: N(0, 0.01^2), bias 0.1."""
-    for layer in layers:
-        layer.weight.normal_(0, 0.01)
-        layer.bias.fill_(0.1)
-
-
-def init_fc_head_(
-    net: nn.Module,
-    encoder: nn.Module,
-    info: EncoderInfo,
-    fc: list[nn.Module],
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    rescale: str,
-    seed: int,
-    calibration: Callable[[int], torch.Tensor] | None,
-    keep_trained: bool = True,
-) -> None:
-    """A head's fc6/fc7 (`fc`): with `keep_trained`, the encoder's trained ones when it carries
-    them that fit (else the fresh draw stays), recorded as `info.meta["fc6_fc7"]`; then, unless
-    `rescale` is "none", the encoder and the head's layers that `forward` runs rescaled together
-    (`rescale_network_`) on `calibration(input size)` images."""
-    trained = fc if keep_trained and load_trained_fc_(fc, encoder) else []
-    info.meta = {**info.meta, "fc6_fc7": "trained" if trained else "fresh"}
-    if rescale == "none":
-        return
-    if calibration is None:
-        raise ConfigError(f"rescale '{rescale}' needs a batch of training images to rescale on")
-    images = calibration(info.input_size)
-    rescale_network_(net, encoder, info, images, rescale, forward, seed, trained)
 
 
 def renormalize(images: torch.Tensor, normalize: dict[str, list[float]]) -> torch.Tensor:

@@ -17,8 +17,8 @@ from cebench.transfer.classify_common import (
     score,
 )
 from cebench.transfer.data import low_shot_indices, seeded_loader
-from cebench.transfer.encoders import init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Splits
+from cebench.transfer.heads import init_fc_head_
 from cebench.transfer.loop import bias_lr_groups, make_optimizer, train_epochs
 
 

@@ -1,6 +1,6 @@
 """Semantic segmentation transfer: an FCN on a cebench encoder, mean IU and pixel accuracy.
 
-    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2011 \
+    cebench transfer segment --encoder runs/ce/encoder.pt --data VOCdevkit/VOC2011 \\
         --set sbd=benchmark_RELEASE/dataset --out runs/seg   # paper preset: SBD -> seg11valid
     cebench transfer segment --encoder random:tiny --data data/builtin/VOC --preset small --frozen --out runs/seg
 
@@ -54,8 +54,8 @@ from cebench.transfer.args import (
 )
 from cebench.transfer.data import ResizedImages, calibration_batch, find_format, seeded_loader
 from cebench.transfer.detect import select_levels
-from cebench.transfer.encoders import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.harness import FrozenEncoder, Harness, Splits
+from cebench.transfer.heads import draw_fresh_fc_, init_fc_head_
 from cebench.transfer.loop import make_optimizer, param_groups, train_epochs
 from cebench.transfer.metrics import ConfusionMatrix, per_class_table
 from cebench.transfer.tasks import Option, TransferTask, register_task
@@ -488,6 +488,32 @@ TASK = register_task(
                 help="skip stages: 0 FCN-32s (paper preset), 1 FCN-16s, 2 FCN-8s (small preset)",
             ),
         ),
+        settings=(
+            "encoder",
+            "data",
+            "train_data",
+            "sbd",
+            ("train_split", "train"),
+            ("val_split", "test"),
+            ("input_size", "size"),
+            ("input_mode", "input"),
+            ("input_pad", "pad"),
+            "eval_size",
+            "frozen",
+            "fc_dims",
+            "fc_dropout",
+            "skips",
+            "rescale",
+            "keep_trained_fc",
+            ("optimizer", "optim"),
+            "lr",
+            "score_bias_lr",
+            ("loss_reduction", "loss"),
+            "epochs",
+            "steps",
+            ("batch_size", "batch"),
+        ),
+        metrics=("score", "mIoU"),
         report=lambda m, cfg: [
             f"segment: mIoU {m['mIoU']:.2f} pixel acc {m['pixel_acc']:.2f} -> {cfg.out}/metrics.json",
             per_class_table(m["per_class_IoU"], "IoU (%)"),

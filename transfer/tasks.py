@@ -1,5 +1,6 @@
 """Transfer tasks as registered units: the one list of tasks (`cebench transfer`, the suites'
-`kind:`, the benchmark cells and `cebench.classify/detect/segment` all read it).
+`kind:`, the benchmark cells and `cebench.<task>(...)` all read it; no other file writes the task
+names down, user-facing text included).
 
     from cebench.transfer.tasks import TransferTask, Option, register_task, get_task, preset_config
     TASK = register_task(TransferTask(
@@ -35,6 +36,7 @@ from cebench.core.config import (
     validate,
 )
 from cebench.core.errors import ConfigError
+from cebench.transfer.args import HARNESS_SETTINGS
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -44,6 +46,13 @@ def builtin_modules() -> list[str]:
     return sorted(
         f"cebench.transfer.{d.name}" for d in PRESET_DIR.iterdir() if any(d.glob("*.yaml"))
     )
+
+
+def task_names() -> list[str]:
+    """The tasks' names as `list_tasks()` gives them, without importing the built-in tasks'
+    modules (`builtin_modules`, plus any task registered since): for `cebench --help`, which
+    stays fast."""
+    return sorted({*(m.rsplit(".", 1)[1] for m in builtin_modules()), *_TASKS})
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,15 @@ class Option:
 class TransferTask:
     """What a transfer task declares: its name, module (whose `run(cfg)` trains and evaluates and
     whose docstring is its help), config dataclass, one-line summary, own CLI options, the lines
-    printed after a run, and a check of the keys given (e.g. a renamed key's message)."""
+    printed after a run, a check of the keys given (e.g. a renamed key's message), the config keys
+    `cebench bench --list` shows beside its cells (`settings`: a key, or (key, label)), the names
+    its result gives its headline number (`metrics`, best first: a suite task without `metric:`
+    shows the first, a per-layer result's `score@<layer>` is the first a layer has) and its presets:
+    the one `cebench transfer` and `cebench.<task>(...)` start from when none is named
+    (`default_preset`; "" = the config's defaults) and the one meant for the built-in synthetic
+    data (`builtin_preset`; other presets on that data print a note naming it). A suite task
+    without `preset:` takes the config's defaults, not `default_preset` (the committed results'
+    cells are hashed with those configs)."""
 
     name: str
     module: str
@@ -80,6 +97,9 @@ class TransferTask:
     check_keys: Callable[[dict[str, Any]], None] | None = None
     preset_dir: Path | None = None  # default: transfer/presets/<name>
     default_preset: str = "paper"
+    builtin_preset: str = "small"
+    settings: tuple[str | tuple[str, str], ...] = HARNESS_SETTINGS
+    metrics: tuple[str, ...] = ("score",)
 
     @property
     def presets_folder(self) -> Path:
@@ -88,19 +108,40 @@ class TransferTask:
     def presets(self) -> list[str]:
         return sorted(p.stem for p in self.presets_folder.glob("*.yaml"))
 
+    def setting_labels(self) -> list[tuple[str, str]]:
+        """`settings` as (config key, label shown) pairs."""
+        return [(s, s) if isinstance(s, str) else s for s in self.settings]
+
     def run(self, cfg: Any, note: str | None = None) -> dict[str, Any]:
         return importlib.import_module(self.module).run(cfg, note)
+
+    def check(self, keys: dict[str, Any]) -> None:
+        """The task's own check (`check_keys`) of config keys given, wherever they come from:
+        `preset_config`'s keys, `--set` / `overrides` (`apply_task_overrides`) and a suite cell's
+        config (cebench.benchmarks.cells)."""
+        if self.check_keys is not None:
+            self.check_keys(keys)
 
 
 _TASKS: dict[str, TransferTask] = {}
 
 
 def register_task(task: TransferTask) -> TransferTask:
-    """Add `task` to the registry; a second task of the same name is refused."""
+    """Add `task` to the registry; a second task of the same name is refused, and so is a
+    default or built-in-data preset that is not one of its presets."""
     if task.name in _TASKS and _TASKS[task.name].module != task.module:
         raise ValueError(
             f"transfer task '{task.name}' is already registered by {_TASKS[task.name].module}"
         )
+    if not task.metrics:
+        raise ValueError(f"transfer task '{task.name}' names no headline metric ('metrics')")
+    for key in ("default_preset", "builtin_preset"):
+        name = getattr(task, key)
+        if name and name not in task.presets():
+            raise ValueError(
+                f"transfer task '{task.name}': {key} '{name}' is not one of its presets "
+                f"{task.presets()} ({task.presets_folder})"
+            )
     _TASKS[task.name] = task
     return task
 
@@ -120,6 +161,15 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
+def headline_metrics() -> list[str]:
+    """Every registered task's `metrics`, in the registry's order, each once: the headline
+    number's names when the task is not known (a results CSV without suite.json)."""
+    names: list[str] = []
+    for task in list_tasks():
+        names += [m for m in _TASKS[task].metrics if m not in names]
+    return names
+
+
 def get_task(name: str) -> TransferTask:
     _load_builtin()
     if name not in _TASKS:
@@ -127,12 +177,21 @@ def get_task(name: str) -> TransferTask:
     return _TASKS[name]
 
 
-def preset_config(task: str, preset: str = "", **keys: Any) -> Any:
-    """The task's config: its defaults, the preset's YAML delta over them ("" = none), then
-    `keys`; validated. An unknown preset or key is a ConfigError listing the valid ones."""
+def examples(name: str) -> str:
+    """The task's command-line examples: the first block of its module's docstring (after the
+    summary line), as `cebench transfer <task> --help` shows them."""
+    doc = importlib.import_module(get_task(name).module).__doc__ or ""
+    return doc.split("\n\n")[1] if "\n\n" in doc else doc
+
+
+def preset_config(task: str, preset: str | None = "", **keys: Any) -> Any:
+    """The task's config: its defaults, the preset's YAML delta over them ("" = none, None = the
+    task's `default_preset`), then `keys`; validated. An unknown preset or key is a ConfigError
+    listing the valid ones."""
     t = get_task(task)
-    if t.check_keys is not None:
-        t.check_keys(keys)
+    if preset is None:
+        preset = t.default_preset
+    t.check(keys)
     data = to_dict(t.config())
     if preset:
         names = t.presets()
@@ -159,6 +218,14 @@ def preset_config(task: str, preset: str = "", **keys: Any) -> Any:
     return cfg
 
 
+def apply_task_overrides(task: str, cfg: Any, overrides: list[str]) -> Any:
+    """`KEY=VALUE` overrides (`--set`, the API's `overrides`) over a task's config, after the
+    task's own check of the keys they name (`TransferTask.check`)."""
+    given = dict(item.split("=", 1) for item in overrides if "=" in item)
+    get_task(task).check({k.strip(): v for k, v in given.items()})
+    return apply_overrides(cfg, overrides)
+
+
 # ----- the one command-line main of every task
 
 
@@ -172,6 +239,7 @@ def get_args_parser(task: str, add_help: bool = True) -> argparse.ArgumentParser
         add_help,
         presets=t.presets(),
         default_preset=t.default_preset,
+        builtin_preset=t.builtin_preset,
         description=t.summary,
         epilog=doc,
     )
@@ -191,7 +259,7 @@ def config_from_args(task: str, args: argparse.Namespace) -> Any:
         if value is not None:
             given[o.key] = o.convert(value) if o.convert is not None else value
     cfg = preset_config(task, args.preset, **{k: v for k, v in given.items() if v is not None})
-    return apply_overrides(cfg, list(args.set))
+    return apply_task_overrides(task, cfg, list(args.set))
 
 
 def main(task: str, args: argparse.Namespace) -> int:
@@ -199,7 +267,7 @@ def main(task: str, args: argparse.Namespace) -> int:
 
     t = get_task(task)
     cfg = config_from_args(task, args)
-    record = t.run(cfg, preset_note(args))
+    record = t.run(cfg, preset_note(args, t.builtin_preset))
     for line in (
         t.report(record["metrics"], cfg) if t.report else [f"{task} -> {cfg.out}/metrics.json"]
     ):
