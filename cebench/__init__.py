@@ -5,7 +5,8 @@
     run = cebench.pretrain_encoder("data/builtin/unlabelled", out="runs/ce", overrides=["train.steps=50"])
     enc, info = cebench.load_encoder(run / "encoder.pt")
     cebench.export_encoder(run, "ce.safetensors")               # timm / torchvision names + ce.safetensors.json
-    metrics = cebench.classify(encoder=str(run), data="data/builtin/imagefolder", out="runs/cls")
+    metrics = cebench.classify(encoder=str(run), data="data/builtin/imagefolder", out="runs/cls",
+                               preset="small")                 # the preset for the built-in data
     cebench.run_suite("mini", out="results/mini")
 
 Layers (each imports only those below it): `cebench.benchmarks` -> `cebench.transfer` ->

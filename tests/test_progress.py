@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 import torch
 
 from cebench.core.logger import Heartbeat, MetricLogger, format_duration, progress_line
@@ -105,3 +106,27 @@ def test_builtin_data_with_the_paper_preset_says_preset_small(tmp_path, capsys):
     rc = cebench(["transfer", "classify", *base, "--preset", "paper"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "`--preset small`" in err[0] and "trainval" in err[0]
+
+
+def test_the_api_without_a_preset_names_the_builtin_preset(tmp_path):
+    """`cebench.classify(...)` without `preset` starts from the task's default ("paper"), as the
+    command does; on the built-in data its error carries the note, worded for Python."""
+    import cebench
+    from cebench.core.errors import DatasetError
+    from cebench.data.synth import generate
+
+    generate(tmp_path / "b", size=32, images=4, unlabelled=0, folder_images=12, workers=1)
+    data = str(tmp_path / "b" / "imagefolder")
+    with pytest.raises(DatasetError, match='preset="small" is the preset meant for it') as e:
+        cebench.classify(encoder="random:tiny", data=data, out=str(tmp_path / "o"))
+    assert 'preset="paper" is sized for other data' in str(e.value) and "trainval" in str(e.value)
+    # with the preset meant for it: no note, and the run goes on past the data
+    m = cebench.classify(
+        encoder="random:tiny",
+        data=data,
+        out=str(tmp_path / "s"),
+        preset="small",
+        protocol="linear",
+        probe_epochs=1,
+    )
+    assert "top1" in str(m)
