@@ -48,31 +48,18 @@ def transfer(
     command's; "": no preset, the config's defaults), then `overrides` (KEY=VALUE). Returns the
     metrics.json record. On the built-in synthetic data with another preset than the one meant
     for it (`builtin_preset`, e.g. "small"), a note says so, as the command's does."""
+    from cebench.transfer.args import builtin_data_note
     from cebench.transfer.tasks import apply_task_overrides, get_task, preset_config
 
     t = get_task(task)
     cfg = apply_task_overrides(task, preset_config(task, preset, **keys), list(overrides or []))
-    return t.run(
-        cfg, _builtin_note(t.builtin_preset, t.default_preset if preset is None else preset, keys)
+    note = builtin_data_note(
+        keys.get("data") or keys.get("coco_images"),
+        t.builtin_preset,
+        t.default_preset if preset is None else preset,
+        spell=lambda name: f'preset="{name}"',
     )
-
-
-def _builtin_note(builtin_preset: str, preset: str, keys: dict[str, Any]) -> str | None:
-    """The command's built-in-data note (cebench.transfer.args.builtin_data_note), worded for
-    Python: `preset="small"` rather than `--preset small`."""
-    from cebench.data.synth import builtin_reason
-
-    data = keys.get("data") or keys.get("coco_images")
-    if not builtin_preset or preset == builtin_preset or not data:
-        return None
-    reason = builtin_reason(str(data))
-    if not reason:
-        return None
-    chosen = f'preset="{preset}"' if preset else 'preset="" (the config defaults)'
-    return (
-        f'note: {data} looks like the built-in synthetic data ({reason}); preset="{builtin_preset}" '
-        f"is the preset meant for it ({chosen} is sized for other data)"
-    )
+    return t.run(cfg, note)
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ config key (`cebench.core.config.apply_overrides`, unknown keys are errors). Not
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -179,23 +180,30 @@ def preset_note(args: argparse.Namespace, builtin_preset: str) -> str | None:
     preset meant for that data, `TransferTask.builtin_preset`): a note naming it (the harness
     prints it once its data and encoder are ready, or adds it to the one-line error when they are
     not)."""
-    preset = getattr(args, "preset", builtin_preset)
-    if not builtin_preset or preset == builtin_preset:
-        return None
-    return builtin_data_note(args.data or getattr(args, "coco_images", None), builtin_preset, preset)
+    data = args.data or getattr(args, "coco_images", None)
+    return builtin_data_note(data, builtin_preset, getattr(args, "preset", builtin_preset))
 
 
-def builtin_data_note(data: str | None, builtin_preset: str, preset: str) -> str | None:
-    """The note for `data` when it looks like the built-in synthetic data, else None."""
+def builtin_data_note(
+    data: Any,
+    builtin_preset: str,
+    preset: str,
+    spell: Callable[[str], str] = lambda name: f"`--preset {name}`",
+) -> str | None:
+    """The note for `data` when it looks like the built-in synthetic data and `preset` is not
+    `builtin_preset`, else None; `spell` writes a preset as the caller passes one (the command's
+    `--preset NAME`, the Python front door's `preset="NAME"`)."""
     from cebench.data.synth import builtin_reason
 
+    if not builtin_preset or preset == builtin_preset or not data:
+        return None
     reason = builtin_reason(data)
     if not reason:
         return None
-    chosen = f"`--preset {preset}`" if preset else "the config defaults (no preset)"
+    chosen = spell(preset) if preset else "the config defaults (no preset)"
     return (
-        f"note: {data} looks like the built-in synthetic data ({reason}); `--preset "
-        f"{builtin_preset}` is the preset meant for it ({chosen} is sized for other data)"
+        f"note: {data} looks like the built-in synthetic data ({reason}); {spell(builtin_preset)} "
+        f"is the preset meant for it ({chosen} is sized for other data)"
     )
 
 
