@@ -206,17 +206,18 @@ class RunData:
     paths: tuple[str, ...]
     labels: tuple[int, ...] | None
     classes: tuple[str, ...]
+    signature: dict[str, Any]  # `images_signature`: kept in each checkpoint, checked on resume
 
 
-def images_signature(data: RunData, root: str) -> dict[str, Any]:
+def images_signature(paths: tuple[str, ...], root: str) -> dict[str, Any]:
     """The image count and a digest of the image list (paths relative to `root`, so a moved
     dataset folder keeps it), saved in each checkpoint: a resumed run says when they changed."""
     import hashlib
     import os
 
-    rel = [os.path.relpath(p, root) if root else p for p in data.paths]
+    rel = [os.path.relpath(p, root) if root else p for p in paths]
     digest = hashlib.sha256("\n".join(rel).encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    return {"count": len(data.paths), "digest": digest}
+    return {"count": len(paths), "digest": digest}
 
 
 def resolve_data(cfg: PretrainConfig, dist: D.DistInfo) -> tuple[RunData, list[float] | None, str]:
@@ -245,8 +246,12 @@ def resolve_data(cfg: PretrainConfig, dist: D.DistInfo) -> tuple[RunData, list[f
                 else None
             )
             fill_value = D.broadcast_object(mean)
+    names = tuple(str(p) for p in paths)
     data = RunData(
-        tuple(str(p) for p in paths), None if labels is None else tuple(labels), tuple(classes)
+        names,
+        None if labels is None else tuple(labels),
+        tuple(classes),
+        images_signature(names, cfg.data.path),
     )
     return data, fill_value, note
 
@@ -287,7 +292,7 @@ def resolve_run(cfg: PretrainConfig, dist: D.DistInfo) -> RunPlan:
     if note:  # what a dataset root gave (its photos, never its label masks), or a warning
         notes.append(note)  # for a plain folder that mixes them: said once checks pass
     saved = (state or {}).get("images")
-    if saved and saved != images_signature(data, cfg.data.path):
+    if saved and saved != data.signature:
         notes.append(
             f"warning: the training images under {cfg.data.path} are not the ones this run "
             f"started with ({saved['count']} -> {len(data.paths)} images, or other files): "
@@ -350,7 +355,7 @@ class Trainer:
         self.start_step = self.step = self.last_saved = int(self.state["step"]) if self.state else 0
         self.notes: list[str] = list(plan.notes)  # said once every check has passed (train())
         self.classes = list(plan.data.classes)
-        self.images_sig = images_signature(plan.data, cfg.data.path)
+        self.images_sig = plan.data.signature
         self.ds = TrainImages(
             list(plan.data.paths),
             None if plan.data.labels is None else list(plan.data.labels),
