@@ -7,8 +7,9 @@ On a GPU the paper's step is many small kernels (benchmarks/README.md "GPU": 13-
 graph records the launches once and replays them with one call. A method that can be graphed
 (`PretrainMethod.graphable`) builds its own graphed step (`graphed_step()`, in its own file);
 this module chooses between it and the eager step. The context encoder's `GraphedStep`
-(cebench.pretrain.methods.context_encoder) captures, for the context encoder and the autoencoder: the masks (from their uniform draws), the hole filling, both
-networks' forward and backward passes, the loss weights and both Adam updates. What stays outside
+(cebench.pretrain.methods.context_encoder) captures, for the context encoder and the
+autoencoder: the masks (from their uniform draws), the hole filling, both networks' forward and
+backward passes, the loss weights and both Adam updates. What stays outside
 is what must change between replays without new launches: the batch is copied into a static input
 buffer, and the masks' uniform draws are made by the step's seeded generator (seeded from
 (train.seed, step) as `cebench.pretrain.masks.batch_masks` does) and copied into static buffers.

@@ -52,17 +52,23 @@ def test_logger_writes_scalars_images_and_text(tmp_path):
     assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 10]
 
 
-def test_logger_resumed_purges_the_steps_after_its_start(tmp_path):
-    log = MetricLogger(tmp_path / "m.jsonl", tensorboard=True)
-    for s in (1, 2, 3, 4):
+def _two_sessions(run_dir, first: int, start: int, second: int) -> list[tuple[int, float]]:
+    """A session logging loss = step for steps 1..first, then one from `start` logging
+    loss = 10 * step up to `second`: the loss curve TensorBoard reads back."""
+    log = MetricLogger(run_dir / "m.jsonl", tensorboard=True)
+    for s in range(1, first + 1):
         log.update(s, loss=float(s))
     log.close()
-    # a resumed run continues from its step-2 checkpoint: steps 3 and 4 are written again
-    log = MetricLogger(tmp_path / "m.jsonl", start=2, tensorboard=True)
-    for s in (3, 4):
+    log = MetricLogger(run_dir / "m.jsonl", start=start, tensorboard=True)
+    for s in range(start + 1, second + 1):
         log.update(s, loss=10.0 * s)
     log.close()
-    assert _scalars(_events(tmp_path), "loss") == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
+    return _scalars(_events(run_dir), "loss")
+
+
+def test_logger_resumed_purges_the_steps_after_its_start(tmp_path):
+    # a resumed run continues from its step-2 checkpoint: steps 3 and 4 are written again
+    assert _two_sessions(tmp_path, 4, 2, 4) == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
 
 
 def test_logger_without_tensorboard_writes_no_events(tmp_path):
@@ -101,7 +107,9 @@ def test_transfer_run_writes_events(tmp_path):
     generate(tmp_path / "data", size=32, images=8, unlabelled=0, folder_images=12, workers=1)
     out = tmp_path / "ft"
     rec = classify.run(
-        preset_config("classify", "small", 
+        preset_config(
+            "classify",
+            "small",
             encoder="random:tiny,width=8",
             data=str(tmp_path / "data" / "VOC"),
             protocol="finetune",
@@ -132,12 +140,4 @@ def test_missing_tensorboard_is_a_one_line_error(tmp_path, monkeypatch):
 def test_logger_from_step_0_drops_an_earlier_attempts_events(tmp_path):
     """An attempt killed before its first checkpoint left steps 1-3; the run starts again at 0:
     TensorBoard shows the new curve only, as metrics.jsonl (truncated by the Trainer) does."""
-    log = MetricLogger(tmp_path / "m.jsonl", tensorboard=True)
-    for s in (1, 2, 3):
-        log.update(s, loss=float(s))
-    log.close()
-    log = MetricLogger(tmp_path / "m.jsonl", start=0, tensorboard=True)
-    for s in (1, 2):
-        log.update(s, loss=10.0 * s)
-    log.close()
-    assert _scalars(_events(tmp_path), "loss") == [(1, 10.0), (2, 20.0)]
+    assert _two_sessions(tmp_path, 3, 0, 2) == [(1, 10.0), (2, 20.0)]
